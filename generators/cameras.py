@@ -1,0 +1,228 @@
+"""Cameras and rays: the one "point sampler" of the project (SPEC §1).
+
+Everything that needs a camera (training, inference, style mixing, shape queries,
+the synthetic dataset, the stereo warp, evaluation) goes through these pure
+functions. Cameras are explicit 4x4 camera-to-world matrices; nothing is hidden
+state. Entry points: `sample_poses`, `cam2world_from_poses`, `camera_ray_directions`,
+`sample_depths`, `sample_rays`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+PITCH_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class PoseDistribution:
+    """Where cameras are drawn from: means and spreads of yaw (h) and pitch (v)."""
+
+    h_mean: float = math.pi / 2
+    v_mean: float = math.pi / 2
+    h_stddev: float = 0.0
+    v_stddev: float = 0.0
+    sample_dist: Optional[str] = None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping, evaluation: bool = False) -> "PoseDistribution":
+        """Read a curriculum's pose keys; `evaluation` prefers the *_eval overrides (SPEC §10)."""
+        def pick(key, default):
+            if evaluation and f"{key}_eval" in metadata:
+                return metadata[f"{key}_eval"]
+            return metadata.get(key, default)
+
+        return cls(
+            h_mean=float(pick("h_mean", math.pi / 2)),
+            v_mean=float(pick("v_mean", math.pi / 2)),
+            h_stddev=float(pick("h_stddev", 0.0)),
+            v_stddev=float(pick("v_stddev", 0.0)),
+            sample_dist=pick("sample_dist", None),
+        )
+
+    def fixed(self, yaw_offset: float = 0.0) -> "PoseDistribution":
+        """The mean pose (spreads 0), optionally turned by `yaw_offset`."""
+        return PoseDistribution(self.h_mean + yaw_offset, self.v_mean, 0.0, 0.0, None)
+
+
+@dataclass(frozen=True)
+class RaySampling:
+    """How rays are cast: image size S, field of view (degrees) and the depth range."""
+
+    img_size: int
+    fov: float
+    ray_start: float
+    ray_end: float
+    num_steps: int
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping, img_size: Optional[int] = None,
+                      num_steps: Optional[int] = None) -> "RaySampling":
+        return cls(
+            img_size=int(img_size if img_size is not None else metadata["img_size"]),
+            fov=float(metadata["fov"]),
+            ray_start=float(metadata["ray_start"]),
+            ray_end=float(metadata["ray_end"]),
+            num_steps=int(num_steps if num_steps is not None else metadata["num_steps"]),
+        )
+
+
+def _truncated_normal(shape, mean: float, std: float, device, generator) -> torch.Tensor:
+    """Normal draws restricted to mean +- 2 std, by resampling the rejects."""
+    out = torch.randn(shape, device=device, generator=generator)
+    bad = out.abs() > 2
+    while bad.any():
+        out[bad] = torch.randn(int(bad.sum()), device=device, generator=generator)
+        bad = out.abs() > 2
+    return out * std + mean
+
+
+def sample_poses(n: int, dist: PoseDistribution, device="cpu",
+                 generator: Optional[torch.Generator] = None):
+    """Draw n camera poses; returns (yaw, pitch), each (n,), pitch in [1e-5, pi-1e-5]."""
+    mode = dist.sample_dist
+    shape = (n,)
+    if mode in ("gaussian", "normal"):
+        yaw = torch.randn(shape, device=device, generator=generator) * dist.h_stddev + dist.h_mean
+        pitch = torch.randn(shape, device=device, generator=generator) * dist.v_stddev + dist.v_mean
+    elif mode == "uniform":
+        yaw = (torch.rand(shape, device=device, generator=generator) * 2 - 1) * dist.h_stddev + dist.h_mean
+        pitch = (torch.rand(shape, device=device, generator=generator) * 2 - 1) * dist.v_stddev + dist.v_mean
+    elif mode == "truncated_gaussian":
+        yaw = _truncated_normal(shape, dist.h_mean, dist.h_stddev, device, generator)
+        pitch = _truncated_normal(shape, dist.v_mean, dist.v_stddev, device, generator)
+    elif mode == "spherical_uniform":
+        yaw = (torch.rand(shape, device=device, generator=generator) * 2 - 1) * dist.h_stddev + dist.h_mean
+        v_lo = (dist.v_mean - dist.v_stddev) / math.pi
+        v_hi = (dist.v_mean + dist.v_stddev) / math.pi
+        v = torch.rand(shape, device=device, generator=generator) * (v_hi - v_lo) + v_lo
+        v = v.clamp(1e-5, 1 - 1e-5)
+        pitch = torch.arccos(1 - 2 * v)
+    else:  # None, "fixed", anything else: the means
+        yaw = torch.full(shape, float(dist.h_mean), device=device)
+        pitch = torch.full(shape, float(dist.v_mean), device=device)
+    pitch = pitch.clamp(PITCH_EPS, math.pi - PITCH_EPS)
+    return yaw, pitch
+
+
+def camera_origins(yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
+    """Camera centres on the unit sphere, (n, 3): (sin p cos y, cos p, sin p sin y)."""
+    return torch.stack([
+        torch.sin(pitch) * torch.cos(yaw),
+        torch.cos(pitch),
+        torch.sin(pitch) * torch.sin(yaw),
+    ], dim=-1)
+
+
+def look_at_origin(origin: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world matrices (n, 4, 4) for cameras at `origin` (n, 3) looking at 0."""
+    forward = F.normalize(-origin, dim=-1)
+    world_up = torch.zeros_like(forward)
+    world_up[:, 1] = 1
+    left = F.normalize(torch.cross(world_up, forward, dim=-1), dim=-1)
+    up = F.normalize(torch.cross(forward, left, dim=-1), dim=-1)
+    cam2world = torch.eye(4, device=origin.device, dtype=origin.dtype).repeat(origin.shape[0], 1, 1)
+    cam2world[:, :3, 0] = -left
+    cam2world[:, :3, 1] = up
+    cam2world[:, :3, 2] = -forward
+    cam2world[:, :3, 3] = origin
+    return cam2world
+
+
+def cam2world_from_poses(yaw: torch.Tensor, pitch: torch.Tensor) -> torch.Tensor:
+    """(n, 4, 4) camera-to-world matrices for poses (yaw, pitch), each (n,)."""
+    return look_at_origin(camera_origins(yaw, pitch))
+
+
+def focal_from_fov(fov_degrees: float) -> float:
+    """Focal length f = 1/tan(fov/2) in units where the image spans [-1, 1]."""
+    return 1.0 / math.tan(math.radians(fov_degrees) / 2)
+
+
+def camera_ray_directions(img_size: int, fov: float, device="cpu") -> torch.Tensor:
+    """Unit ray directions in camera space, (S*S, 3), row-major from the top-left pixel.
+
+    x runs -1..1 left to right, y runs +1..-1 top to bottom, z = -f.
+    """
+    coords = torch.linspace(-1, 1, img_size, device=device)
+    y, x = torch.meshgrid(-coords, coords, indexing="ij")  # (S, S) each
+    z = torch.full_like(x, -focal_from_fov(fov))
+    return F.normalize(torch.stack([x, y, z], dim=-1).reshape(-1, 3), dim=-1)
+
+
+def sample_depths(n: int, num_rays: int, ray: RaySampling, jitter: bool, device="cpu",
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Depth samples t, (n, num_rays, num_steps); jittered per ray and sample if asked."""
+    t = torch.linspace(ray.ray_start, ray.ray_end, ray.num_steps, device=device)
+    t = t.expand(n, num_rays, ray.num_steps)
+    if jitter and ray.num_steps > 1:
+        spacing = (ray.ray_end - ray.ray_start) / (ray.num_steps - 1)
+        t = t + (torch.rand(t.shape, device=device, generator=generator) - 0.5) * spacing
+    return t
+
+
+def to_world(cam2world: torch.Tensor, points: torch.Tensor, is_direction: bool = False) -> torch.Tensor:
+    """Apply (n, 4, 4) matrices to (n, ..., 3) points (or directions: no translation)."""
+    rotation = cam2world[:, :3, :3]
+    shape = points.shape
+    flat = points.reshape(shape[0], -1, 3)  # (n, M, 3)
+    out = flat @ rotation.transpose(1, 2)
+    if not is_direction:
+        out = out + cam2world[:, None, :3, 3]
+    return out.reshape(shape)
+
+
+class Rays(NamedTuple):
+    """A batch of sampled rays; the inputs of the radiance field and the integrator."""
+
+    points: torch.Tensor        # (n, S*S, N, 3) world-space sample points
+    directions: torch.Tensor    # (n, S*S, 3) world-space unit ray directions
+    depths: torch.Tensor        # (n, S*S, N) distance t along the ray
+    cam2world: torch.Tensor     # (n, 4, 4)
+    yaw: torch.Tensor           # (n,)
+    pitch: torch.Tensor         # (n,)
+
+
+def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling, jitter: bool,
+                     generator: Optional[torch.Generator] = None) -> tuple:
+    """World-space sample points, directions and depths for given cameras.
+
+    Returns points (n, S*S, N, 3), directions (n, S*S, 3), depths (n, S*S, N).
+    The camera-space direction grid is shared by all cameras (no per-batch copies).
+    """
+    n, device = cam2world.shape[0], cam2world.device
+    dirs_cam = camera_ray_directions(ray.img_size, ray.fov, device=device)  # (R, 3)
+    depths = sample_depths(n, dirs_cam.shape[0], ray, jitter, device=device, generator=generator)
+    dirs_world = dirs_cam @ cam2world[:, :3, :3].transpose(1, 2)  # (n, R, 3)
+    origins = cam2world[:, None, None, :3, 3]  # (n, 1, 1, 3)
+    points = origins + depths[..., None] * dirs_world[:, :, None, :]  # (n, R, N, 3)
+    return points, dirs_world, depths
+
+
+def sample_rays(n: int, pose: PoseDistribution, ray: RaySampling, jitter: bool, device="cpu",
+                generator: Optional[torch.Generator] = None) -> Rays:
+    """Draw n poses from `pose` and cast S*S rays with N depth samples from each."""
+    yaw, pitch = sample_poses(n, pose, device=device, generator=generator)
+    cam2world = cam2world_from_poses(yaw, pitch)
+    points, directions, depths = rays_for_cameras(cam2world, ray, jitter, generator=generator)
+    return Rays(points, directions, depths, cam2world, yaw, pitch)
+
+
+def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
+    """Pinhole projection of world points (n, M, 3) into a camera.
+
+    Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
+    top-left pixel centre) and the camera-space z (n, M) (negative in front).
+    """
+    world2cam = torch.linalg.inv(cam2world)
+    cam = to_world(world2cam, points_world)
+    focal = focal_from_fov(fov)
+    z = cam[..., 2]
+    safe_z = torch.where(z.abs() < 1e-8, torch.full_like(z, -1e-8), z)
+    grid_x = -focal * cam[..., 0] / safe_z
+    grid_y = focal * cam[..., 1] / safe_z
+    return torch.stack([grid_x, grid_y], dim=-1), z
