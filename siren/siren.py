@@ -1,0 +1,125 @@
+"""The radiance field ("point embedder", SPEC §3): FiLM-conditioned SIREN + mapping network.
+
+`SPATIALSIRENBASELINE` is what the curricula use; `TALLSIREN` is the same network
+without the box warp. Both own their `mapping_network`, which maps z to the FiLM
+frequencies, phases and the 256-d mapping code that styles the 2D decoder.
+Entry point: `field(points, frequencies, phases, ray_directions) -> (rgb, sigma, features)`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+BOX_SIZE = 0.24
+NUM_FILM_LAYERS = 8  # plus the colour layer: 9 FiLM layers in all
+
+
+def frequency_init(linear: nn.Linear, freq: float = 25.0) -> None:
+    """SIREN init U(+-sqrt(6/fan_in)/freq) for the weights; biases keep their default."""
+    with torch.no_grad():
+        bound = math.sqrt(6 / linear.in_features) / freq
+        linear.weight.uniform_(-bound, bound)
+
+
+def first_layer_film_sine_init(linear: nn.Linear) -> None:
+    with torch.no_grad():
+        bound = 1 / linear.in_features
+        linear.weight.uniform_(-bound, bound)
+
+
+class FiLMLayer(nn.Module):
+    """sin(gamma * (W x + b) + beta), gamma and beta per sample: (n, H)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.layer = nn.Linear(input_dim, hidden_dim)
+
+    def forward(self, x, frequencies, phases):
+        # x (n, M, in); frequencies, phases (n, H) broadcast over the M points
+        return torch.sin(frequencies[:, None, :] * self.layer(x) + phases[:, None, :])
+
+
+class CustomMappingNetwork(nn.Module):
+    """z -> (raw frequencies, phases, mapping code): 3 x (Linear, LeakyReLU 0.2) + Linear."""
+
+    def __init__(self, z_dim: int = 256, map_hidden_dim: int = 256, map_output_dim: int = 2 * 9 * 256):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Linear(z_dim, map_hidden_dim), nn.LeakyReLU(0.2),
+            nn.Linear(map_hidden_dim, map_hidden_dim), nn.LeakyReLU(0.2),
+            nn.Linear(map_hidden_dim, map_hidden_dim), nn.LeakyReLU(0.2),
+        )
+        self.output_layer = nn.Linear(map_hidden_dim, map_output_dim)
+        for module in [*self.network, self.output_layer]:
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+        with torch.no_grad():
+            self.output_layer.weight *= 0.25
+
+    def forward(self, z):
+        mapping_code = self.network(z)  # (n, 256): also the 2D decoder's style
+        out = self.output_layer(mapping_code)
+        half = out.shape[-1] // 2
+        return out[..., :half], out[..., half:], mapping_code
+
+
+class UniformBoxWarp(nn.Module):
+    """Scales a box of side `box_size` around the origin to [-1, 1]^3."""
+
+    def __init__(self, box_size: float):
+        super().__init__()
+        self.scale_factor = 2 / box_size
+
+    def forward(self, points):
+        return points * self.scale_factor
+
+
+class SPATIALSIRENBASELINE(nn.Module):
+    """Eight FiLM-SIREN layers, a density head and a view-dependent colour branch."""
+
+    box_warp = True
+
+    def __init__(self, z_dim: int = 256, hidden_dim: int = 256, map_hidden_dim: int = 256):
+        super().__init__()
+        self.z_dim, self.hidden_dim = z_dim, hidden_dim
+        self.network = nn.ModuleList(
+            [FiLMLayer(3, hidden_dim)] + [FiLMLayer(hidden_dim, hidden_dim) for _ in range(NUM_FILM_LAYERS - 1)])
+        self.final_layer = nn.Linear(hidden_dim, 1)
+        self.color_layer_sine = FiLMLayer(hidden_dim + 3, hidden_dim)
+        self.color_layer_linear = nn.Linear(hidden_dim, 3)
+        self.mapping_network = CustomMappingNetwork(
+            z_dim, map_hidden_dim, (NUM_FILM_LAYERS + 1) * hidden_dim * 2)
+        for film in [*self.network, self.color_layer_sine]:
+            frequency_init(film.layer)
+        frequency_init(self.final_layer)
+        frequency_init(self.color_layer_linear)
+        first_layer_film_sine_init(self.network[0].layer)
+        self.gridwarper = UniformBoxWarp(BOX_SIZE) if self.box_warp else nn.Identity()
+
+    def forward(self, points, frequencies, phases, ray_directions):
+        """points, ray_directions (n, M, 3); raw frequencies and phases (n, 9H).
+
+        Returns rgb (n, M, 3) in [0, 1], raw sigma (n, M) and features (n, M, H).
+        """
+        frequencies = frequencies * 15 + 30
+        hidden = self.hidden_dim
+        x = self.gridwarper(points)
+        for index, layer in enumerate(self.network):
+            x = layer(x, frequencies[..., index * hidden:(index + 1) * hidden],
+                      phases[..., index * hidden:(index + 1) * hidden])
+        sigma = self.final_layer(x)[..., 0]
+        features = self.color_layer_sine(torch.cat([ray_directions, x], dim=-1),
+                                         frequencies[..., -hidden:], phases[..., -hidden:])
+        rgb = torch.sigmoid(self.color_layer_linear(features))
+        return rgb, sigma, features
+
+
+class TALLSIREN(SPATIALSIRENBASELINE):
+    """SPATIALSIRENBASELINE without the box warp (points are used as given)."""
+
+    box_warp = False
+
+
+SIRENS = {"SPATIALSIRENBASELINE": SPATIALSIRENBASELINE, "TALLSIREN": TALLSIREN}
