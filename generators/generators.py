@@ -1,0 +1,273 @@
+"""`ImplicitGenerator3d`: the MVCGAN generator (SPEC §4).
+
+Four seams, each its own module: cameras/rays (`cameras.py`, the point sampler),
+the FiLM-SIREN field (`siren/`, the point embedder), volume integration
+(`volume_rendering.py`, the point integrator) and the 2D upsampler (`decoder.py`,
+the post neural renderer). The stereo warp and mixup live in `warp.py`.
+
+Entry points: `forward` (training: primary + auxiliary view), `staged_forward`
+(inference with truncation), `style_mix_forward`, `interpolate_forward`,
+`density_grid` (for meshes). Options come in a `RenderOptions`, built once per
+stage from the curriculum's metadata with `RenderOptions.from_metadata`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+
+from generators.cameras import (PoseDistribution, RaySampling, cam2world_from_poses, rays_for_cameras,
+                                sample_poses)
+from generators.decoder import Decoder
+from generators.volume_rendering import IntegrationOptions, importance_depths, integrate
+from generators.warp import stereo_mixup, stereo_warp
+from siren.siren import SIRENS
+
+TRUNCATION_SAMPLES = 10000
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Everything a forward pass needs to know about cameras, rays and outputs."""
+
+    pose: PoseDistribution
+    rays: RaySampling
+    integration: IntegrationOptions
+    output_size: int
+    max_mixup_ratio: float = 0.0
+    stereo_auxiliary: bool = True
+    hierarchical_sample: bool = False
+    lock_view_dependence: bool = False
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping, *, evaluation: bool = False, nerf_noise: float = 0.0,
+                      img_size: Optional[int] = None, num_steps: Optional[int] = None,
+                      output_size: Optional[int] = None, lock_view_dependence: bool = False) -> "RenderOptions":
+        """Training options (`evaluation` False) or inference options (no noise, eval_last_back)."""
+        return cls(
+            pose=PoseDistribution.from_metadata(metadata, evaluation=evaluation),
+            rays=RaySampling.from_metadata(metadata, img_size=img_size, num_steps=num_steps),
+            integration=IntegrationOptions.from_metadata(
+                metadata, nerf_noise=0.0 if evaluation else nerf_noise, evaluation=evaluation),
+            output_size=int(output_size if output_size is not None else metadata["output_size"]),
+            max_mixup_ratio=float(metadata.get("max_mixup_ratio", 0.0)),
+            stereo_auxiliary=bool(metadata.get("stereo_auxiliary", True)),
+            hierarchical_sample=bool(metadata.get("hierarchical_sample", False)),
+            lock_view_dependence=lock_view_dependence,
+        )
+
+    def replace(self, **changes) -> "RenderOptions":
+        return replace(self, **changes)
+
+
+class LatentCodes(NamedTuple):
+    """What the mapping network produces for a z: FiLM (raw) frequencies, phases, decoder style."""
+
+    frequencies: torch.Tensor  # (n, 9H)
+    phases: torch.Tensor       # (n, 9H)
+    style: torch.Tensor        # (n, 256)
+
+    def lerp(self, other: "LatentCodes", weight) -> "LatentCodes":
+        return LatentCodes(*(torch.lerp(a, b, weight) for a, b in zip(self, other)))
+
+
+class RenderedView(NamedTuple):
+    """One rendered NeRF view, as image-shaped maps."""
+
+    rgb: torch.Tensor        # (n, 3, S, S) in [0, 1]
+    features: torch.Tensor   # (n, H, S, S)
+    depth: torch.Tensor      # (n, S, S) distance along the unit ray
+    cam2world: torch.Tensor  # (n, 4, 4)
+
+
+class GeneratorOutput(NamedTuple):
+    image: torch.Tensor           # (B, 3, out, out), roughly in [-1, 1]
+    pose: torch.Tensor            # (B, 2): pitch, yaw of the primary camera
+    primary_rgb: torch.Tensor     # (B, 3, S, S) in [0, 1]
+    warped_aux_rgb: Optional[torch.Tensor]  # (B, 3, S, S), None without stereo_auxiliary
+
+
+class StagedOutput(NamedTuple):
+    image: torch.Tensor      # (B, 3, out, out)
+    depth: torch.Tensor      # (B, S, S)
+    nerf_rgb: torch.Tensor   # (B, 3, S, S) in [0, 1]
+    cam2world: torch.Tensor  # (B, 4, 4)
+
+
+class ImplicitGenerator3d(nn.Module):
+    def __init__(self, siren: str = "SPATIALSIRENBASELINE", z_dim: int = 256, hidden_dim: int = 256,
+                 decoder_channels=(256, 256, 128, 64)):
+        super().__init__()
+        if siren not in SIRENS:
+            raise ValueError(f"unknown model {siren!r}; available: {sorted(SIRENS)}")
+        self.z_dim, self.hidden_dim = z_dim, hidden_dim
+        self.siren = SIRENS[siren](z_dim=z_dim, hidden_dim=hidden_dim)
+        self.decoder = Decoder(in_channels=hidden_dim, style_dim=self.siren.mapping_network.output_layer.in_features,
+                               channels=tuple(decoder_channels))
+        self._truncation_cache = None  # (weights key, mean LatentCodes): not part of the state dict
+
+    # ----------------------------------------------------------------- latents
+    def mapping(self, z: torch.Tensor) -> LatentCodes:
+        return LatentCodes(*self.siren.mapping_network(z))
+
+    def _mapping_key(self):
+        return tuple((p.data_ptr(), p._version) for p in self.siren.mapping_network.parameters())
+
+    @torch.no_grad()
+    def average_codes(self) -> LatentCodes:
+        """Mean codes over 10 000 random z; recomputed only when the mapping weights change."""
+        key = self._mapping_key()
+        if self._truncation_cache is None or self._truncation_cache[0] != key:
+            device = next(self.parameters()).device
+            seed = torch.Generator(device="cpu").manual_seed(0)
+            z = torch.randn(TRUNCATION_SAMPLES, self.z_dim, generator=seed).to(device)
+            with torch.autocast(device.type, enabled=False):
+                codes = self.mapping(z)
+            self._truncation_cache = (key, LatentCodes(*(c.mean(0, keepdim=True) for c in codes)))
+        return self._truncation_cache[1]
+
+    def truncated_mapping(self, z: torch.Tensor, psi: float = 1.0) -> LatentCodes:
+        """Codes pulled towards the average: mean + psi * (code - mean)."""
+        codes = self.mapping(z)
+        if psi == 1:
+            return codes
+        return self.average_codes().lerp(codes, psi)
+
+    # --------------------------------------------------------------- rendering
+    def _query_field(self, codes: LatentCodes, points, directions, max_batch_size: Optional[int]):
+        """SIREN on points (n, M, 3) with directions (n, M, 3); chunked so that at most
+        `max_batch_size` points go through the network at once."""
+        n, num_points = points.shape[:2]
+        if max_batch_size is None or n * num_points <= max_batch_size:
+            return self.siren(points, codes.frequencies, codes.phases, directions)
+        chunk = max(1, max_batch_size // n)
+        outs = [self.siren(points[:, i:i + chunk], codes.frequencies, codes.phases, directions[:, i:i + chunk])
+                for i in range(0, num_points, chunk)]
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*outs))
+
+    def render_view(self, codes: LatentCodes, cam2world: torch.Tensor, options: RenderOptions,
+                    jitter: bool, max_batch_size: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None) -> RenderedView:
+        """Cast rays from the cameras, query the field, integrate; maps at S x S."""
+        rays = options.rays
+        n, size, steps = cam2world.shape[0], rays.img_size, rays.num_steps
+        points, ray_directions, depths = rays_for_cameras(cam2world, rays, jitter, generator=generator)
+        view_directions = ray_directions  # what the colour branch sees
+        if options.lock_view_dependence:
+            view_directions = torch.zeros_like(ray_directions)
+            view_directions[..., 2] = -1
+        num_rays = ray_directions.shape[1]
+
+        def query(sample_points, sample_count):
+            sample_dirs = view_directions[:, :, None, :].expand(n, num_rays, sample_count, 3)
+            rgb, sigma, feats = self._query_field(
+                codes, sample_points.reshape(n, -1, 3), sample_dirs.reshape(n, -1, 3), max_batch_size)
+            # back to (n, R, N, .)
+            return (rgb.reshape(n, num_rays, sample_count, 3), sigma.reshape(n, num_rays, sample_count),
+                    feats.reshape(n, num_rays, sample_count, -1))
+
+        rgb, sigma, feats = query(points, steps)
+        if options.hierarchical_sample:
+            with torch.no_grad():
+                coarse = integrate(rgb.float(), sigma.float(), depths,
+                                   options=replace(options.integration, nerf_noise=0.0))
+            fine_depths = importance_depths(depths, coarse.weights, steps, deterministic=not jitter,
+                                            generator=generator)
+            fine_points = cam2world[:, None, None, :3, 3] + fine_depths[..., None] * ray_directions[:, :, None, :]
+            fine_rgb, fine_sigma, fine_feats = query(fine_points, steps)
+            depths, order = torch.sort(torch.cat([depths, fine_depths], dim=-1), dim=-1)
+            rgb = torch.cat([rgb, fine_rgb], dim=-2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+            sigma = torch.cat([sigma, fine_sigma], dim=-1).gather(-1, order)
+            feats = torch.cat([feats, fine_feats], dim=-2).gather(
+                -2, order[..., None].expand(-1, -1, -1, feats.shape[-1]))
+        result = integrate(rgb, sigma, depths, feats, options.integration, generator=generator)
+        # (n, S*S, C) -> (n, C, S, S)
+        to_map = lambda x: x.reshape(n, size, size, -1).permute(0, 3, 1, 2)
+        return RenderedView(to_map(result.rgb), to_map(result.features), result.depth.reshape(n, size, size),
+                            cam2world)
+
+    def forward(self, z: torch.Tensor, alpha: float, options: RenderOptions,
+                generator: Optional[torch.Generator] = None) -> GeneratorOutput:
+        """Training forward: primary view, auxiliary view, stereo warp + mixup, decode."""
+        codes = self.mapping(z)
+        n, device = z.shape[0], z.device
+        yaw, pitch = sample_poses(n, options.pose, device=device, generator=generator)
+        primary_cam = cam2world_from_poses(yaw, pitch)
+        primary = self.render_view(codes, primary_cam, options, jitter=True, generator=generator)
+        features, warped_aux_rgb = primary.features, None
+        if options.stereo_auxiliary:
+            aux_cam = cam2world_from_poses(*sample_poses(n, options.pose, device=device, generator=generator))
+            aux = self.render_view(codes, aux_cam, options, jitter=True, generator=generator)
+            warped, _ = stereo_warp(torch.cat([aux.features, aux.rgb], dim=1), primary.depth,
+                                    primary_cam, aux_cam, options.rays.fov)
+            warped_aux_features, warped_aux_rgb = warped[:, :-3], warped[:, -3:]
+            features = stereo_mixup(primary.features, warped_aux_features, options.max_mixup_ratio,
+                                    generator=generator)
+        image = self.decoder(features, codes.style, options.output_size, alpha)
+        pose = torch.stack([pitch, yaw], dim=-1)
+        return GeneratorOutput(image, pose, primary.rgb, warped_aux_rgb)
+
+    def render_codes(self, codes: LatentCodes, options: RenderOptions, cam2world: Optional[torch.Tensor] = None,
+                     alpha: float = 1.0, max_batch_size: Optional[int] = 2400000,
+                     generator: Optional[torch.Generator] = None) -> StagedOutput:
+        """Inference rendering of given codes: no auxiliary view, no jitter."""
+        n = codes.style.shape[0]
+        if cam2world is None:
+            cam2world = cam2world_from_poses(*sample_poses(n, options.pose, device=codes.style.device,
+                                                           generator=generator))
+        view = self.render_view(codes, cam2world.to(codes.style.device), options, jitter=False,
+                                max_batch_size=max_batch_size, generator=generator)
+        image = self.decoder(view.features, codes.style, options.output_size, alpha)
+        return StagedOutput(image, view.depth, view.rgb, view.cam2world)
+
+    @torch.no_grad()
+    def staged_forward(self, z: torch.Tensor, options: RenderOptions, psi: float = 1.0,
+                       max_batch_size: Optional[int] = 2400000, cam2world: Optional[torch.Tensor] = None,
+                       alpha: float = 1.0, generator: Optional[torch.Generator] = None) -> StagedOutput:
+        """Inference: truncated codes (psi), chunked field queries; returns image and depth."""
+        return self.render_codes(self.truncated_mapping(z, psi), options, cam2world, alpha, max_batch_size,
+                                 generator)
+
+    @torch.no_grad()
+    def style_mix_forward(self, z_geometry: torch.Tensor, z_style: torch.Tensor, options: RenderOptions,
+                          psi: float = 1.0, **kwargs) -> StagedOutput:
+        """NeRF (FiLM) codes from z_geometry, 2D decoder style from z_style."""
+        geometry, style = self.truncated_mapping(z_geometry, psi), self.truncated_mapping(z_style, psi)
+        return self.render_codes(LatentCodes(geometry.frequencies, geometry.phases, style.style), options, **kwargs)
+
+    @torch.no_grad()
+    def interpolate_forward(self, z1: torch.Tensor, z2: torch.Tensor, weight: float, options: RenderOptions,
+                            psi: float = 1.0, **kwargs) -> StagedOutput:
+        """Render the lerp (weight 0 -> z1, 1 -> z2) of the truncated codes of z1 and z2."""
+        codes = self.truncated_mapping(z1, psi).lerp(self.truncated_mapping(z2, psi), weight)
+        return self.render_codes(codes, options, **kwargs)
+
+    @torch.no_grad()
+    def density_grid(self, z: torch.Tensor, resolution: int, psi: float = 1.0, half_extent: float = 0.12,
+                     max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
+        """Raw density on a resolution^3 cube grid spanning [-half_extent, half_extent]^3.
+
+        Returns (n, resolution, resolution, resolution) indexed [x, y, z].
+        """
+        codes = self.truncated_mapping(z, psi)
+        n, device = z.shape[0], z.device
+        axis = torch.linspace(-half_extent, half_extent, resolution, device=device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
+        points = grid.expand(n, -1, 3)
+        directions = torch.zeros_like(points)
+        directions[..., 2] = -1
+        _, sigma, _ = self._query_field(codes, points, directions, max_batch_size)
+        return sigma.reshape(n, resolution, resolution, resolution)
+
+
+def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
+    """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels)."""
+    generator_name = metadata.get("generator", "ImplicitGenerator3d")
+    if generator_name != "ImplicitGenerator3d":
+        raise ValueError(f"unknown generator {generator_name!r}; available: ['ImplicitGenerator3d']")
+    return ImplicitGenerator3d(siren=metadata.get("model", "SPATIALSIRENBASELINE"),
+                               z_dim=int(metadata.get("latent_dim", 256)),
+                               hidden_dim=int(metadata.get("hidden_dim", 256)),
+                               decoder_channels=tuple(metadata.get("decoder_channels", (256, 256, 128, 64))))
