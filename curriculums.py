@@ -1,0 +1,369 @@
+"""Training curricula: every hyper-parameter of a run, in one plain dict per dataset (SPEC §8).
+
+This is the file users edit: point `dataset_path` at your images and change numbers
+here. Entry points: `get_curriculum(name)` and `extract_metadata(curriculum, step)`.
+
+Format of a curriculum
+----------------------
+* **Integer keys** are training steps that start a *stage*. A stage's dict holds the
+  per-stage values (batch_size, num_steps, img_size, output_size, batch_split,
+  gen_lr, disc_lr, pos_lambda, reproj_lambda). A stage starts at its step and lasts
+  until the next integer key. Stage 0 must exist.
+* The **last stage must be empty** (`{}`): training ends when it is reached.
+* **String keys** are global values shared by all stages (camera, pose
+  distribution, losses, model classes, dataset ...).
+* `extract_metadata(curriculum, step)` merges the globals with the stage that is
+  active at `step` (the latest integer key <= step); the stage's values win where a
+  key appears in both.
+* `batch_size` is per process; a batch is processed in `batch_split` chunks.
+* `output_size` is the image size of the 2D upsampler, `img_size` the size of the
+  NeRF feature map: output_size = img_size * 2**n with 0 <= n <= 4.
+
+Not in here on purpose: `sample_interval`, `model_save_interval` and `eval_freq`
+are command-line flags of main.py, and the NeRF noise schedule
+(max(0, 1 - step/5000), SPEC §2) is code.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Mapping
+
+# Keys every (non-final) stage must resolve to, from the stage dict or the globals.
+STAGE_KEYS = (
+    "batch_size", "num_steps", "img_size", "output_size", "batch_split",
+    "gen_lr", "disc_lr", "pos_lambda", "reproj_lambda",
+)
+
+# Global keys every curriculum must define.
+GLOBAL_KEYS = (
+    "fov", "ray_start", "ray_end", "fade_steps", "h_stddev", "v_stddev", "h_mean", "v_mean",
+    "sample_dist", "topk_interval", "topk_v", "betas", "unique_lr", "weight_decay",
+    "r1_lambda", "latent_dim", "grad_clip", "model", "generator", "discriminator",
+    "dataset", "dataset_path", "clamp_mode", "z_dist", "hierarchical_sample",
+    "stereo_auxiliary", "max_mixup_ratio", "z_lambda", "last_back", "eval_last_back",
+    "hidden_dim", "decoder_channels", "disc_width_factor",
+)
+
+MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
+
+
+# --------------------------------------------------------------------------- #
+# Real-data curricula (SPEC §8).
+# --------------------------------------------------------------------------- #
+
+CelebAHQ = {
+    0:      {"batch_size": 56, "num_steps": 16, "img_size": 64, "output_size": 64, "batch_split": 4,
+             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    25000:  {"batch_size": 52, "num_steps": 16, "img_size": 64, "output_size": 128, "batch_split": 4,
+             "gen_lr": 5e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    50000:  {"batch_size": 44, "num_steps": 16, "img_size": 64, "output_size": 256, "batch_split": 4,
+             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
+    100000: {"batch_size": 28, "num_steps": 16, "img_size": 64, "output_size": 512, "batch_split": 4,
+             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
+    200000: {},  # end of training
+
+    # EDIT THIS: a glob (or a folder) matching your CelebA-HQ images.
+    "dataset_path": "/path/to/celebahq/*.jpg",
+    "dataset": "CelebAHQ",
+    # camera and pose distribution
+    "fov": 12,
+    "ray_start": 0.88,
+    "ray_end": 1.12,
+    "h_stddev": 0.3,
+    "v_stddev": 0.155,
+    "h_mean": math.pi * 0.5,
+    "v_mean": math.pi * 0.5,
+    "sample_dist": "gaussian",
+    "hierarchical_sample": False,  # the published code ignored this flag (SPEC §2)
+    # optimisation
+    "fade_steps": 2000,
+    "topk_interval": 2000,
+    "topk_v": 0.6,
+    "betas": (0.0, 0.9),
+    "unique_lr": False,
+    "weight_decay": 0,
+    "r1_lambda": 0.2,
+    "grad_clip": 10,
+    "z_lambda": 0,
+    # models
+    "latent_dim": 256,
+    "hidden_dim": 256,
+    "decoder_channels": (256, 256, 128, 64),
+    "disc_width_factor": 1.0,
+    "model": "SPATIALSIRENBASELINE",
+    "generator": "ImplicitGenerator3d",
+    "discriminator": "CCSEncoderDiscriminator",
+    "clamp_mode": "relu",
+    "z_dist": "gaussian",
+    # multi-view consistency
+    "stereo_auxiliary": True,
+    "max_mixup_ratio": 0.1,
+    # volume rendering
+    "last_back": False,
+    "eval_last_back": True,
+}
+
+FFHQ = {
+    0:      {"batch_size": 56, "num_steps": 16, "img_size": 64, "output_size": 64, "batch_split": 4,
+             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    25000:  {"batch_size": 52, "num_steps": 16, "img_size": 64, "output_size": 128, "batch_split": 4,
+             "gen_lr": 5e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    50000:  {"batch_size": 40, "num_steps": 16, "img_size": 64, "output_size": 256, "batch_split": 4,
+             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
+    100000: {"batch_size": 28, "num_steps": 16, "img_size": 64, "output_size": 512, "batch_split": 4,
+             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
+    200000: {},  # end of training
+
+    # EDIT THIS: a glob (or a folder) matching your FFHQ images.
+    "dataset_path": "/path/to/ffhq/*.png",
+    "dataset": "FFHQ",
+    "fov": 12,
+    "ray_start": 0.88,
+    "ray_end": 1.12,
+    "h_stddev": 0.3,
+    "v_stddev": 0.155,
+    "h_mean": math.pi * 0.5,
+    "v_mean": math.pi * 0.5,
+    "sample_dist": "gaussian",
+    "hierarchical_sample": False,
+    "fade_steps": 2000,
+    "topk_interval": 2000,
+    "topk_v": 0.6,
+    "betas": (0.0, 0.9),
+    "unique_lr": False,
+    "weight_decay": 0,
+    "r1_lambda": 0.2,
+    "grad_clip": 10,
+    "z_lambda": 0,
+    "latent_dim": 256,
+    "hidden_dim": 256,
+    "decoder_channels": (256, 256, 128, 64),
+    "disc_width_factor": 1.0,
+    "model": "SPATIALSIRENBASELINE",
+    "generator": "ImplicitGenerator3d",
+    "discriminator": "CCSEncoderDiscriminator",
+    "clamp_mode": "relu",
+    "z_dist": "gaussian",
+    "stereo_auxiliary": True,
+    "max_mixup_ratio": 0.3,
+    "last_back": False,
+    "eval_last_back": True,
+}
+
+Cat = {  # AFHQv2 cats
+    0:      {"batch_size": 56, "num_steps": 12, "img_size": 64, "output_size": 64, "batch_split": 4,
+             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    25000:  {"batch_size": 52, "num_steps": 12, "img_size": 64, "output_size": 128, "batch_split": 4,
+             "gen_lr": 5e-5, "disc_lr": 1.8e-4, "pos_lambda": 15, "reproj_lambda": 1},
+    50000:  {"batch_size": 40, "num_steps": 12, "img_size": 64, "output_size": 256, "batch_split": 4,
+             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
+    100000: {"batch_size": 32, "num_steps": 12, "img_size": 64, "output_size": 512, "batch_split": 4,
+             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
+    200000: {},  # end of training
+
+    # EDIT THIS: a glob (or a folder) matching your AFHQv2 cat images.
+    "dataset_path": "/path/to/afhqv2/cat/*.png",
+    "dataset": "Cat",
+    "fov": 12,
+    "ray_start": 0.8,
+    "ray_end": 1.2,
+    "h_stddev": 0.4,
+    "v_stddev": 0.2,
+    "h_mean": math.pi * 0.5,
+    "v_mean": math.pi * 0.5,
+    "sample_dist": "uniform",
+    "hierarchical_sample": False,
+    "fade_steps": 10000,
+    "topk_interval": 2000,
+    "topk_v": 0.6,
+    "betas": (0.0, 0.9),
+    "unique_lr": False,
+    "weight_decay": 0,
+    "r1_lambda": 0.2,
+    "grad_clip": 10,
+    "z_lambda": 0,
+    "latent_dim": 256,
+    "hidden_dim": 256,
+    "decoder_channels": (256, 256, 128, 64),
+    "disc_width_factor": 1.0,
+    "model": "SPATIALSIRENBASELINE",
+    "generator": "ImplicitGenerator3d",
+    "discriminator": "CCSEncoderDiscriminator",
+    "clamp_mode": "relu",
+    "z_dist": "gaussian",
+    "stereo_auxiliary": True,
+    "max_mixup_ratio": 0.1,
+    "last_back": False,
+    "eval_last_back": True,
+}
+
+
+# --------------------------------------------------------------------------- #
+# The embedded default: procedural heads (datasets.Synthetic), small enough for
+# a laptop CPU. Same camera and pose distribution as the face curricula.
+# --------------------------------------------------------------------------- #
+
+_SYNTHETIC_STAGE = {
+    "batch_size": 8, "num_steps": 12, "img_size": 16, "output_size": 16, "batch_split": 1,
+    "gen_lr": 2e-4, "disc_lr": 4e-4, "pos_lambda": 15, "reproj_lambda": 1,
+}
+
+Synthetic = {
+    0:   dict(_SYNTHETIC_STAGE),
+    300: dict(_SYNTHETIC_STAGE, output_size=32),
+    600: {},  # end of training
+
+    "dataset_path": None,      # procedural: nothing to download
+    "dataset": "Synthetic",
+    "synthetic_size": 4096,    # number of distinct heads
+    "fov": 12,
+    "ray_start": 0.88,
+    "ray_end": 1.12,
+    "h_stddev": 0.3,
+    "v_stddev": 0.155,
+    "h_mean": math.pi * 0.5,
+    "v_mean": math.pi * 0.5,
+    "sample_dist": "gaussian",
+    "hierarchical_sample": False,
+    "fade_steps": 100,
+    "topk_interval": 100,
+    "topk_v": 0.6,
+    "betas": (0.0, 0.9),
+    "unique_lr": False,
+    "weight_decay": 0,
+    "r1_lambda": 0.2,
+    "grad_clip": 10,
+    "z_lambda": 0,
+    "latent_dim": 256,         # the mapping network's width (SPEC §3)
+    "hidden_dim": 64,
+    "decoder_channels": (64, 64, 32, 16),
+    "disc_width_factor": 0.25,
+    "model": "SPATIALSIRENBASELINE",
+    "generator": "ImplicitGenerator3d",
+    "discriminator": "CCSEncoderDiscriminator",
+    "clamp_mode": "relu",
+    "z_dist": "gaussian",
+    "stereo_auxiliary": True,
+    "max_mixup_ratio": 0.1,
+    "last_back": False,
+    "eval_last_back": True,
+}
+
+CURRICULA = {
+    "CelebAHQ": CelebAHQ,
+    "FFHQ": FFHQ,
+    "Cat": Cat,
+    "Synthetic": Synthetic,
+}
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+
+def _is_stage_key(key) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
+
+
+def stage_boundaries(curriculum: Mapping) -> list:
+    """Sorted steps at which stages start (the integer keys)."""
+    return sorted(k for k in curriculum if _is_stage_key(k))
+
+
+def _stage_start(curriculum: Mapping, step: int):
+    """The latest stage boundary <= step, or None if step precedes every stage."""
+    start = None
+    for boundary in stage_boundaries(curriculum):
+        if boundary <= step:
+            start = boundary
+    return start
+
+
+def extract_metadata(curriculum: Mapping, step: int) -> dict:
+    """Globals merged with the stage active at `step` (stage values win)."""
+    metadata = {k: v for k, v in curriculum.items() if not _is_stage_key(k)}
+    start = _stage_start(curriculum, step)
+    if start is not None:
+        metadata.update(curriculum[start])
+    return metadata
+
+
+def last_upsample_step(curriculum: Mapping, step: int) -> int:
+    """Start of the stage active at `step` (0 before the first stage).
+
+    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (SPEC §7).
+    """
+    start = _stage_start(curriculum, step)
+    return 0 if start is None else start
+
+
+def next_upsample_step(curriculum: Mapping, step: int):
+    """First stage boundary after `step`; float('inf') when there is none."""
+    for boundary in stage_boundaries(curriculum):
+        if boundary > step:
+            return boundary
+    return float("inf")
+
+
+def is_final_stage(curriculum: Mapping, step: int) -> bool:
+    """True when the stage active at `step` is empty, i.e. training is over."""
+    start = _stage_start(curriculum, step)
+    return start is not None and len(curriculum[start]) == 0
+
+
+def get_curriculum(name: str) -> dict:
+    """A deep copy of the named curriculum (safe to modify)."""
+    if name not in CURRICULA:
+        raise ValueError(f"Unknown curriculum {name!r}; available: {', '.join(CURRICULA)}.")
+    return copy.deepcopy(CURRICULA[name])
+
+
+def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
+    """Raise ValueError listing every problem found in `curriculum` (None if fine)."""
+    label = f"curriculum {name!r}" if name else "curriculum"
+    problems = []
+
+    missing_globals = [k for k in GLOBAL_KEYS if k not in curriculum]
+    if missing_globals:
+        problems.append(f"missing global keys: {', '.join(missing_globals)}")
+
+    boundaries = stage_boundaries(curriculum)
+    if 0 not in boundaries:
+        problems.append("no stage at step 0 (add an integer key 0 with the first stage's values)")
+    if any(b < 0 for b in boundaries):
+        problems.append("negative stage steps")
+    if not boundaries or len(curriculum[boundaries[-1]]) != 0:
+        problems.append("the last stage must be empty ({}): it marks the end of training")
+
+    for boundary in boundaries[:-1]:
+        stage = curriculum[boundary]
+        if not isinstance(stage, Mapping):
+            problems.append(f"stage {boundary} is not a dict")
+            continue
+        if len(stage) == 0:
+            problems.append(f"stage {boundary} is empty but is not the last stage")
+            continue
+        merged = extract_metadata(curriculum, boundary)
+        missing = [k for k in STAGE_KEYS if k not in merged]
+        if missing:
+            problems.append(f"stage {boundary} is missing keys: {', '.join(missing)}")
+            continue
+        img, out = merged["img_size"], merged["output_size"]
+        ratio = out / img if img else 0
+        levels = math.log2(ratio) if ratio > 0 else -1
+        if not (levels == int(levels) and 0 <= levels <= MAX_UPSAMPLE_LEVELS):
+            problems.append(f"stage {boundary}: output_size ({out}) must be img_size ({img}) "
+                            f"times 2**n with 0 <= n <= {MAX_UPSAMPLE_LEVELS}")
+        if merged["batch_size"] % merged["batch_split"] != 0:
+            problems.append(f"stage {boundary}: batch_size ({merged['batch_size']}) is not "
+                            f"divisible by batch_split ({merged['batch_split']})")
+
+    if "ray_start" in curriculum and "ray_end" in curriculum \
+            and not curriculum["ray_start"] < curriculum["ray_end"]:
+        problems.append("ray_start must be smaller than ray_end")
+    if "betas" in curriculum and not all(isinstance(b, float) for b in curriculum["betas"]):
+        problems.append("betas must be floats, e.g. (0.0, 0.9)")
+
+    if problems:
+        raise ValueError(f"Invalid {label}:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,168 @@
+"""Curricula: stage logic, SPEC §8 values and validation."""
+import math
+
+import pytest
+
+import curriculums
+from curriculums import (extract_metadata, get_curriculum, is_final_stage, last_upsample_step,
+                         next_upsample_step, stage_boundaries, validate_curriculum)
+
+STAGE_COLUMNS = ("batch_size", "num_steps", "img_size", "output_size", "batch_split",
+                 "gen_lr", "disc_lr", "pos_lambda", "reproj_lambda")
+
+# SPEC §8 table, row by row.
+SPEC_TABLE = [
+    ("CelebAHQ", 0, (56, 16, 64, 64, 4, 6e-5, 2e-4, 15, 1)),
+    ("CelebAHQ", 25000, (52, 16, 64, 128, 4, 5e-5, 2e-4, 15, 1)),
+    ("CelebAHQ", 50000, (44, 16, 64, 256, 4, 3e-5, 1e-4, 0, 1)),
+    ("CelebAHQ", 100000, (28, 16, 64, 512, 4, 2e-5, 8e-5, 0, 1)),
+    ("FFHQ", 0, (56, 16, 64, 64, 4, 6e-5, 2e-4, 15, 1)),
+    ("FFHQ", 25000, (52, 16, 64, 128, 4, 5e-5, 2e-4, 15, 1)),
+    ("FFHQ", 50000, (40, 16, 64, 256, 4, 3e-5, 1e-4, 0, 1)),
+    ("FFHQ", 100000, (28, 16, 64, 512, 4, 2e-5, 8e-5, 0, 1)),
+    ("Cat", 0, (56, 12, 64, 64, 4, 6e-5, 2e-4, 15, 1)),
+    ("Cat", 25000, (52, 12, 64, 128, 4, 5e-5, 1.8e-4, 15, 1)),
+    ("Cat", 50000, (40, 12, 64, 256, 4, 3e-5, 1e-4, 0, 1)),
+    ("Cat", 100000, (32, 12, 64, 512, 4, 2e-5, 8e-5, 0, 1)),
+]
+
+
+@pytest.mark.parametrize("name,step,values", SPEC_TABLE)
+def test_spec_table(name, step, values):
+    stage = get_curriculum(name)[step]
+    assert tuple(stage[k] for k in STAGE_COLUMNS) == values
+
+
+@pytest.mark.parametrize("name", ["CelebAHQ", "FFHQ", "Cat"])
+def test_real_curricula_boundaries_and_end(name):
+    c = get_curriculum(name)
+    assert stage_boundaries(c) == [0, 25000, 50000, 100000, 200000]
+    assert c[200000] == {}
+    assert c["dataset"] == name
+    assert isinstance(c["dataset_path"], str) and "/path/to/" in c["dataset_path"]
+
+
+def test_face_and_cat_globals():
+    for name, mixup in (("CelebAHQ", 0.1), ("FFHQ", 0.3)):
+        c = get_curriculum(name)
+        assert (c["fov"], c["ray_start"], c["ray_end"], c["fade_steps"]) == (12, 0.88, 1.12, 2000)
+        assert (c["h_stddev"], c["v_stddev"], c["sample_dist"]) == (0.3, 0.155, "gaussian")
+        assert c["h_mean"] == c["v_mean"] == math.pi / 2
+        assert c["max_mixup_ratio"] == mixup
+    cat = get_curriculum("Cat")
+    assert (cat["ray_start"], cat["ray_end"], cat["fade_steps"]) == (0.8, 1.2, 10000)
+    assert (cat["h_stddev"], cat["v_stddev"], cat["sample_dist"]) == (0.4, 0.2, "uniform")
+    assert cat["max_mixup_ratio"] == 0.1
+    for name in ("CelebAHQ", "FFHQ", "Cat"):
+        c = get_curriculum(name)
+        assert c["betas"] == (0.0, 0.9) and all(isinstance(b, float) for b in c["betas"])
+        assert (c["topk_interval"], c["topk_v"], c["r1_lambda"], c["grad_clip"]) == (2000, 0.6, 0.2, 10)
+        assert (c["latent_dim"], c["hidden_dim"], c["decoder_channels"]) == (256, 256, (256, 256, 128, 64))
+        assert (c["model"], c["generator"], c["discriminator"]) == (
+            "SPATIALSIRENBASELINE", "ImplicitGenerator3d", "CCSEncoderDiscriminator")
+        assert c["hierarchical_sample"] is False and c["stereo_auxiliary"] is True
+        assert (c["last_back"], c["eval_last_back"], c["unique_lr"]) == (False, True, False)
+        assert (c["z_lambda"], c["weight_decay"], c["clamp_mode"], c["z_dist"]) == (0, 0, "relu", "gaussian")
+        for cli_flag in ("sample_interval", "model_save_interval", "eval_freq"):
+            assert cli_flag not in c
+
+
+def test_synthetic_is_small_and_procedural():
+    c = get_curriculum("Synthetic")
+    assert c["dataset"] == "Synthetic" and c["dataset_path"] is None
+    assert c["latent_dim"] == 256 and c["hidden_dim"] < 256
+    assert c[stage_boundaries(c)[-1]] == {}
+    assert extract_metadata(c, 0)["img_size"] <= 32
+
+
+@pytest.mark.parametrize("name", sorted(curriculums.CURRICULA))
+def test_shipped_curricula_validate(name):
+    validate_curriculum(get_curriculum(name), name)
+
+
+def test_extract_metadata_stages():
+    c = get_curriculum("CelebAHQ")
+    assert extract_metadata(c, 0)["output_size"] == 64
+    assert extract_metadata(c, 24999)["output_size"] == 64
+    assert extract_metadata(c, 25000)["output_size"] == 128
+    assert extract_metadata(c, 25000)["batch_size"] == 52
+    assert extract_metadata(c, 99999)["output_size"] == 256
+    assert extract_metadata(c, 199999)["output_size"] == 512
+    meta = extract_metadata(c, 12345)
+    assert meta["fov"] == 12 and meta["dataset"] == "CelebAHQ"
+    assert not any(isinstance(k, int) for k in meta)
+    end = extract_metadata(c, 200000)
+    assert "batch_size" not in end and end["fov"] == 12
+
+
+def test_stage_values_override_globals():
+    c = {0: {"num_steps": 8}, 10: {}, "num_steps": 4, "fov": 12}
+    assert extract_metadata(c, 0)["num_steps"] == 8
+    assert extract_metadata(c, 10)["num_steps"] == 4
+
+
+def test_upsample_steps_and_final_stage():
+    c = get_curriculum("FFHQ")
+    assert last_upsample_step(c, 0) == 0
+    assert last_upsample_step(c, 24999) == 0
+    assert last_upsample_step(c, 25000) == 25000
+    assert last_upsample_step(c, 60000) == 50000
+    assert next_upsample_step(c, 0) == 25000
+    assert next_upsample_step(c, 25000) == 50000
+    assert next_upsample_step(c, 150000) == 200000
+    assert next_upsample_step(c, 200000) == float("inf")
+    assert not is_final_stage(c, 0)
+    assert not is_final_stage(c, 199999)
+    assert is_final_stage(c, 200000) and is_final_stage(c, 10 ** 7)
+
+
+def test_get_curriculum_unknown_lists_available():
+    with pytest.raises(ValueError) as info:
+        get_curriculum("celeba_typo")
+    for name in ("CelebAHQ", "FFHQ", "Cat", "Synthetic"):
+        assert name in str(info.value)
+
+
+def test_get_curriculum_returns_a_copy():
+    c = get_curriculum("CelebAHQ")
+    c[0]["batch_size"] = 1
+    c["fov"] = 99
+    assert curriculums.CelebAHQ[0]["batch_size"] == 56
+    assert get_curriculum("CelebAHQ")["fov"] == 12
+
+
+def test_validation_names_missing_keys():
+    c = get_curriculum("CelebAHQ")
+    del c["fov"], c["max_mixup_ratio"], c[25000]["gen_lr"]
+    with pytest.raises(ValueError) as info:
+        validate_curriculum(c, "Mine")
+    msg = str(info.value)
+    assert "'Mine'" in msg and "fov" in msg and "max_mixup_ratio" in msg
+    assert "25000" in msg and "gen_lr" in msg
+
+
+def test_validation_structure_errors():
+    c = get_curriculum("Synthetic")
+    del c[0]
+    with pytest.raises(ValueError, match="step 0"):
+        validate_curriculum(c)
+
+    c = get_curriculum("Synthetic")
+    c[600] = {"batch_size": 8}
+    with pytest.raises(ValueError, match="last stage must be empty"):
+        validate_curriculum(c)
+
+    c = get_curriculum("Synthetic")
+    c[0]["output_size"] = 24
+    with pytest.raises(ValueError, match="output_size"):
+        validate_curriculum(c)
+
+    c = get_curriculum("Synthetic")
+    c[0]["output_size"] = c[0]["img_size"] * 32
+    with pytest.raises(ValueError, match="output_size"):
+        validate_curriculum(c)
+
+    c = get_curriculum("Synthetic")
+    c["betas"] = (0, 0.9)
+    with pytest.raises(ValueError, match="betas"):
+        validate_curriculum(c)
