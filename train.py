@@ -137,7 +137,10 @@ def all_ranks_agree(flag: bool, device, world_size: int) -> bool:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG a step can touch, in types that `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -145,7 +148,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -202,6 +206,9 @@ class Trainer:
         self.is_main = rank == 0
         self.output_dir = Path(config.output_dir)
         self.curriculum = curriculums.get_curriculum(config.curriculum)
+        if any(isinstance(k, int) for k in config.curriculum_overrides):  # new stages replace the old ones
+            for key in [k for k in self.curriculum if isinstance(k, int)]:
+                del self.curriculum[key]
         self.curriculum.update(config.curriculum_overrides)
         curriculums.validate_curriculum(self.curriculum, config.curriculum)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)

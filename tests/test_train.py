@@ -1,0 +1,158 @@
+"""End-to-end training: steps, stage changes, exact resume, 2-process gloo, signals, clean end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from train import TrainConfig, Trainer, train
+from utils.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_STAGE = dict(batch_size=2, num_steps=4, img_size=8, output_size=8, batch_split=1, gen_lr=2e-4,
+                  disc_lr=4e-4, pos_lambda=15, reproj_lambda=1)
+TINY = {
+    0: dict(TINY_STAGE),
+    3: dict(TINY_STAGE, output_size=16, batch_split=2),
+    6: {},
+    "hidden_dim": 16, "decoder_channels": (16, 16, 8, 8), "disc_width_factor": 0.0625,
+    "synthetic_size": 32, "fade_steps": 2, "topk_interval": 2,
+}
+
+
+def tiny_config(tmp_path, name="run", **kwargs) -> TrainConfig:
+    defaults = dict(curriculum="Synthetic", output_dir=str(tmp_path / name), sample_interval=0,
+                    model_save_interval=0, num_workers=0, log_interval=1, progress=False,
+                    curriculum_overrides=TINY)
+    defaults.update(kwargs)
+    return TrainConfig(**defaults)
+
+
+def checkpoint_tensors(path):
+    state = load_checkpoint(path)
+    flat = {}
+    for key in ("generator", "discriminator", "generator_ema", "generator_ema2"):
+        for name, tensor in state[key].items():
+            flat[f"{key}.{name}"] = tensor
+    for key in ("optimizer_G", "optimizer_D"):
+        for index, per_param in state[key]["state"].items():
+            for name, value in per_param.items():
+                flat[f"{key}.{index}.{name}"] = torch.as_tensor(value)
+    return state, flat
+
+
+def test_training_runs_through_a_stage_change_and_ends_cleanly(tmp_path):
+    config = tiny_config(tmp_path)
+    assert train(0, 1, config) == 0
+    run = Path(config.output_dir)
+    state = load_checkpoint(run / "checkpoint.pth")
+    assert state["step"] == 6  # stopped at the final (empty) stage, not with a KeyError
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps == list(range(1, 7))
+    assert {r["output_size"] for r in records} == {8, 16}
+    for r in records:
+        for key in ("d_loss", "g_loss", "photometric", "topk", "alpha", "sec_per_step", "stage"):
+            assert key in r
+        assert r["photometric"] > 0
+    assert records[3]["alpha"] == 0 and records[4]["alpha"] == 0.5  # fade restarts at the stage change
+    for suffix in ("fixed", "tilted", "fixed_ema", "tilted_ema", "random"):
+        assert (run / f"6_{suffix}.png").is_file()
+    options = json.loads((run / "options.json").read_text())
+    assert options["modules"]["generator"]["parameters"] > 0
+    # Training changed the weights and the EMA lags behind them.
+    assert not torch.equal(state["generator"]["decoder.to_rgb.0.weight"],
+                           state["generator_ema2"]["decoder.to_rgb.0.weight"])
+
+
+@pytest.mark.parametrize("first_leg", [2, 3])
+def test_resume_continues_exactly(tmp_path, first_leg):
+    """Training 6 steps straight equals training N, stopping, and resuming (also at a stage boundary)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = tiny_config(tmp_path, "straight")
+        assert train(0, 1, straight) == 0
+        split = tiny_config(tmp_path, "split", max_steps=first_leg)
+        assert train(0, 1, split) == 0
+        assert load_checkpoint(Path(split.output_dir))["step"] == first_leg
+        resumed = tiny_config(tmp_path, "split", load_dir=split.output_dir)
+        assert train(0, 1, resumed) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    state_a, a = checkpoint_tensors(Path(straight.output_dir) / "checkpoint.pth")
+    state_b, b = checkpoint_tensors(Path(split.output_dir) / "checkpoint.pth")
+    assert state_a["step"] == state_b["step"] == 6
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, config, init_method, result_path):
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    trainer = Trainer(rank, world_size, config, torch.device("cpu"))
+    trainer.run()
+    flat = torch.cat([p.detach().flatten() for p in
+                      [*trainer.generator.parameters(), *trainer.discriminator.parameters()]])
+    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(torch.stack(gathered), result_path)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_keep_identical_weights(tmp_path):
+    config = tiny_config(tmp_path, "ddp", max_steps=2)
+    result = tmp_path / "weights.pt"
+    mp.spawn(_ddp_worker, args=(2, config, f"tcp://127.0.0.1:{_free_port()}", str(result)), nprocs=2, join=True)
+    weights = torch.load(result, weights_only=True)
+    assert torch.equal(weights[0], weights[1])
+    assert load_checkpoint(Path(config.output_dir))["step"] == 2
+
+
+def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
+    run = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--curriculum", "Synthetic", "--output_dir",
+                             str(run), "--num_workers", "0", "--log_interval", "1", "--no_progress",
+                             "--sample_interval", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert (run / "metrics.jsonl").exists(), proc.communicate()[0].decode()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=240)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-2000:]
+    state = load_checkpoint(run)
+    assert state["step"] >= 1
+    assert "stopped by signal" in output
+
+
+def test_bad_curriculum_and_empty_glob_fail_before_spawning(tmp_path, capsys):
+    import main
+
+    assert main.main(["--curriculum", "NoSuchThing", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "Synthetic" in capsys.readouterr().err  # lists the available curricula
+    assert main.main(["--curriculum", "CelebAHQ", "--output_dir", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset_path" in err and "CelebAHQ" in err
+    assert not (tmp_path / "y").exists()
