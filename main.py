@@ -58,8 +58,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        seed=args.seed, device=args.device, progress=not args.no_progress)
 
 
+def _run(rank: int, world_size: int, config: TrainConfig, **kwargs) -> int:
+    try:
+        return train(rank, world_size, config, **kwargs)
+    except FloatingPointError as error:  # repeated non-finite losses: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
 def _spawned(rank: int, world_size: int, config: TrainConfig, init_method: str) -> None:
-    code = train(rank, world_size, config, init_method=init_method)
+    code = _run(rank, world_size, config, init_method=init_method)
     if code:
         sys.exit(code)
 
@@ -77,12 +85,12 @@ def main(argv=None) -> int:
     config = config_from_args(args)
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
-        return train(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config, init_method="env://",
-                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        return _run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config, init_method="env://",
+                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     world_size = torch.cuda.device_count() if use_cuda else (args.nproc or 1)
     if world_size <= 1:
-        return train(0, 1, config)
+        return _run(0, 1, config)
     init_method = f"tcp://127.0.0.1:{args.port}"
     mp.spawn(_spawned, args=(world_size, config, init_method), nprocs=world_size, join=True)
     return 0

@@ -416,7 +416,8 @@ class Trainer:
         g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, options, cfg)
         self.discriminator.zero_grad(set_to_none=True)  # the G phase also filled D's grads
         g_ok = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], metadata["grad_clip"])
-        self.scaler.update()
+        if d_ok or g_ok:  # GradScaler.update needs at least one recorded optimiser step
+            self.scaler.update()
         for ema in self.emas:
             ema.update(self.generator)
         stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
@@ -476,14 +477,14 @@ class Trainer:
                     stage_changed = self.loader_key(self.step) != key
                     if stage_changed:  # a stage change abandons the current epoch
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if self.is_main:
+                        self.after_step(stats, metadata, started, total_bar, stage_bar)
                     self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
                     if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
                         raise FloatingPointError(
                             f"{MAX_NONFINITE_STEPS} consecutive steps had non-finite losses (last at step "
                             f"{self.step}); stopping. The last good checkpoint in {self.output_dir} is intact; "
                             f"try a lower learning rate or --precision bf16/fp32.")
-                    if self.is_main:
-                        self.after_step(stats, metadata, started, total_bar, stage_bar)
                     if config.sample_interval and self.step % config.sample_interval == 0:
                         if self.is_main:
                             self.write_samples(metadata, stats["alpha"])

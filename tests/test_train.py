@@ -156,3 +156,34 @@ def test_bad_curriculum_and_empty_glob_fail_before_spawning(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dataset_path" in err and "CelebAHQ" in err
     assert not (tmp_path / "y").exists()
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_checkpoint_intact(tmp_path, monkeypatch):
+    import losses
+
+    overrides = {k: v for k, v in TINY.items() if not isinstance(k, int)}
+    overrides.update({0: dict(TINY_STAGE), 40: {}})
+    config = tiny_config(tmp_path, "nan", max_steps=2, curriculum_overrides=overrides)
+    assert train(0, 1, config) == 0
+    before = load_checkpoint(Path(config.output_dir))
+    assert before["step"] == 2
+
+    original = losses.MVCGANLoss.accumulate_generator_gradients
+
+    def poisoned(self, *args, **kwargs):
+        stats = original(self, *args, **kwargs)
+        stats["g_loss"] = stats["g_loss"] * float("nan")
+        return stats
+
+    monkeypatch.setattr(losses.MVCGANLoss, "accumulate_generator_gradients", poisoned)
+    resumed = tiny_config(tmp_path, "nan", load_dir=config.output_dir, curriculum_overrides=overrides)
+    trainer = Trainer(0, 1, resumed, torch.device("cpu"))
+    with pytest.raises(FloatingPointError, match="consecutive steps had non-finite losses"):
+        trainer.run()
+    # Every generator step was skipped: its weights are still the checkpoint's.
+    for key, value in before["generator"].items():
+        assert torch.equal(value, trainer.generator.state_dict()[key]), key
+    assert trainer.step == 2 + 10
+    lines = [json.loads(l) for l in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert sum(l["skipped"] for l in lines) == 10
+    assert load_checkpoint(Path(config.output_dir))["step"] == 2  # the last good checkpoint is intact
