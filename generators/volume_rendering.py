@@ -62,8 +62,9 @@ def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
     weights_total = weights.sum(dim=-1)
     if options.last_back:
         weights = torch.cat([weights[..., :-1], weights[..., -1:] + (1 - weights_total)[..., None]], dim=-1)
-    colour = (weights[..., None] * rgb).sum(dim=-2)
-    feature = (weights[..., None] * features).sum(dim=-2) if features is not None else None
+    colour = torch.einsum("...n,...nc->...c", weights, rgb)
+    # A batched matmul: no (n, R, N, C) temporary for the weighted features.
+    feature = torch.einsum("...n,...nc->...c", weights, features) if features is not None else None
     depth = (weights * depths).sum(dim=-1)
     if options.white_back:
         colour = colour + (1 - weights_total)[..., None]
