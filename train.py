@@ -249,6 +249,7 @@ class Trainer:
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
         self.stop = GracefulStop()
+        self._inception = None  # loaded on the first evaluation
 
     # -------------------------------------------------------------- checkpoints
     def state(self, rng_states) -> dict:
@@ -334,11 +335,20 @@ class Trainer:
         self.emas[0].module.eval()
 
     def evaluate(self, metadata: dict) -> None:
+        """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""
         import fid_evaluation
 
-        result = fid_evaluation.evaluate(self.emas[0].module, metadata,
-                                         metrics=tuple(m for m in self.config.eval_metrics.split(",") if m),
-                                         real_dir=self.config.eval_dir, device=self.device)
+        metrics = tuple(m for m in self.config.eval_metrics.split(",") if m)
+        try:
+            if self._inception is None and {"fid", "kid"} & set(metrics):
+                self._inception = fid_evaluation.load_inception(device=self.device)
+            result = fid_evaluation.evaluate(self.emas[0].module, metadata, metrics=metrics,
+                                             real_dir=self.config.eval_dir, device=self.device,
+                                             inception=self._inception, alpha=self.alpha_at(self.step - 1))
+        except fid_evaluation.InceptionWeightsMissing as error:
+            logger.error("evaluation disabled for this run: %s", error)
+            self.config.eval_freq = 0
+            return
         self.log_metrics({"step": self.step, "eval": result})
 
     def log_metrics(self, record: dict) -> None:
