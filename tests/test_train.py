@@ -187,3 +187,12 @@ def test_nonfinite_losses_skip_steps_then_stop_with_checkpoint_intact(tmp_path, 
     lines = [json.loads(l) for l in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert sum(l["skipped"] for l in lines) == 10
     assert load_checkpoint(Path(config.output_dir))["step"] == 2  # the last good checkpoint is intact
+
+
+def test_evaluation_at_eval_freq_is_logged(tmp_path):
+    config = tiny_config(tmp_path, "eval", max_steps=2, eval_freq=2, eval_metrics="mvc")
+    assert train(0, 1, config) == 0
+    lines = [json.loads(l) for l in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [l for l in lines if "eval" in l]
+    assert len(evals) == 1 and evals[0]["step"] == 2
+    assert 0 <= evals[0]["eval"]["mvc_nerf_l1"] < 1

@@ -1,0 +1,255 @@
+"""Render images, depth maps, videos, style mixes and interpolations from a checkpoint (SPEC §11).
+
+    python render_multiview_image.py --path CKPT --output_dir render_dir --output_size 512 --curriculum FFHQ
+
+Default mode `multiview`: for each seed, one z rendered from 7 yaw offsets
+(+0.6, +0.5, +0.3, 0, -0.3, -0.5, -0.6) around the curriculum's mean pose, with the
+EMA weights, psi = 0.5, no NeRF noise, no auxiliary view and eval_last_back, saved as
+one row `image_{seed}.png`. `--depth` adds the colour-mapped depth of the same views
+(`depth_{seed}.png`), `--video` a looping yaw/pitch sweep (`video_{seed}.gif`).
+`--mode style_mix` renders NeRF geometry from one seed with the decoder style of
+another; `--mode interpolate` walks between the codes of consecutive seeds.
+Entry point: `main(argv)`; the render_* functions are importable.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from generators.generators import RenderOptions, StagedOutput
+from utils.images import depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
+from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
+                                 latent_for_seed, load_model, render_options, run_cli)
+
+MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (SPEC §11)
+VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
+VIDEO_PITCH_AMPLITUDE = 0.15  # radians: about one v_stddev of the face curricula
+
+
+# ------------------------------------------------------------------ rendering
+def _cat_outputs(parts: Sequence[StagedOutput]) -> StagedOutput:
+    return StagedOutput(*(torch.cat(list(fields), dim=0) for fields in zip(*parts)))
+
+
+def _in_chunks(n: int, chunk: int):
+    for start in range(0, n, max(1, chunk)):
+        yield slice(start, min(n, start + max(1, chunk)))
+
+
+def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, options: RenderOptions,
+                 psi: float, max_batch_size: int, batch_size: int = 8) -> StagedOutput:
+    """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time.
+
+    Returns the StagedOutput of all views, on the CPU.
+    """
+    parts = []
+    for part in _in_chunks(cameras.shape[0], batch_size):
+        cams = cameras[part]
+        out = model.generator.staged_forward(z.expand(cams.shape[0], -1), options, psi=psi,
+                                             max_batch_size=max_batch_size, cam2world=cams, alpha=1.0)
+        parts.append(StagedOutput(*(t.cpu() for t in out)))
+    return _cat_outputs(parts)
+
+
+def render_multiview(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
+                     batch_size: int = 8, yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS) -> StagedOutput:
+    """The seed's z from the multiview yaw offsets at the mean pitch: (7, 3, out, out) images, (7, S, S) depth."""
+    device = model.device
+    z = latent_for_seed(seed, model.generator.z_dim, device)
+    cameras = cameras_around_mean(options, yaw_offsets, device=device)
+    return render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
+
+
+def video_offsets(num_frames: int, yaw_amplitude: float = VIDEO_YAW_AMPLITUDE,
+                  pitch_amplitude: float = VIDEO_PITCH_AMPLITUDE):
+    """A closed loop around the mean pose: yaw = A sin(2 pi t), pitch = B cos(2 pi t), t = i / num_frames."""
+    t = np.arange(num_frames) / num_frames
+    return (yaw_amplitude * np.sin(2 * np.pi * t)).tolist(), (pitch_amplitude * np.cos(2 * np.pi * t)).tolist()
+
+
+def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
+                        num_frames: int, batch_size: int = 8) -> List[np.ndarray]:
+    """uint8 frames of the seed's z along the `video_offsets` loop."""
+    device = model.device
+    z = latent_for_seed(seed, model.generator.z_dim, device)
+    yaw, pitch = video_offsets(num_frames)
+    cameras = cameras_around_mean(options, yaw, pitch, device=device)
+    out = render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
+    return list(to_uint8(out.image))
+
+
+def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequence[int], options: RenderOptions,
+                     psi: float, max_batch_size: int, batch_size: int = 8) -> np.ndarray:
+    """NeRF geometry (FiLM codes) of `geometry_seed` decoded with the style of each style seed,
+    at the mean pose: uint8 (len(style_seeds), out, out, 3)."""
+    device, z_dim = model.device, model.generator.z_dim
+    z_style_all = torch.cat([latent_for_seed(s, z_dim, device) for s in style_seeds])
+    z_geometry = latent_for_seed(geometry_seed, z_dim, device)
+    images = []
+    for part in _in_chunks(len(style_seeds), batch_size):
+        z_style = z_style_all[part]
+        n = z_style.shape[0]
+        out = model.generator.style_mix_forward(
+            z_geometry.expand(n, -1), z_style, options, psi=psi,
+            cam2world=cameras_around_mean(options, [0.0] * n, device=device), max_batch_size=max_batch_size)
+        images.append(to_uint8(out.image))
+    return np.concatenate(images)
+
+
+def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: Sequence[float],
+                         options: RenderOptions, psi: float, max_batch_size: int,
+                         batch_size: int = 8) -> np.ndarray:
+    """Lerp of the truncated codes of two seeds (weight 0 -> seed_a, 1 -> seed_b) at the mean pose:
+    uint8 (len(weights), out, out, 3)."""
+    device, z_dim = model.device, model.generator.z_dim
+    z1, z2 = latent_for_seed(seed_a, z_dim, device), latent_for_seed(seed_b, z_dim, device)
+    all_weights = torch.tensor([float(w) for w in weights], device=device)[:, None]  # (n, 1)
+    images = []
+    for part in _in_chunks(len(weights), batch_size):
+        w = all_weights[part]
+        # A (n, 1) weight broadcasts the (1, .) codes of z1 and z2 into n interpolated codes.
+        out = model.generator.interpolate_forward(
+            z1, z2, w, options, psi=psi, cam2world=cameras_around_mean(options, [0.0] * w.shape[0], device=device),
+            max_batch_size=max_batch_size)
+        images.append(to_uint8(out.image))
+    return np.concatenate(images)
+
+
+# ----------------------------------------------------------------------- modes
+def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+    written = []
+    near, far = options.rays.ray_start, options.rays.ray_end
+    for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
+        out = render_multiview(model, seed, options, args.psi, args.max_batch_size, args.batch_size)
+        written.append(save_image(make_row(to_uint8(out.image)), output_dir / f"image_{seed}.png"))
+        if args.depth:
+            # Depth lives at the NeRF resolution; nearest-upscaled so it lines up with the images.
+            depth = [resize(d, options.output_size) for d in depth_to_uint8(out.depth, near, far)]
+            written.append(save_image(make_row(depth), output_dir / f"depth_{seed}.png"))
+        if args.video:
+            frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
+                                         args.batch_size)
+            written.append(save_gif(frames, output_dir / f"video_{seed}.gif", fps=args.fps))
+    return written
+
+
+def run_style_mix(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+    style_seeds = args.style_seeds if args.style_seeds else args.seeds
+    written, rows = [], []
+    for seed in tqdm(args.seeds, desc="geometry seeds", unit="seed"):
+        row = render_style_mix(model, seed, style_seeds, options, args.psi, args.max_batch_size, args.batch_size)
+        rows.extend(row)
+        written.append(save_image(make_row(row), output_dir / f"style_mix_{seed}.png"))
+    # All rows together: rows = geometry seeds, columns = style seeds.
+    written.append(save_image(make_grid(rows, ncols=len(style_seeds)), output_dir / "style_mix.png"))
+    return written
+
+
+def run_interpolate(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+    if len(args.seeds) < 2:
+        raise CLIError("--mode interpolate needs at least two --seeds (it interpolates between consecutive ones)")
+    written = []
+    pairs = list(zip(args.seeds[:-1], args.seeds[1:]))
+    for a, b in tqdm(pairs, desc="seed pairs", unit="pair"):
+        weights = np.linspace(0.0, 1.0, args.num_interp)
+        row = render_interpolation(model, a, b, weights, options, args.psi, args.max_batch_size, args.batch_size)
+        written.append(save_image(make_row(row), output_dir / f"interp_{a}_{b}.png"))
+        if args.video:
+            # a -> b -> a with an eased weight, so the loop has no jump.
+            t = np.arange(args.num_frames) / args.num_frames
+            frames = render_interpolation(model, a, b, 0.5 - 0.5 * np.cos(2 * np.pi * t), options, args.psi,
+                                          args.max_batch_size, args.batch_size)
+            written.append(save_gif(list(frames), output_dir / f"interp_{a}_{b}.gif", fps=args.fps))
+    return written
+
+
+MODES = {"multiview": run_multiview, "style_mix": run_style_mix, "interpolate": run_interpolate}
+
+
+# ------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Render multi-view images (and depth maps, videos, style mixes, interpolations) "
+                    "from an MVCGAN checkpoint.",
+        formatter_class=HelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--output_dir", default="render_dir", help="folder the files are written to")
+    parser.add_argument("--mode", choices=sorted(MODES), default="multiview",
+                        help="multiview: image_{seed}.png, a row of 7 yaw offsets per seed; "
+                             "style_mix: style_mix_{seed}.png, geometry of each seed with the decoder style of "
+                             "each --style_seeds, plus the whole grid style_mix.png; "
+                             "interpolate: interp_{a}_{b}.png between consecutive seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="random seeds of the latent codes z (one z per seed)")
+    parser.add_argument("--style_seeds", type=int, nargs="+", default=None,
+                        help="style_mix mode: seeds whose decoder style is used (default: --seeds)")
+    parser.add_argument("--image_size", type=int, default=64,
+                        help="resolution S of the NeRF feature map (the volume-rendered image)")
+    parser.add_argument("--output_size", type=int, default=512,
+                        help="resolution of the output images: image_size * 2^n, n at most the number of "
+                             "decoder blocks (4)")
+    parser.add_argument("--num_steps", type=int, default=None,
+                        help="depth samples per ray (default: the curriculum's stage-0 num_steps)")
+    parser.add_argument("--lock_view_dependence", action="store_true",
+                        help="feed the fixed view direction (0, 0, -1) to the colour branch, so colours do not "
+                             "change with the camera")
+    parser.add_argument("--depth", action="store_true",
+                        help="multiview mode: also write depth_{seed}.png, the colour-mapped depth of the same "
+                             "views (normalised over [ray_start, ray_end], red near, blue far)")
+    parser.add_argument("--video", action="store_true",
+                        help="multiview: also write video_{seed}.gif, a looping yaw/pitch sweep; "
+                             "interpolate: also write interp_{a}_{b}.gif, a -> b -> a")
+    parser.add_argument("--num_frames", type=int, default=48, help="frames per GIF")
+    parser.add_argument("--fps", type=float, default=24.0, help="GIF frame rate")
+    parser.add_argument("--num_interp", type=int, default=8,
+                        help="interpolate mode: images per row of interp_{a}_{b}.png (seed a to seed b)")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="views rendered together; lower it if the 2D decoder runs out of memory at large "
+                             "--output_size")
+    return parser
+
+
+def validate_args(parser: argparse.ArgumentParser, args) -> None:
+    if args.depth and args.mode != "multiview":
+        parser.error("--depth only applies to --mode multiview")
+    for name in ("num_frames", "num_interp", "batch_size", "max_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.num_interp < 2 and args.mode == "interpolate":
+        parser.error("--num_interp must be at least 2")
+    if args.fps <= 0:
+        parser.error("--fps must be positive")
+    if args.style_seeds and args.mode != "style_mix":
+        parser.error("--style_seeds only applies to --mode style_mix")
+
+
+def render(args) -> List[Path]:
+    """Everything main() does after parsing: load, validate, render, write; returns the written paths."""
+    model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
+    options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights = "EMA" if model.use_ema else "raw"
+    print(f"{model.checkpoint_path}: step {model.step}, curriculum {model.curriculum_name or '(unnamed)'}, "
+          f"{weights} weights, psi {args.psi}, {options.rays.img_size}px NeRF x {options.rays.num_steps} steps "
+          f"-> {options.output_size}px on {model.device}")
+    written = MODES[args.mode](model, options, args, output_dir)
+    print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    return run_cli(lambda: render(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared pytest fixtures: a tiny curriculum, generator and checkpoint (CPU, seconds to build)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_curriculum():
+    """The embedded `Synthetic` curriculum (hidden_dim 64, small decoder); a fresh copy per session."""
+    from curriculums import get_curriculum
+
+    return get_curriculum("Synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_curriculum):
+    """A randomly initialised (seed 0) generator built from the `Synthetic` curriculum, eval mode, CPU."""
+    from curriculums import extract_metadata
+    from generators.generators import build_generator
+
+    with torch.random.fork_rng(devices=[]):  # leave the global RNG as the other tests expect it
+        torch.manual_seed(0)
+        return build_generator(extract_metadata(tiny_curriculum, 0)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_curriculum, tiny_generator):
+    """Path of a checkpoint file `<run dir>/checkpoint.pth` (so `.parent` is a run directory) holding
+    the tiny generator as `generator` and `generator_ema`, the Synthetic curriculum and step 0.
+
+    Session-scoped: treat the file as read-only.
+    """
+    from utils.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny_run") / "checkpoint.pth"
+    state = tiny_generator.state_dict()
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "curriculum": tiny_curriculum,
+                           "curriculum_name": "Synthetic", "step": 0})
+    return path

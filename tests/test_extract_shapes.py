@@ -1,0 +1,135 @@
+"""Tests for extract_shapes.py: marching cubes on analytic densities, the PLY writer, the CLI."""
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import extract_shapes as es
+
+
+def sphere_density(resolution, cube_size, radius, scale=100.0):
+    """Density scale * (radius - |p|) on the extract_shapes grid (indexed [x, y, z]); off-centre in x
+    by a quarter of the radius so a swapped axis would show."""
+    axis = np.linspace(-cube_size / 2, cube_size / 2, resolution)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    return scale * (radius - np.sqrt((x - radius / 4) ** 2 + y ** 2 + z ** 2)), np.array([radius / 4, 0, 0])
+
+
+def parse_ply(path):
+    """Independent reader: header fields and the body size; checks the body matches the header."""
+    data = path.read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii")
+    num_vertices = int(re.search(r"element vertex (\d+)", header).group(1))
+    num_faces = int(re.search(r"element face (\d+)", header).group(1))
+    return header, num_vertices, num_faces, data[end:]
+
+
+def edge_counts(faces):
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return counts
+
+
+def signed_volume(vertices, faces):
+    a, b, c = (vertices[faces[:, i]].astype(np.float64) for i in range(3))
+    return np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+
+
+def test_sphere_mesh():
+    cube, radius, resolution = 0.24, 0.08, 40
+    density, centre = sphere_density(resolution, cube, radius)
+    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    assert mesh.level == 0.0 and len(mesh.faces) > 100
+    assert mesh.vertices.dtype == np.float32 and mesh.faces.dtype == np.int32
+    assert np.abs(mesh.vertices).max() <= cube / 2 + 1e-6
+    r = np.linalg.norm(mesh.vertices - centre, axis=1)
+    voxel = cube / (resolution - 1)
+    assert np.abs(r - radius).max() < 0.25 * voxel
+    assert (edge_counts(mesh.faces) == 2).all()  # closed surface: every edge shared by two faces
+    # Outward winding: positive signed volume close to the sphere's.
+    assert signed_volume(mesh.vertices, mesh.faces) == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
+
+
+def test_level_outside_range_falls_back_to_mean():
+    density, _ = sphere_density(16, 0.24, 0.08)
+    with pytest.warns(UserWarning, match="outside the density range"):
+        mesh = es.extract_mesh(density, level=1e6, cube_size=0.24)
+    assert mesh.level == pytest.approx(float(density.astype(np.float32).mean()), rel=1e-5)
+    assert len(mesh.faces) > 0
+    with pytest.raises(ValueError, match="constant"):
+        es.extract_mesh(np.ones((8, 8, 8)), level=0.5, cube_size=0.24)
+
+
+def test_level_inside_range_no_warning():
+    density, _ = sphere_density(16, 0.24, 0.08)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert es.choose_level(density, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_ply_round_trip(tmp_path, binary):
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.5]], np.float32)
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32)
+    path = es.write_ply(tmp_path / "t.ply", vertices, faces, binary=binary)
+    header, nv, nf, body = parse_ply(path)
+    assert (nv, nf) == (4, 4)
+    assert ("binary_little_endian" in header) == binary
+    if binary:
+        assert len(body) == 12 * nv + 13 * nf
+    v, f = es.read_ply(path)
+    np.testing.assert_array_equal(v, vertices)
+    np.testing.assert_array_equal(f, faces)
+
+
+def test_default_cube_size():
+    assert es.default_cube_size({"ray_start": 0.88, "ray_end": 1.12}) == pytest.approx(0.24)
+    assert es.default_cube_size({"ray_start": 0.8, "ray_end": 1.2}) == pytest.approx(0.4)
+
+
+def test_cli_end_to_end(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "shapes"
+    # A random generator's density need not reach any fixed level: an absurd level forces the
+    # fall-back to the volume's mean, which always has a surface.
+    code = es.main(["--path", str(tiny_checkpoint.parent), "--output_dir", str(out), "--seeds", "0",
+                    "--voxel_resolution", "16", "--level", "1e9", "--save_npy", "--device", "cpu",
+                    "--cube_size", "0.3"])
+    assert code == 0
+    assert "using the mean density" in capsys.readouterr().err
+    density = np.load(out / "density_0.npy")
+    assert density.shape == (16, 16, 16) and density.dtype == np.float32
+    header, nv, nf, body = parse_ply(out / "shape_0.ply")
+    assert nv > 0 and nf > 0 and len(body) == 12 * nv + 13 * nf
+    vertices, faces = es.read_ply(out / "shape_0.ply")
+    assert np.abs(vertices).max() <= 0.15 + 1e-6
+    assert faces.min() >= 0 and faces.max() < nv
+
+
+def test_cli_matches_library(tmp_path, tiny_checkpoint):
+    """The saved volume is the generator's density_grid on the cube, and the mesh is its iso-surface."""
+    out = tmp_path / "shapes"
+    level = 0.0
+    assert es.main(["--path", str(tiny_checkpoint), "--output_dir", str(out), "--seeds", "2", "--ascii",
+                    "--voxel_resolution", "12", "--level", str(level), "--save_npy", "--device", "cpu",
+                    "--psi", "0.7"]) == 0
+    density = np.load(out / "density_2.npy")
+    model = es.load_model(tiny_checkpoint, device="cpu")
+    np.testing.assert_allclose(density, es.density_volume(model, 2, 12, 0.24, psi=0.7, max_batch_size=1000),
+                               atol=1e-5)
+    if (out / "shape_2.ply").exists():
+        vertices, _ = es.read_ply(out / "shape_2.ply")
+        expected = es.extract_mesh(density, level, 0.24).vertices
+        np.testing.assert_allclose(vertices, expected, atol=1e-5)
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    code = es.main(["--path", str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "s")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_every_flag_has_help():
+    for action in es.build_parser()._actions:
+        assert action.help, action.option_strings

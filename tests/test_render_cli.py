@@ -1,0 +1,218 @@
+"""Tests for render_multiview_image.py and its helpers (utils/images.py, utils/rendering_cli.py).
+
+All on the CPU with the tiny Synthetic checkpoint from conftest.py.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import render_multiview_image as rmi
+from curriculums import get_curriculum
+from utils.images import depth_to_uint8, make_grid, save_gif, to_uint8, turbo
+from utils.rendering_cli import CLIError, check_curriculum, latent_for_seed, load_model, render_options
+
+SMALL = ["--image_size", "8", "--output_size", "16", "--num_steps", "4", "--device", "cpu"]
+
+
+def run(tmp_path, checkpoint, *extra):
+    out = tmp_path / "render"
+    code = rmi.main(["--path", str(checkpoint), "--output_dir", str(out), *SMALL, *extra])
+    return code, out
+
+
+def frames_of(path):
+    with Image.open(path) as gif:
+        return gif.n_frames, gif.size
+
+
+# ----------------------------------------------------------------------- CLI
+def test_multiview_depth_video(tmp_path, tiny_checkpoint, capsys):
+    code, out = run(tmp_path, tiny_checkpoint, "--seeds", "3", "--depth", "--video", "--num_frames", "5",
+                    "--curriculum", "Synthetic")
+    assert code == 0
+    with Image.open(out / "image_3.png") as im:
+        assert im.size == (7 * 16, 16) and im.mode == "RGB"
+    with Image.open(out / "depth_3.png") as im:
+        assert im.size == (7 * 16, 16)
+    assert frames_of(out / "video_3.gif") == (5, (16, 16))
+    assert str(out) in capsys.readouterr().out
+
+
+def test_run_directory_and_raw_weights(tmp_path, tiny_checkpoint):
+    code, out = run(tmp_path, tiny_checkpoint.parent, "--seeds", "0", "1", "--no_ema", "--lock_view_dependence")
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "image_1.png"]
+
+
+def test_style_mix(tmp_path, tiny_checkpoint):
+    code, out = run(tmp_path, tiny_checkpoint, "--mode", "style_mix", "--seeds", "0", "1",
+                    "--style_seeds", "2", "3", "4")
+    assert code == 0
+    for seed in (0, 1):
+        with Image.open(out / f"style_mix_{seed}.png") as im:
+            assert im.size == (3 * 16, 16)
+    with Image.open(out / "style_mix.png") as im:
+        assert im.size == (3 * 16, 2 * 16)
+
+
+def test_interpolate(tmp_path, tiny_checkpoint):
+    code, out = run(tmp_path, tiny_checkpoint, "--mode", "interpolate", "--seeds", "0", "1", "2",
+                    "--num_interp", "4", "--video", "--num_frames", "4")
+    assert code == 0
+    for a, b in ((0, 1), (1, 2)):
+        with Image.open(out / f"interp_{a}_{b}.png") as im:
+            assert im.size == (4 * 16, 16)
+        assert frames_of(out / f"interp_{a}_{b}.gif") == (4, (16, 16))  # weights 0, .5, 1, .5
+
+
+def test_interpolate_needs_two_seeds(tmp_path, tiny_checkpoint, capsys):
+    code, _ = run(tmp_path, tiny_checkpoint, "--mode", "interpolate", "--seeds", "0")
+    assert code == 2
+    assert "two --seeds" in capsys.readouterr().err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    code, out = run(tmp_path, tmp_path / "nope.pth")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not found" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_run_directory_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "empty_run").mkdir()
+    code, _ = run(tmp_path, tmp_path / "empty_run")
+    assert code == 2
+    assert "checkpoint.pth" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    code, _ = run(tmp_path, bad)
+    assert code == 2
+    assert "not a readable MVCGAN checkpoint" in capsys.readouterr().err
+
+
+def test_curriculum_mismatch(tmp_path, tiny_checkpoint, capsys):
+    code, out = run(tmp_path, tiny_checkpoint, "--curriculum", "FFHQ")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "FFHQ" in err and "Synthetic" in err and "hidden_dim" in err
+    assert not out.exists()
+
+
+def test_unknown_curriculum(tmp_path, tiny_checkpoint, capsys):
+    code, _ = run(tmp_path, tiny_checkpoint, "--curriculum", "NoSuchThing")
+    assert code == 2
+    assert "NoSuchThing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output_size", ["12", "256"])  # not 8 * 2^n; n = 5 > 4 decoder blocks
+def test_bad_output_size(tmp_path, tiny_checkpoint, capsys, output_size):
+    out = tmp_path / "render"
+    code = rmi.main(["--path", str(tiny_checkpoint), "--output_dir", str(out), "--image_size", "8",
+                     "--output_size", output_size, "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--output_size" in err and "2^n" in err
+
+
+def test_flag_conflicts_are_usage_errors(tmp_path, tiny_checkpoint):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, tiny_checkpoint, "--mode", "style_mix", "--depth")
+    assert exit_info.value.code == 2
+
+
+def test_every_flag_has_help():
+    for action in rmi.build_parser()._actions:
+        assert action.help, action.option_strings
+
+
+# ------------------------------------------------------------- render helpers
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    return load_model(tiny_checkpoint, device="cpu")
+
+
+def test_modes_agree_at_the_frontal_pose(tiny_model):
+    """The middle multiview view, interpolation weight 0 and style mixing of a seed with itself are the
+    same rendering (same z, same mean pose)."""
+    options = render_options(tiny_model, 8, 16, num_steps=4)
+    multi = rmi.render_multiview(tiny_model, 5, options, psi=0.5, max_batch_size=10_000, batch_size=3)
+    assert multi.image.shape == (7, 3, 16, 16) and multi.depth.shape == (7, 8, 8)
+    frontal = to_uint8(multi.image[3])
+    interp = rmi.render_interpolation(tiny_model, 5, 9, [0.0, 1.0], options, psi=0.5, max_batch_size=10_000)
+    mixed = rmi.render_style_mix(tiny_model, 5, [5, 9], options, psi=0.5, max_batch_size=10_000)
+    np.testing.assert_allclose(interp[0].astype(int), frontal.astype(int), atol=1)
+    np.testing.assert_allclose(mixed[0].astype(int), frontal.astype(int), atol=1)
+    assert not np.array_equal(interp[0], interp[1])
+
+
+def test_yaw_offsets_mirror(tiny_model):
+    """Offsets +a and -a put the camera symmetrically about the mean pose."""
+    options = render_options(tiny_model, 8, 16, num_steps=4)
+    from utils.rendering_cli import cameras_around_mean
+
+    cams = cameras_around_mean(options, rmi.MULTIVIEW_YAW_OFFSETS)
+    origins = cams[:, :3, 3]
+    torch.testing.assert_close(origins[3], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(origins[:3, 0], -origins[4:].flip(0)[:, 0], atol=1e-6, rtol=0)
+
+
+def test_video_offsets_loop():
+    yaw, pitch = rmi.video_offsets(8)
+    assert len(yaw) == len(pitch) == 8
+    assert yaw[0] == 0 and pitch[0] == pytest.approx(rmi.VIDEO_PITCH_AMPLITUDE)
+    assert max(yaw) == pytest.approx(rmi.VIDEO_YAW_AMPLITUDE)
+
+
+def test_latent_for_seed_is_deterministic():
+    torch.testing.assert_close(latent_for_seed(7, 16), latent_for_seed(7, 16))
+    assert not torch.equal(latent_for_seed(7, 16), latent_for_seed(8, 16))
+
+
+def test_check_curriculum():
+    synthetic = get_curriculum("Synthetic")
+    check_curriculum(synthetic, "Synthetic", "Synthetic")
+    check_curriculum(get_curriculum("FFHQ"), "CelebAHQ", "FFHQ")  # other name, same architecture: fine
+    check_curriculum(get_curriculum("FFHQ"), None, "Cat")          # unnamed (older) checkpoint
+    with pytest.raises(CLIError, match="decoder_channels"):
+        check_curriculum(synthetic, None, "Cat")
+
+
+# ---------------------------------------------------------------- image helpers
+def test_to_uint8_clamps_and_maps_range():
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 5).expand(3, 1, 5)
+    out = to_uint8(x)
+    assert out.shape == (1, 5, 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    assert to_uint8(torch.zeros(2, 3, 4, 5)).shape == (2, 4, 5, 3)
+
+
+def test_depth_colormap():
+    colours = turbo(np.linspace(0, 1, 11))
+    assert colours.shape == (11, 3) and colours.dtype == np.uint8
+    depth = depth_to_uint8(torch.tensor([[0.88, 1.12, 5.0]]), near=0.88, far=1.12)
+    assert depth.shape == (1, 3, 3)
+    np.testing.assert_array_equal(depth[0, 0], turbo(np.array(1.0)))  # near: warm end
+    np.testing.assert_array_equal(depth[0, 2], turbo(np.array(0.0)))  # beyond far: clamped
+    assert depth[0, 0, 0] > depth[0, 0, 2]  # near is red, not blue
+
+
+def test_make_grid():
+    tiles = [np.full((2, 3, 3), i, np.uint8) for i in range(5)]
+    grid = make_grid(tiles, ncols=2)
+    assert grid.shape == (6, 6, 3)
+    assert grid[2, 3, 0] == 3 and grid[4, 3, 0] == 0  # tile 3 at (row 1, col 1); empty cell black
+    with pytest.raises(ValueError):
+        make_grid([np.zeros((2, 2, 3), np.uint8), np.zeros((3, 2, 3), np.uint8)], ncols=2)
+
+
+def test_save_gif(tmp_path):
+    frames = [np.full((4, 6, 3), 40 * i, np.uint8) for i in range(4)]
+    path = save_gif(frames, tmp_path / "sub" / "a.gif", fps=10)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4 and gif.size == (6, 4)
+        assert gif.info.get("loop") == 0 and gif.info.get("duration") == 100

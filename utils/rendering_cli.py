@@ -1,0 +1,197 @@
+"""What every "load a checkpoint and render something" script shares.
+
+`render_multiview_image.py`, `extract_shapes.py` (and anything else that turns a
+trained generator into pictures or meshes) use these instead of copies of them:
+the common command-line flags (`add_model_arguments`), loading a checkpoint with
+its curriculum and checking it against a `--curriculum` the user named
+(`load_model`), inference `RenderOptions` with a validated output size
+(`render_options`), seeded latents (`latent_for_seed`), camera poses around the
+curriculum's mean pose, and turning expected user errors into a one-line message
+and exit code 2 (`run_cli`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from curriculums import extract_metadata, get_curriculum
+from generators.cameras import cam2world_from_poses
+from generators.generators import ImplicitGenerator3d, RenderOptions
+from utils.checkpoint import CheckpointError, load_checkpoint, load_generator, resolve_checkpoint_path
+
+DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU at H = 256
+
+# The keys that decide the generator's architecture: a checkpoint can only be read
+# with a curriculum that agrees on all of them.
+ARCHITECTURE_KEYS = ("model", "latent_dim", "hidden_dim", "decoder_channels")
+ARCHITECTURE_DEFAULTS = {"model": "SPATIALSIRENBASELINE", "latent_dim": 256, "hidden_dim": 256,
+                         "decoder_channels": (256, 256, 128, 64)}
+
+
+class CLIError(RuntimeError):
+    """A user error a script reports as one line (no traceback) with exit code 2."""
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready for inference and what it came with."""
+
+    generator: ImplicitGenerator3d
+    curriculum: dict          # the checkpoint's own copy (the one the weights were trained with)
+    curriculum_name: Optional[str]
+    metadata: dict            # extract_metadata(curriculum, 0): stage 0 plus the globals
+    step: int
+    checkpoint_path: str
+    device: torch.device
+    use_ema: bool
+
+
+# ----------------------------------------------------------------------- flags
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already says what the default is, or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for choosing the checkpoint, the weights, the device and the truncation."""
+    parser.add_argument("--path", required=True,
+                        help="checkpoint file, or a run directory (its latest checkpoint.pth is used)")
+    parser.add_argument("--curriculum", default=None,
+                        help="name of the curriculum the checkpoint was trained with (e.g. FFHQ). Optional: "
+                             "the checkpoint carries its own curriculum, which is what is used; when given, "
+                             "it is checked to agree with the checkpoint's")
+    parser.add_argument("--no_ema", action="store_true",
+                        help="use the raw generator weights instead of the EMA weights")
+    parser.add_argument("--psi", type=float, default=0.5,
+                        help="truncation: codes = mean + psi * (codes - mean); 1 disables it")
+    parser.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="at most this many 3D points go through the SIREN at once; lower it if "
+                             "memory runs out")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
+
+
+def resolve_device(name: Optional[str] = None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CLIError(f"invalid --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name} asked for, but CUDA is not available here (use --device cpu)")
+    return device
+
+
+# --------------------------------------------------------------------- loading
+def _architecture(curriculum: dict) -> dict:
+    metadata = extract_metadata(curriculum, 0)
+    values = {}
+    for key in ARCHITECTURE_KEYS:
+        value = metadata.get(key, ARCHITECTURE_DEFAULTS[key])
+        values[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return values
+
+
+def check_curriculum(checkpoint_curriculum: dict, checkpoint_name: Optional[str], requested: str) -> None:
+    """Raise CLIError unless the curriculum named on the command line agrees with the checkpoint's.
+
+    Same name: fine. Different (or unrecorded) name: fine when the architecture keys
+    (model, latent_dim, hidden_dim, decoder_channels) are equal, since the weights load
+    either way; otherwise the error lists the mismatching keys.
+    """
+    if checkpoint_name is not None and checkpoint_name == requested:
+        return
+    try:
+        named = get_curriculum(requested)
+    except ValueError as error:
+        raise CLIError(f"--curriculum: {error}") from None
+    ours, theirs = _architecture(named), _architecture(checkpoint_curriculum)
+    mismatches = [f"{key}: --curriculum {requested} has {ours[key]!r}, the checkpoint has {theirs[key]!r}"
+                  for key in ARCHITECTURE_KEYS if ours[key] != theirs[key]]
+    if mismatches:
+        trained = f"curriculum {checkpoint_name!r}" if checkpoint_name else "a different curriculum"
+        raise CLIError(f"--curriculum {requested} does not match the checkpoint, which was trained with "
+                       f"{trained}; architecture differs in " + "; ".join(mismatches))
+
+
+def load_model(path, curriculum_name: Optional[str] = None, use_ema: bool = True,
+               device=None) -> LoadedModel:
+    """Load a checkpoint (file or run directory) into an eval-mode generator on `device`.
+
+    Raises CheckpointError for missing/unreadable checkpoints and CLIError when
+    `curriculum_name` disagrees with the checkpoint's curriculum.
+    """
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    checkpoint_path = resolve_checkpoint_path(path)
+    state = load_checkpoint(checkpoint_path)
+    checkpoint_name = state.get("curriculum_name")
+    if curriculum_name is not None:
+        check_curriculum(state["curriculum"], checkpoint_name, curriculum_name)
+        if checkpoint_name != curriculum_name:
+            print(f"note: --curriculum {curriculum_name} has the checkpoint's architecture, but the checkpoint "
+                  f"was trained with {checkpoint_name or 'an unnamed curriculum'}; its own curriculum "
+                  "(camera, ray range) is used", file=sys.stderr)
+    ema = use_ema and "generator_ema" in state
+    if use_ema and not ema:
+        print(f"note: {checkpoint_path} has no EMA weights; using the raw generator", file=sys.stderr)
+    generator, curriculum, step = load_generator(checkpoint_path, device=device, use_ema=use_ema, state=state)
+    del state  # optimiser states and the discriminator are not needed
+    return LoadedModel(generator, curriculum, checkpoint_name, extract_metadata(curriculum, 0), step,
+                       str(checkpoint_path), device, ema)
+
+
+def render_options(model: LoadedModel, image_size: int, output_size: int, num_steps: Optional[int] = None,
+                   lock_view_dependence: bool = False) -> RenderOptions:
+    """Inference options (eval_last_back, no NeRF noise, stage 0's num_steps unless given).
+
+    Raises CLIError unless output_size = image_size * 2^n with n <= the decoder's block count.
+    """
+    if image_size < 1:
+        raise CLIError(f"--image_size must be positive, got {image_size}")
+    if num_steps is not None and num_steps < 2:
+        raise CLIError(f"--num_steps must be at least 2, got {num_steps}")
+    try:
+        model.generator.decoder.num_blocks(image_size, output_size)
+    except ValueError as error:
+        raise CLIError(f"--output_size {output_size} with --image_size {image_size}: {error}") from None
+    return RenderOptions.from_metadata(model.metadata, evaluation=True, img_size=image_size, num_steps=num_steps,
+                                       output_size=output_size, lock_view_dependence=lock_view_dependence)
+
+
+# ---------------------------------------------------------------- latents, poses
+def latent_for_seed(seed: int, z_dim: int, device="cpu") -> torch.Tensor:
+    """z ~ N(0, I), (1, z_dim), drawn on the CPU from `seed`: the same z on every device."""
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(1, z_dim, generator=rng).to(device)
+
+
+def cameras_around_mean(options: RenderOptions, yaw_offsets: Sequence[float] = (0.0,),
+                        pitch_offsets: Optional[Sequence[float]] = None, device="cpu") -> torch.Tensor:
+    """(n, 4, 4) cameras at the curriculum's mean pose turned by the given offsets (radians)."""
+    yaw = torch.tensor([options.pose.h_mean + float(o) for o in yaw_offsets], device=device)
+    pitch_offsets = [0.0] * len(yaw_offsets) if pitch_offsets is None else pitch_offsets
+    if len(pitch_offsets) != len(yaw_offsets):
+        raise ValueError("yaw_offsets and pitch_offsets must have the same length")
+    pitch = torch.tensor([options.pose.v_mean + float(o) for o in pitch_offsets], device=device)
+    return cam2world_from_poses(yaw, pitch.clamp(1e-5, torch.pi - 1e-5))
+
+
+# ------------------------------------------------------------------------ main
+def run_cli(body: Callable[[], None]) -> int:
+    """Run a script's body; expected user errors become `error: ...` on stderr and exit code 2."""
+    try:
+        body()
+    except (CheckpointError, CLIError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
