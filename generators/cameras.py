@@ -195,7 +195,7 @@ def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling, jitter: bool,
     The camera-space direction grid is shared by all cameras (no per-batch copies).
     """
     n, device = cam2world.shape[0], cam2world.device
-    dirs_cam = camera_ray_directions(ray.img_size, ray.fov, device=device)  # (R, 3)
+    dirs_cam = camera_ray_directions(ray.img_size, ray.fov, device=device).to(cam2world.dtype)  # (R, 3)
     depths = sample_depths(n, dirs_cam.shape[0], ray, jitter, device=device, generator=generator)
     dirs_world = dirs_cam @ cam2world[:, :3, :3].transpose(1, 2)  # (n, R, 3)
     origins = cam2world[:, None, None, :3, 3]  # (n, 1, 1, 3)
