@@ -52,20 +52,16 @@ MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
 # Real-data curricula (SPEC §8).
 # --------------------------------------------------------------------------- #
 
-CelebAHQ = {
-    0:      {"batch_size": 56, "num_steps": 16, "img_size": 64, "output_size": 64, "batch_split": 4,
-             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    25000:  {"batch_size": 52, "num_steps": 16, "img_size": 64, "output_size": 128, "batch_split": 4,
-             "gen_lr": 5e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    50000:  {"batch_size": 44, "num_steps": 16, "img_size": 64, "output_size": 256, "batch_split": 4,
-             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
-    100000: {"batch_size": 28, "num_steps": 16, "img_size": 64, "output_size": 512, "batch_split": 4,
-             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
-    200000: {},  # end of training
+def _stage(batch_size, num_steps, output_size, gen_lr, disc_lr, pos_lambda, img_size=64, batch_split=4,
+           reproj_lambda=1):
+    """One row of the SPEC §8 table."""
+    return {"batch_size": batch_size, "num_steps": num_steps, "img_size": img_size, "output_size": output_size,
+            "batch_split": batch_split, "gen_lr": gen_lr, "disc_lr": disc_lr, "pos_lambda": pos_lambda,
+            "reproj_lambda": reproj_lambda}
 
-    # EDIT THIS: a glob (or a folder) matching your CelebA-HQ images.
-    "dataset_path": "/path/to/celebahq/*.jpg",
-    "dataset": "CelebAHQ",
+
+# Globals shared by the face curricula (CelebAHQ, FFHQ); Cat and Synthetic override some.
+FACE_GLOBALS = {
     # camera and pose distribution
     "fov": 12,
     "ray_start": 0.88,
@@ -104,98 +100,49 @@ CelebAHQ = {
     "eval_last_back": True,
 }
 
-FFHQ = {
-    0:      {"batch_size": 56, "num_steps": 16, "img_size": 64, "output_size": 64, "batch_split": 4,
-             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    25000:  {"batch_size": 52, "num_steps": 16, "img_size": 64, "output_size": 128, "batch_split": 4,
-             "gen_lr": 5e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    50000:  {"batch_size": 40, "num_steps": 16, "img_size": 64, "output_size": 256, "batch_split": 4,
-             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
-    100000: {"batch_size": 28, "num_steps": 16, "img_size": 64, "output_size": 512, "batch_split": 4,
-             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
+CelebAHQ = {
+    0:      _stage(56, 16, 64, 6e-5, 2e-4, 15),
+    25000:  _stage(52, 16, 128, 5e-5, 2e-4, 15),
+    50000:  _stage(44, 16, 256, 3e-5, 1e-4, 0),
+    100000: _stage(28, 16, 512, 2e-5, 8e-5, 0),
     200000: {},  # end of training
+    **FACE_GLOBALS,
+    # EDIT THIS: a glob (or a folder) matching your CelebA-HQ images.
+    "dataset_path": "/path/to/celebahq/*.jpg",
+    "dataset": "CelebAHQ",
+    "max_mixup_ratio": 0.1,
+}
 
+FFHQ = {
+    0:      _stage(56, 16, 64, 6e-5, 2e-4, 15),
+    25000:  _stage(52, 16, 128, 5e-5, 2e-4, 15),
+    50000:  _stage(40, 16, 256, 3e-5, 1e-4, 0),
+    100000: _stage(28, 16, 512, 2e-5, 8e-5, 0),
+    200000: {},  # end of training
+    **FACE_GLOBALS,
     # EDIT THIS: a glob (or a folder) matching your FFHQ images.
     "dataset_path": "/path/to/ffhq/*.png",
     "dataset": "FFHQ",
-    "fov": 12,
-    "ray_start": 0.88,
-    "ray_end": 1.12,
-    "h_stddev": 0.3,
-    "v_stddev": 0.155,
-    "h_mean": math.pi * 0.5,
-    "v_mean": math.pi * 0.5,
-    "sample_dist": "gaussian",
-    "hierarchical_sample": False,
-    "fade_steps": 2000,
-    "topk_interval": 2000,
-    "topk_v": 0.6,
-    "betas": (0.0, 0.9),
-    "unique_lr": False,
-    "weight_decay": 0,
-    "r1_lambda": 0.2,
-    "grad_clip": 10,
-    "z_lambda": 0,
-    "latent_dim": 256,
-    "hidden_dim": 256,
-    "decoder_channels": (256, 256, 128, 64),
-    "disc_width_factor": 1.0,
-    "model": "SPATIALSIRENBASELINE",
-    "generator": "ImplicitGenerator3d",
-    "discriminator": "CCSEncoderDiscriminator",
-    "clamp_mode": "relu",
-    "z_dist": "gaussian",
-    "stereo_auxiliary": True,
     "max_mixup_ratio": 0.3,
-    "last_back": False,
-    "eval_last_back": True,
 }
 
 Cat = {  # AFHQv2 cats
-    0:      {"batch_size": 56, "num_steps": 12, "img_size": 64, "output_size": 64, "batch_split": 4,
-             "gen_lr": 6e-5, "disc_lr": 2e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    25000:  {"batch_size": 52, "num_steps": 12, "img_size": 64, "output_size": 128, "batch_split": 4,
-             "gen_lr": 5e-5, "disc_lr": 1.8e-4, "pos_lambda": 15, "reproj_lambda": 1},
-    50000:  {"batch_size": 40, "num_steps": 12, "img_size": 64, "output_size": 256, "batch_split": 4,
-             "gen_lr": 3e-5, "disc_lr": 1e-4, "pos_lambda": 0, "reproj_lambda": 1},
-    100000: {"batch_size": 32, "num_steps": 12, "img_size": 64, "output_size": 512, "batch_split": 4,
-             "gen_lr": 2e-5, "disc_lr": 8e-5, "pos_lambda": 0, "reproj_lambda": 1},
+    0:      _stage(56, 12, 64, 6e-5, 2e-4, 15),
+    25000:  _stage(52, 12, 128, 5e-5, 1.8e-4, 15),
+    50000:  _stage(40, 12, 256, 3e-5, 1e-4, 0),
+    100000: _stage(32, 12, 512, 2e-5, 8e-5, 0),
     200000: {},  # end of training
-
+    **FACE_GLOBALS,
     # EDIT THIS: a glob (or a folder) matching your AFHQv2 cat images.
     "dataset_path": "/path/to/afhqv2/cat/*.png",
     "dataset": "Cat",
-    "fov": 12,
     "ray_start": 0.8,
     "ray_end": 1.2,
     "h_stddev": 0.4,
     "v_stddev": 0.2,
-    "h_mean": math.pi * 0.5,
-    "v_mean": math.pi * 0.5,
     "sample_dist": "uniform",
-    "hierarchical_sample": False,
     "fade_steps": 10000,
-    "topk_interval": 2000,
-    "topk_v": 0.6,
-    "betas": (0.0, 0.9),
-    "unique_lr": False,
-    "weight_decay": 0,
-    "r1_lambda": 0.2,
-    "grad_clip": 10,
-    "z_lambda": 0,
-    "latent_dim": 256,
-    "hidden_dim": 256,
-    "decoder_channels": (256, 256, 128, 64),
-    "disc_width_factor": 1.0,
-    "model": "SPATIALSIRENBASELINE",
-    "generator": "ImplicitGenerator3d",
-    "discriminator": "CCSEncoderDiscriminator",
-    "clamp_mode": "relu",
-    "z_dist": "gaussian",
-    "stereo_auxiliary": True,
     "max_mixup_ratio": 0.1,
-    "last_back": False,
-    "eval_last_back": True,
 }
 
 
@@ -204,50 +151,22 @@ Cat = {  # AFHQv2 cats
 # a laptop CPU. Same camera and pose distribution as the face curricula.
 # --------------------------------------------------------------------------- #
 
-_SYNTHETIC_STAGE = {
-    "batch_size": 8, "num_steps": 12, "img_size": 16, "output_size": 16, "batch_split": 1,
-    "gen_lr": 2e-4, "disc_lr": 4e-4, "pos_lambda": 15, "reproj_lambda": 1,
-}
+_SYNTHETIC_STAGE = _stage(batch_size=8, num_steps=12, img_size=16, output_size=16, batch_split=1,
+                          gen_lr=2e-4, disc_lr=4e-4, pos_lambda=15)
 
 Synthetic = {
     0:   dict(_SYNTHETIC_STAGE),
     300: dict(_SYNTHETIC_STAGE, output_size=32),
     600: {},  # end of training
-
+    **FACE_GLOBALS,
     "dataset_path": None,      # procedural: nothing to download
     "dataset": "Synthetic",
     "synthetic_size": 4096,    # number of distinct heads
-    "fov": 12,
-    "ray_start": 0.88,
-    "ray_end": 1.12,
-    "h_stddev": 0.3,
-    "v_stddev": 0.155,
-    "h_mean": math.pi * 0.5,
-    "v_mean": math.pi * 0.5,
-    "sample_dist": "gaussian",
-    "hierarchical_sample": False,
     "fade_steps": 100,
     "topk_interval": 100,
-    "topk_v": 0.6,
-    "betas": (0.0, 0.9),
-    "unique_lr": False,
-    "weight_decay": 0,
-    "r1_lambda": 0.2,
-    "grad_clip": 10,
-    "z_lambda": 0,
-    "latent_dim": 256,         # the mapping network's width (SPEC §3)
     "hidden_dim": 64,
     "decoder_channels": (64, 64, 32, 16),
     "disc_width_factor": 0.25,
-    "model": "SPATIALSIRENBASELINE",
-    "generator": "ImplicitGenerator3d",
-    "discriminator": "CCSEncoderDiscriminator",
-    "clamp_mode": "relu",
-    "z_dist": "gaussian",
-    "stereo_auxiliary": True,
-    "max_mixup_ratio": 0.1,
-    "last_back": False,
-    "eval_last_back": True,
 }
 
 CURRICULA = {
