@@ -380,10 +380,9 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return False
 
-    def loader_key(self, step: int):
-        """What forces a new data loader: the stage's batch size and image size."""
-        metadata = curriculums.extract_metadata(self.curriculum, step)
-        return metadata.get("batch_size"), metadata.get("output_size")
+    def loader_key(self, step: int) -> int:
+        """The stage `step` is in (its first step): a new stage gets new metadata and a new loader."""
+        return curriculums.last_upsample_step(self.curriculum, step)
 
     def alpha_at(self, step: int) -> float:
         """Progressive fade: min(1, (step - start of the stage) / fade_steps)."""
