@@ -367,18 +367,18 @@ class Trainer:
             group["betas"] = tuple(float(b) for b in metadata["betas"])
             group["weight_decay"] = metadata.get("weight_decay", 0)
 
-    def finish_phase(self, module, optimizer, loss_value, grad_clip) -> bool:
-        """Average, unscale, clip and step; returns False when the step was skipped."""
+    def finish_phase(self, module, optimizer, loss_value, grad_clip):
+        """Average, unscale, clip and step. Returns (stepped, gradient norm before clipping)."""
         average_gradients(module, self.world_size)
         finite = torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item()
         if not all_ranks_agree(not finite, self.device, self.world_size):
             self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
             self.scaler.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
-            return True
+            return True, float(norm)
         optimizer.zero_grad(set_to_none=True)
-        return False
+        return False, float("nan")
 
     def loader_key(self, step: int) -> int:
         """The stage `step` is in (its first step): a new stage gets new metadata and a new loader."""
@@ -408,7 +408,8 @@ class Trainer:
     def train_step(self, real: torch.Tensor, metadata: dict) -> dict:
         step = self.step
         alpha = self.alpha_at(step)
-        nerf_noise = max(0.0, 1.0 - step / NERF_NOISE_STEPS)
+        # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
+        nerf_noise = max(0.0, 1.0 - step / float(metadata.get("nerf_noise_steps", NERF_NOISE_STEPS)))
         options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
         cfg = PhaseConfig(alpha=alpha, batch_split=int(metadata["batch_split"]),
                           latent_dim=int(metadata["latent_dim"]), z_dist=metadata.get("z_dist", "gaussian"),
@@ -421,16 +422,18 @@ class Trainer:
         self.discriminator.train()
 
         d_stats = self.loss.accumulate_discriminator_gradients(real, options, cfg)
-        d_ok = self.finish_phase(self.discriminator, self.optimizer_D, d_stats["d_loss"], metadata["grad_clip"])
+        d_ok, d_norm = self.finish_phase(self.discriminator, self.optimizer_D, d_stats["d_loss"],
+                                         metadata["grad_clip"])
         g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, options, cfg)
         self.discriminator.zero_grad(set_to_none=True)  # the G phase also filled D's grads
-        g_ok = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], metadata["grad_clip"])
+        g_ok, g_norm = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], metadata["grad_clip"])
         if d_ok or g_ok:  # GradScaler.update needs at least one recorded optimiser step
             self.scaler.update()
         for ema in self.emas:
             ema.update(self.generator)
         stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
-        stats.update(alpha=alpha, topk=cfg.topk_fraction, nerf_noise=nerf_noise, skipped=not (d_ok and g_ok))
+        stats.update(alpha=alpha, topk=cfg.topk_fraction, nerf_noise=nerf_noise, skipped=not (d_ok and g_ok),
+                     d_grad_norm=d_norm, g_grad_norm=g_norm)
         return stats
 
     def run(self) -> int:
