@@ -231,6 +231,20 @@ def is_final_stage(curriculum: Mapping, step: int) -> bool:
     return start is not None and len(curriculum[start]) == 0
 
 
+def last_trained_step(curriculum: Mapping, step: int) -> int:
+    """The step whose stage describes a model saved at `step`: a checkpoint written at
+    the final (empty) stage was trained in the stage before it."""
+    if is_final_stage(curriculum, step):
+        return max(0, _stage_start(curriculum, step) - 1)
+    return step
+
+
+def fade_alpha(curriculum: Mapping, step: int) -> float:
+    """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (SPEC §7)."""
+    fade_steps = max(1, extract_metadata(curriculum, step).get("fade_steps", 1))
+    return min(1.0, (step - last_upsample_step(curriculum, step)) / fade_steps)
+
+
 def get_curriculum(name: str) -> dict:
     """A deep copy of the named curriculum (safe to modify)."""
     if name not in CURRICULA:

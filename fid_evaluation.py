@@ -644,8 +644,9 @@ def main(argv=None) -> dict:
         generator, curriculum, step = load_generator(args.path, device=args.device, use_ema=not args.no_ema)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    metadata = curriculums.extract_metadata(curriculum, step)
-    alpha = min(1.0, (step - curriculums.last_upsample_step(curriculum, step)) / max(1, metadata.get("fade_steps", 1)))
+    trained_step = curriculums.last_trained_step(curriculum, step)
+    metadata = curriculums.extract_metadata(curriculum, trained_step)
+    alpha = curriculums.fade_alpha(curriculum, trained_step)
     try:
         inception = None
         if "fid" in metrics or "kid" in metrics:

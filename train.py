@@ -344,7 +344,8 @@ class Trainer:
                 self._inception = fid_evaluation.load_inception(device=self.device)
             result = fid_evaluation.evaluate(self.emas[0].module, metadata, metrics=metrics,
                                              real_dir=self.config.eval_dir, device=self.device,
-                                             inception=self._inception, alpha=self.alpha_at(self.step - 1))
+                                             inception=self._inception,
+                                             alpha=curriculums.fade_alpha(self.curriculum, self.step - 1))
         except fid_evaluation.InceptionWeightsMissing as error:
             logger.error("evaluation disabled for this run: %s", error)
             self.config.eval_freq = 0
@@ -384,11 +385,6 @@ class Trainer:
         """The stage `step` is in (its first step): a new stage gets new metadata and a new loader."""
         return curriculums.last_upsample_step(self.curriculum, step)
 
-    def alpha_at(self, step: int) -> float:
-        """Progressive fade: min(1, (step - start of the stage) / fade_steps)."""
-        fade_steps = curriculums.extract_metadata(self.curriculum, step)["fade_steps"]
-        return min(1.0, (step - curriculums.last_upsample_step(self.curriculum, step)) / max(fade_steps, 1))
-
     def after_step(self, stats: dict, metadata: dict, started: float, total_bar, stage_bar) -> None:
         """Rank 0: log a metrics line every log_interval steps and move the bars."""
         if stats["skipped"]:
@@ -407,7 +403,7 @@ class Trainer:
 
     def train_step(self, real: torch.Tensor, metadata: dict) -> dict:
         step = self.step
-        alpha = self.alpha_at(step)
+        alpha = curriculums.fade_alpha(self.curriculum, step)
         # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
         nerf_noise = max(0.0, 1.0 - step / float(metadata.get("nerf_noise_steps", NERF_NOISE_STEPS)))
         options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
@@ -515,8 +511,9 @@ class Trainer:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             # The end: the final (empty) stage, --max_steps or n_epochs.
             if self.is_main:
-                last = max(self.step - 1, 0)
-                self.write_samples(curriculums.extract_metadata(self.curriculum, last), self.alpha_at(last))
+                last = curriculums.last_trained_step(self.curriculum, max(self.step - 1, 0))
+                self.write_samples(curriculums.extract_metadata(self.curriculum, last),
+                                   curriculums.fade_alpha(self.curriculum, last))
             self.save()
             if self.is_main:
                 logger.info("training finished at step %d; checkpoint in %s", self.step, self.output_dir)

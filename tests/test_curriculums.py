@@ -166,3 +166,17 @@ def test_validation_structure_errors():
     c["betas"] = (0, 0.9)
     with pytest.raises(ValueError, match="betas"):
         validate_curriculum(c)
+
+
+def test_last_trained_step_and_fade_alpha():
+    from curriculums import fade_alpha, last_trained_step
+
+    cur = get_curriculum("Synthetic")
+    final = stage_boundaries(cur)[-1]
+    assert last_trained_step(cur, final) == final - 1  # a checkpoint at the end was trained in the last stage
+    assert last_trained_step(cur, 5) == 5
+    second = stage_boundaries(cur)[1]
+    fade = cur["fade_steps"]
+    assert fade_alpha(cur, second) == 0.0
+    assert fade_alpha(cur, second + fade // 2) == pytest.approx(0.5, abs=1 / fade)
+    assert fade_alpha(cur, second + 10 * fade) == 1.0

@@ -293,3 +293,17 @@ def test_cli_missing_weights_exits_with_code_2(run_dir, offline_hub, capsys):
     assert caught.value.code == 2
     assert fe.FID_WEIGHTS_FILENAME in capsys.readouterr().err
     assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_cli_scores_a_checkpoint_written_at_the_end_of_training(tmp_path, tiny_generator, capsys):
+    """Training ends at the empty final stage; the model was trained at the stage before it."""
+    curriculum = curriculums.get_curriculum("Synthetic")
+    final = curriculums.stage_boundaries(curriculum)[-1]
+    state = tiny_generator.state_dict()
+    save_checkpoint(tmp_path / "end" / "checkpoint.pth",
+                    {"step": final, "curriculum": curriculum, "curriculum_name": "Synthetic",
+                     "generator": state, "generator_ema": state})
+    record = fe.main(["--path", str(tmp_path / "end"), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
+                      "--num_workers", "0", "--no_append"])
+    last_stage = curriculums.extract_metadata(curriculum, final - 1)
+    assert record["step"] == final and record["output_size"] == last_stage["output_size"]
