@@ -20,8 +20,8 @@ Format of a curriculum
   NeRF feature map: output_size = img_size * 2**n with 0 <= n <= 4.
 
 Not in here on purpose: `sample_interval`, `model_save_interval` and `eval_freq`
-are command-line flags of main.py, and the NeRF noise schedule
-(max(0, 1 - step/5000), SPEC §2) is code.
+are command-line flags of main.py. The NeRF density noise is max(0, 1 - step/5000)
+(SPEC §2); a curriculum may shorten it with `nerf_noise_steps` (Synthetic does).
 """
 from __future__ import annotations
 
@@ -164,6 +164,7 @@ Synthetic = {
     "synthetic_size": 4096,    # number of distinct heads
     "fade_steps": 100,
     "topk_interval": 100,
+    "nerf_noise_steps": 300,   # density noise decays within the short run (5000 when absent)
     "hidden_dim": 64,
     "decoder_channels": (64, 64, 32, 16),
     "disc_width_factor": 0.25,
