@@ -143,8 +143,9 @@ class ImageFolderDataset(Dataset):
         except Exception as error:  # truncated, corrupt, not an image, ...
             self._unreadable.add(index)
             self.num_skipped += 1
-            logger.warning("Skipping unreadable image %s (%s: %s); using the next readable one.",
-                           path, type(error).__name__, error)
+            logger.warning("Skipping unreadable image %s (%s: %s); using the next readable one "
+                           "(%d skipped so far in this process).", path, type(error).__name__, error,
+                           self.num_skipped)
             return None
 
     def __getitem__(self, index: int):
