@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from generators.cameras import (PoseDistribution, cam2world_from_poses, camera_ray_directions,
-                                focal_from_fov, sample_poses)
+                                directions_through, sample_poses)
 
 logger = logging.getLogger(__name__)
 
@@ -316,9 +316,7 @@ def _subpixel_offsets(img_size: int, fov: float, factor: int) -> torch.Tensor:
     centres = torch.linspace(-1, 1, img_size)
     sub = (torch.arange(factor) + 0.5) / factor * step - step / 2      # (k,)
     xs = (centres[:, None] + sub[None]).reshape(-1)                    # (S*k,) left to right
-    y, x = torch.meshgrid(-xs, xs, indexing="ij")                     # (S*k, S*k)
-    z = torch.full_like(x, -focal_from_fov(fov))
-    dirs = F.normalize(torch.stack([x, y, z], -1), dim=-1)             # (S*k, S*k, 3)
+    dirs = directions_through(xs, fov)                                 # (S*k, S*k, 3)
     dirs = dirs.reshape(img_size, factor, img_size, factor, 3).permute(0, 2, 1, 3, 4)
     return dirs.reshape(img_size * img_size, factor * factor, 3)
 

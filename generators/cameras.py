@@ -143,15 +143,23 @@ def focal_from_fov(fov_degrees: float) -> float:
     return 1.0 / math.tan(math.radians(fov_degrees) / 2)
 
 
+def directions_through(coords: torch.Tensor, fov: float) -> torch.Tensor:
+    """Unit camera-space directions (P, P, 3) through image-plane positions coords (P,).
+
+    coords are x positions left to right (and, negated, y positions top to bottom) in
+    units where pixel centres of an S x S image sit at linspace(-1, 1, S); z = -f.
+    """
+    y, x = torch.meshgrid(-coords, coords, indexing="ij")  # (P, P) each
+    z = torch.full_like(x, -focal_from_fov(fov))
+    return F.normalize(torch.stack([x, y, z], dim=-1), dim=-1)
+
+
 def camera_ray_directions(img_size: int, fov: float, device="cpu") -> torch.Tensor:
     """Unit ray directions in camera space, (S*S, 3), row-major from the top-left pixel.
 
     x runs -1..1 left to right, y runs +1..-1 top to bottom, z = -f.
     """
-    coords = torch.linspace(-1, 1, img_size, device=device)
-    y, x = torch.meshgrid(-coords, coords, indexing="ij")  # (S, S) each
-    z = torch.full_like(x, -focal_from_fov(fov))
-    return F.normalize(torch.stack([x, y, z], dim=-1).reshape(-1, 3), dim=-1)
+    return directions_through(torch.linspace(-1, 1, img_size, device=device), fov).reshape(-1, 3)
 
 
 def sample_depths(n: int, num_rays: int, ray: RaySampling, jitter: bool, device="cpu",
