@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import curriculums
 from datasets import DatasetError, check_dataset
 from train import TrainConfig, train
+from utils.checkpoint import CheckpointError, resolve_checkpoint_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,12 +75,15 @@ def _spawned(rank: int, world_size: int, config: TrainConfig, init_method: str) 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # Fail fast, before any process exists: unknown curriculum, missing keys, empty dataset glob.
+    # Fail fast, before any process exists: unknown curriculum, missing keys, empty dataset glob,
+    # nothing to resume from.
     try:
         curriculum = curriculums.get_curriculum(args.curriculum)
         curriculums.validate_curriculum(curriculum, args.curriculum)
         check_dataset(curriculums.extract_metadata(curriculum, 0), args.curriculum)
-    except (ValueError, DatasetError) as error:
+        if args.load_dir:
+            resolve_checkpoint_path(args.load_dir)
+    except (ValueError, DatasetError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     config = config_from_args(args)

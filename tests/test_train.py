@@ -156,6 +156,9 @@ def test_bad_curriculum_and_empty_glob_fail_before_spawning(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dataset_path" in err and "CelebAHQ" in err
     assert not (tmp_path / "y").exists()
+    assert main.main(["--curriculum", "Synthetic", "--output_dir", str(tmp_path / "z"),
+                      "--load_dir", str(tmp_path / "nothing-here")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
 
 
 def test_nonfinite_losses_skip_steps_then_stop_with_checkpoint_intact(tmp_path, monkeypatch):
