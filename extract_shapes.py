@@ -38,7 +38,7 @@ def default_cube_size(metadata) -> float:
 def density_volume(model: LoadedModel, seed: int, resolution: int, cube_size: float, psi: float,
                    max_batch_size: int) -> np.ndarray:
     """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z on the cube grid."""
-    z = latent_for_seed(seed, model.generator.z_dim, model.device)
+    z = latent_for_seed(model, seed)
     sigma = model.generator.density_grid(z, resolution, psi=psi, half_extent=cube_size / 2,
                                          max_batch_size=max_batch_size)
     return sigma[0].float().cpu().numpy()

@@ -384,10 +384,9 @@ def real_statistics(folder: Path, inception, device="cpu", batch_size: int = 64,
 
 def _latents(num: int, z_dim: int, metadata: Mapping, seed: int) -> torch.Tensor:
     """Deterministic z (num, z_dim) from `seed`, drawn on the CPU from the curriculum's z_dist."""
-    rng = torch.Generator().manual_seed(seed)
-    if metadata.get("z_dist", "gaussian") == "uniform":
-        return torch.rand(num, z_dim, generator=rng) * 2 - 1
-    return torch.randn(num, z_dim, generator=rng)
+    from generators.generators import sample_z
+
+    return sample_z(num, z_dim, metadata.get("z_dist", "gaussian"), generator=torch.Generator().manual_seed(seed))
 
 
 def _render_options(metadata: Mapping):

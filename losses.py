@@ -1,13 +1,21 @@
 """Training losses: the photometric consistency loss (SPEC §7) and the GAN phases.
 
 `photometric_loss(warped_aux_rgb, primary_rgb)` is the 0.85 SSIM + 0.15 L1 mix that
-ties the warped auxiliary view to the primary view.
+ties the warped auxiliary view to the primary view; `MVCGANLoss` computes the
+discriminator and generator phases of a training step.
 """
 from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from generators.generators import sample_z
 
 SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
@@ -54,10 +62,6 @@ photometric_loss = PhotometricLoss()
 
 
 # ---------------------------------------------------------------------------- GAN phases
-import math
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,6 @@ def topk_fraction(step: int, topk_interval: Optional[float], topk_v: Optional[fl
     if not topk_interval or topk_v is None:
         return 1.0
     return max(0.99 ** (step / topk_interval), topk_v)
-
-
-def sample_z(n: int, latent_dim: int, z_dist: str, device) -> torch.Tensor:
-    if z_dist == "uniform":
-        return torch.rand(n, latent_dim, device=device) * 2 - 1
-    return torch.randn(n, latent_dim, device=device)
 
 
 class MVCGANLoss:

@@ -61,7 +61,7 @@ def render_multiview(model: LoadedModel, seed: int, options: RenderOptions, psi:
                      batch_size: int = 8, yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS) -> StagedOutput:
     """The seed's z from the multiview yaw offsets at the mean pitch: (7, 3, out, out) images, (7, S, S) depth."""
     device = model.device
-    z = latent_for_seed(seed, model.generator.z_dim, device)
+    z = latent_for_seed(model, seed)
     cameras = cameras_around_mean(options, yaw_offsets, device=device)
     return render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
 
@@ -77,7 +77,7 @@ def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, p
                         num_frames: int, batch_size: int = 8) -> List[np.ndarray]:
     """uint8 frames of the seed's z along the `video_offsets` loop."""
     device = model.device
-    z = latent_for_seed(seed, model.generator.z_dim, device)
+    z = latent_for_seed(model, seed)
     yaw, pitch = video_offsets(num_frames)
     cameras = cameras_around_mean(options, yaw, pitch, device=device)
     out = render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
@@ -88,9 +88,9 @@ def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequen
                      psi: float, max_batch_size: int, batch_size: int = 8) -> np.ndarray:
     """NeRF geometry (FiLM codes) of `geometry_seed` decoded with the style of each style seed,
     at the mean pose: uint8 (len(style_seeds), out, out, 3)."""
-    device, z_dim = model.device, model.generator.z_dim
-    z_style_all = torch.cat([latent_for_seed(s, z_dim, device) for s in style_seeds])
-    z_geometry = latent_for_seed(geometry_seed, z_dim, device)
+    device = model.device
+    z_style_all = torch.cat([latent_for_seed(model, s) for s in style_seeds])
+    z_geometry = latent_for_seed(model, geometry_seed)
     images = []
     for part in _in_chunks(len(style_seeds), batch_size):
         z_style = z_style_all[part]
@@ -107,8 +107,8 @@ def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: 
                          batch_size: int = 8) -> np.ndarray:
     """Lerp of the truncated codes of two seeds (weight 0 -> seed_a, 1 -> seed_b) at the mean pose:
     uint8 (len(weights), out, out, 3)."""
-    device, z_dim = model.device, model.generator.z_dim
-    z1, z2 = latent_for_seed(seed_a, z_dim, device), latent_for_seed(seed_b, z_dim, device)
+    device = model.device
+    z1, z2 = latent_for_seed(model, seed_a), latent_for_seed(model, seed_b)
     all_weights = torch.tensor([float(w) for w in weights], device=device)[:, None]  # (n, 1)
     images = []
     for part in _in_chunks(len(weights), batch_size):

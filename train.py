@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -316,23 +315,24 @@ class Trainer:
     # -------------------------------------------------------------- samples
     @torch.no_grad()
     def write_samples(self, metadata: dict, alpha: float) -> None:
+        """Rank 0: grids of the fixed z (frontal and tilted, raw and EMA, psi 0.5) and random z (EMA, psi 0.7)."""
         options = RenderOptions.from_metadata(metadata, evaluation=True)
-        pose = options.pose
-        frontal, tilted = pose.fixed(), pose.fixed(0.5)
+        ema = self.emas[0].module  # always in eval mode
+
+        def save_grid(images, name):
+            save_image(make_grid(list(to_uint8(images)), GRID_ROW), self.output_dir / f"{self.step}_{name}.png")
+
+        self.generator.eval()
         with self.autocast():
-            for label, module in (("", self.generator), ("_ema", self.emas[0].module)):
-                module.eval()
-                for name, pose_dist in (("fixed", frontal), ("tilted", tilted)):
-                    images = module.staged_forward(self.fixed_z, options.replace(pose=pose_dist), psi=0.5,
-                                                   alpha=alpha).image
-                    save_image(make_grid(list(to_uint8(images)), GRID_ROW), self.output_dir / f"{self.step}_{name}{label}.png")
-                module.train()
-            ema = self.emas[0].module
+            for label, module in (("", self.generator), ("_ema", ema)):
+                for name, yaw_offset in (("fixed", 0.0), ("tilted", 0.5)):
+                    fixed_pose = options.replace(pose=options.pose.fixed(yaw_offset))
+                    save_grid(module.staged_forward(self.fixed_z, fixed_pose, psi=0.5, alpha=alpha).image,
+                              f"{name}{label}")
             seeded = torch.Generator(device=self.device).manual_seed(self.step)
             z = torch.randn(NUM_GRID_IMAGES, ema.z_dim, generator=seeded, device=self.device)
-            images = ema.staged_forward(z, options, psi=0.7, alpha=alpha, generator=seeded).image
-            save_image(make_grid(list(to_uint8(images)), GRID_ROW), self.output_dir / f"{self.step}_random.png")
-        self.emas[0].module.eval()
+            save_grid(ema.staged_forward(z, options, psi=0.7, alpha=alpha, generator=seeded).image, "random")
+        self.generator.train()
 
     def evaluate(self, metadata: dict) -> None:
         """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""

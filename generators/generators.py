@@ -62,6 +62,14 @@ class RenderOptions:
         return replace(self, **changes)
 
 
+def sample_z(n: int, latent_dim: int, z_dist: str = "gaussian", device="cpu",
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Latents (n, latent_dim): N(0, I), or U(-1, 1) when the curriculum's z_dist is 'uniform'."""
+    if z_dist == "uniform":
+        return torch.rand(n, latent_dim, device=device, generator=generator) * 2 - 1
+    return torch.randn(n, latent_dim, device=device, generator=generator)
+
+
 class LatentCodes(NamedTuple):
     """What the mapping network produces for a z: FiLM (raw) frequencies, phases, decoder style."""
 

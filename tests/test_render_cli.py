@@ -168,9 +168,16 @@ def test_video_offsets_loop():
     assert max(yaw) == pytest.approx(rmi.VIDEO_YAW_AMPLITUDE)
 
 
-def test_latent_for_seed_is_deterministic():
-    torch.testing.assert_close(latent_for_seed(7, 16), latent_for_seed(7, 16))
-    assert not torch.equal(latent_for_seed(7, 16), latent_for_seed(8, 16))
+def test_latent_for_seed_is_deterministic_and_follows_z_dist(tiny_checkpoint):
+    import dataclasses
+
+    model = load_model(tiny_checkpoint, device="cpu")
+    torch.testing.assert_close(latent_for_seed(model, 7), latent_for_seed(model, 7))
+    assert not torch.equal(latent_for_seed(model, 7), latent_for_seed(model, 8))
+    assert latent_for_seed(model, 7).shape == (1, model.generator.z_dim)
+    uniform = dataclasses.replace(model, metadata={**model.metadata, "z_dist": "uniform"})
+    z = latent_for_seed(uniform, 7)
+    assert z.min() >= -1 and z.max() <= 1 and z.min() < 0 < z.max()
 
 
 def test_check_curriculum():

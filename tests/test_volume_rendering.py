@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from generators.volume_rendering import IntegrationOptions, importance_depths, integrate
 

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from generators.cameras import (RaySampling, cam2world_from_poses, project_to_camera, rays_for_cameras,
                                 to_world)

@@ -20,7 +20,7 @@ import torch
 
 from curriculums import extract_metadata, get_curriculum
 from generators.cameras import cam2world_from_poses
-from generators.generators import ImplicitGenerator3d, RenderOptions
+from generators.generators import ImplicitGenerator3d, RenderOptions, sample_z
 from utils.checkpoint import CheckpointError, load_checkpoint, load_generator, resolve_checkpoint_path
 
 DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU at H = 256
@@ -169,10 +169,12 @@ def render_options(model: LoadedModel, image_size: int, output_size: int, num_st
 
 
 # ---------------------------------------------------------------- latents, poses
-def latent_for_seed(seed: int, z_dim: int, device="cpu") -> torch.Tensor:
-    """z ~ N(0, I), (1, z_dim), drawn on the CPU from `seed`: the same z on every device."""
+def latent_for_seed(model: "LoadedModel", seed: int) -> torch.Tensor:
+    """The seed's z (1, z_dim) from the curriculum's z_dist, drawn on the CPU so that a seed
+    gives the same z on every device; returned on the model's device."""
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(1, z_dim, generator=rng).to(device)
+    z_dist = model.metadata.get("z_dist", "gaussian")
+    return sample_z(1, model.generator.z_dim, z_dist, generator=rng).to(model.device)
 
 
 def cameras_around_mean(options: RenderOptions, yaw_offsets: Sequence[float] = (0.0,),
