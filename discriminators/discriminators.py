@@ -55,6 +55,11 @@ class ResidualCCBlock(nn.Module):
         self.conv1 = CoordConv(in_channels, out_channels, 3, padding=1)
         self.conv2 = CoordConv(out_channels, out_channels, 3, stride=2, padding=1)
         self.proj = nn.Conv2d(in_channels, out_channels, 1, stride=2)
+        # As published (`kaiming_leaky_init`): the two CoordConv weights are Kaiming-normal;
+        # PyTorch's default would give them 0.41x that standard deviation. The biases and
+        # the 1x1 projection keep the default init.
+        for conv in (self.conv1.conv, self.conv2.conv):
+            nn.init.kaiming_normal_(conv.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.leaky_relu(self.conv1(x), 0.2)

@@ -52,3 +52,36 @@ def test_load_generator_uses_ema_weights_by_default(tiny_checkpoint, tiny_curric
     raw, _, _ = load_generator(path, use_ema=False)
     assert torch.equal(raw.state_dict()["decoder.to_rgb.0.weight"], state["generator"]["decoder.to_rgb.0.weight"])
     assert curriculum["dataset"] == "Synthetic" and step == 0
+
+
+def test_format1_checkpoint_converts_equalized_biases(tiny_generator, tiny_curriculum, tmp_path):
+    """Format 1 stored b' = c * b (a 'c W x + b' layer); loading converts it so the forward is unchanged,
+    and Adam's moments for those biases follow (m * c, v * c^2)."""
+    from utils.checkpoint import equalized_bias_scales
+
+    state = {k: v.clone() for k, v in tiny_generator.state_dict().items()}
+    scales = equalized_bias_scales(state)
+    assert len(scales) == 2 * 4 + 1 + 5  # base conv, two per block, five to_rgb
+    with torch.no_grad():
+        for key in scales:
+            state[key].normal_()
+    old = {k: (v * scales[k] if k in scales else v) for k, v in state.items()}
+    names = list(old)
+    bias_index = names.index(next(iter(scales)))
+    optimizer_G = {"state": {bias_index: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3),
+                                          "exp_avg_sq": torch.ones(3)}},
+                   "param_groups": [{"name": "generator", "params": list(range(len(names)))}]}
+    path = tmp_path / "old.pth"
+    torch.save({"format_version": 1, "generator": old, "generator_ema": old, "curriculum": tiny_curriculum,
+                "step": 0, "optimizer_G": optimizer_G}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == 2 and loaded["upgraded_from_format"] == 1
+    for key in state:
+        torch.testing.assert_close(loaded["generator_ema"][key], state[key])
+    c = scales[names[bias_index]]
+    moments = loaded["optimizer_G"]["state"][bias_index]
+    torch.testing.assert_close(moments["exp_avg"], torch.full((3,), c))
+    torch.testing.assert_close(moments["exp_avg_sq"], torch.full((3,), c * c))
+    torch.save({"format_version": 99, "generator": old, "curriculum": tiny_curriculum}, path)
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(path)

@@ -102,9 +102,18 @@ def test_equalized_conv_runtime_scaling():
         conv.bias.normal_()
         conv.weight.mul_(3)  # the scale is applied at run time, so edits to the weight show through
     x = torch.randn(2, 16, 7, 7)
-    ref = F.conv2d(x, conv.weight * math.sqrt(2 / (16 * 9)), conv.bias, padding=1)
+    c = math.sqrt(2 / (16 * 9))
+    # The published layer computes c * (W x + b): the bias is scaled by c too (SPEC §5).
+    ref = c * F.conv2d(x, conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(conv(x), ref)
     assert conv(x).shape == (2, 32, 7, 7)
+
+
+def test_equalized_conv_bias_gradient_is_scaled():
+    """d out / d b = c per output pixel: an unscaled bias would get 1/c (~12 here) times more."""
+    conv = EqualizedConv2d(16, 32, 3, padding=1)
+    conv(torch.zeros(1, 16, 5, 5)).sum().backward()
+    torch.testing.assert_close(conv.bias.grad, torch.full((32,), 25 * math.sqrt(2 / (16 * 9))))
 
 
 @pytest.mark.parametrize("out_size", [0, 2, 12, 24, 128, 256])

@@ -1,4 +1,6 @@
 """Tests for the CoordConv encoder-discriminator (SPEC §6)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,3 +113,16 @@ def test_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outs = d(torch.randn(2, 3, 32, 32), 0.5)
     assert all(torch.isfinite(o.float()).all() for o in outs)
+
+
+def test_block_coordconv_weights_are_kaiming_as_published():
+    """SPEC §6: both CoordConvs of a residual block are Kaiming-normal (a=0.2, fan_in);
+    the default init would give 0.41x this standard deviation. The projection keeps the default."""
+    torch.manual_seed(0)
+    block = ResidualCCBlock(128, 256)
+    for conv in (block.conv1.conv, block.conv2.conv):
+        fan_in = conv.weight[0].numel()
+        expected = math.sqrt(2 / (1 + 0.2 ** 2)) / math.sqrt(fan_in)
+        assert abs(conv.weight.std().item() / expected - 1) < 0.1
+    default_bound = 1 / math.sqrt(128)  # kaiming_uniform(a=sqrt(5)) bound for the 1x1 projection
+    assert block.proj.weight.abs().max().item() <= default_bound + 1e-6

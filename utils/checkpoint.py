@@ -7,6 +7,7 @@ Entry points: `save_checkpoint`, `load_checkpoint`, `load_generator`.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Optional, Tuple
 
 import torch
 
-FORMAT_VERSION = 1
+# 2: equalised-conv biases stored as published (the layer computes c * (W x + b)); 1 stored c * b.
+FORMAT_VERSION = 2
 LATEST_NAME = "checkpoint.pth"
+GENERATOR_KEYS = ("generator", "generator_ema", "generator_ema2")
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +56,60 @@ def resolve_checkpoint_path(path) -> Path:
     return path
 
 
+def equalized_bias_scales(generator_state: dict) -> dict:
+    """{bias key: c} for every equalised conv of the decoder (its 4-D weights), c = sqrt(2 / fan_in)."""
+    scales = {}
+    for key, weight in generator_state.items():
+        if key.startswith("decoder.") and key.endswith(".weight") and weight.dim() == 4:
+            bias_key = key[: -len("weight")] + "bias"
+            if bias_key in generator_state:
+                scales[bias_key] = math.sqrt(2.0 / (weight.shape[1] * weight.shape[2] * weight.shape[3]))
+    return scales
+
+
+def _generator_param_names(generator_state: dict, param_groups: list) -> dict:
+    """{optimiser parameter index: state-dict key}, rebuilt from the saved groups' names
+    (one group of all parameters, or the mapping network first with `unique_lr`)."""
+    names = list(generator_state)
+    mapping = [k for k in names if k.startswith("siren.mapping_network.")]
+    by_group = {"mapping_network": mapping,
+                "generator": names if len(param_groups) == 1 else [k for k in names if k not in set(mapping)]}
+    index_to_name = {}
+    for group in param_groups:
+        for index, name in zip(group["params"], by_group.get(group.get("name", "generator"), names)):
+            index_to_name[index] = name
+    return index_to_name
+
+
+def upgrade_state(state: dict) -> dict:
+    """Bring a checkpoint of an older format to FORMAT_VERSION in place (and return it)."""
+    version = int(state.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}): update the project")
+    if version < 2:
+        # Format 1 stored b' = c * b for the equalised convs; the layer now scales b by c itself.
+        scales = equalized_bias_scales(state["generator"])
+        converted = set()  # torch.save keeps shared objects shared: convert each dict once
+        for key in GENERATOR_KEYS:
+            if key in state and id(state[key]) not in converted:
+                converted.add(id(state[key]))
+                for bias_key, c in scales.items():
+                    state[key][bias_key] = state[key][bias_key] / c
+        optimizer = state.get("optimizer_G")
+        if optimizer and optimizer.get("state"):
+            # Adam's moments follow the gradient, which is c times larger for b than for b'.
+            names = _generator_param_names(state["generator"], optimizer["param_groups"])
+            for index, moments in optimizer["state"].items():
+                c = scales.get(names.get(index))
+                if c is not None:
+                    moments["exp_avg"] = moments["exp_avg"] * c
+                    moments["exp_avg_sq"] = moments["exp_avg_sq"] * c * c
+        state["upgraded_from_format"] = version
+    state["format_version"] = FORMAT_VERSION
+    return state
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = resolve_checkpoint_path(path)
     try:
@@ -61,7 +118,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a readable MVCGAN checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or "generator" not in state or "curriculum" not in state:
         raise CheckpointError(f"{path} is not an MVCGAN checkpoint (missing generator/curriculum state)")
-    return state
+    return upgrade_state(state)
 
 
 def load_generator(path, device="cpu", use_ema: bool = True,
