@@ -85,3 +85,40 @@ def test_format1_checkpoint_converts_equalized_biases(tiny_generator, tiny_curri
     torch.save({"format_version": 99, "generator": old, "curriculum": tiny_curriculum}, path)
     with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(path)
+
+
+def test_flipped_bytes_in_tensor_data_are_detected(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    weights = torch.arange(4096, dtype=torch.float32) + 0.5
+    save_checkpoint(path, {"generator": {"w": weights}, "curriculum": {"a": 1}, "step": 3})
+    assert load_checkpoint(path)["step"] == 3
+    data = bytearray(path.read_bytes())
+    start = bytes(data).find(weights.numpy().tobytes())
+    assert start > 0  # the tensor's bytes are stored as they are
+    for i in range(start + 4000, start + 4100):  # 100 bytes inside the tensor data
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_without_a_checksum_still_load_and_resave_gets_a_fresh_one(tmp_path):
+    old = tmp_path / "old.pth"
+    torch.save({"format_version": 2, "generator": {"w": torch.ones(3)}, "curriculum": {}, "step": 5}, old)
+    state = load_checkpoint(old)
+    assert state["step"] == 5 and "checksum" not in state
+    state["step"] = 6  # a changed state saved again must verify against its new contents
+    save_checkpoint(tmp_path / "new.pth", state)
+    assert load_checkpoint(tmp_path / "new.pth")["step"] == 6
+
+
+def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
+    from utils.checkpoint import remove_stale_temp_files
+
+    stale = [tmp_path / ".checkpoint.pth.a1b2c3.tmp", tmp_path / ".checkpoint_000200.pth.x_9.tmp"]
+    kept = [tmp_path / "checkpoint.pth", tmp_path / ".other.tmp", tmp_path / "notes.tmp",
+            tmp_path / ".checkpoint.pth.keep"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)

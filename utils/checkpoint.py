@@ -2,11 +2,13 @@
 
 A checkpoint is a dict with keys `format_version`, `step`, `epoch`, `curriculum_name`,
 `curriculum`, `generator`, `generator_ema` (decay 0.999), `generator_ema2` (0.9999),
-`discriminator`, `optimizer_G`, `optimizer_D`, `scaler`, `rng` and `sampler`.
+`discriminator`, `optimizer_G`, `optimizer_D`, `scaler`, `rng`, `sampler` and `checksum`
+(a SHA-256 over every value, verified on load so silent corruption is caught).
 Entry points: `save_checkpoint`, `load_checkpoint`, `load_generator`.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -21,19 +23,66 @@ LATEST_NAME = "checkpoint.pth"
 GENERATOR_KEYS = ("generator", "generator_ema", "generator_ema2")
 
 
+CHECKSUM_ALGORITHM = "sha256-state-v1"
+# save_checkpoint writes `.{name}.{random}.tmp` next to `{name}`; a kill mid-write leaves one behind.
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+STALE_TEMP_GLOB = f"{TEMP_PREFIX}checkpoint*.pth.*{TEMP_SUFFIX}"
+
+
 class CheckpointError(RuntimeError):
     pass
 
 
+def _hash_value(digest, value) -> None:
+    """Feed `value` (nested dicts/lists/tuples of tensors and plain scalars) into `digest` in a
+    canonical order: dict entries sorted by key, tensors as dtype, shape and raw bytes."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            digest.update(f"K{type(key).__name__}:{key!r}".encode())
+            _hash_value(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _hash_value(digest, item)
+    else:
+        digest.update(f"S{type(value).__name__}:{value!r}".encode())
+
+
+def state_checksum(state: dict) -> dict:
+    """{"algorithm", "digest"}: a SHA-256 of everything in `state` except its `checksum` entry."""
+    digest = hashlib.sha256()
+    _hash_value(digest, {k: v for k, v in state.items() if k != "checksum"})
+    return {"algorithm": CHECKSUM_ALGORITHM, "digest": digest.hexdigest()}
+
+
+def verify_checksum(state: dict, path) -> None:
+    """Raise CheckpointError if `state` carries a checksum that its contents do not match.
+    Checkpoints written before checksums existed carry none and pass; the entry is removed,
+    so a state saved again gets a fresh one."""
+    stored = state.pop("checksum", None)
+    if stored is None or stored.get("algorithm") != CHECKSUM_ALGORITHM:
+        return
+    if state_checksum(state)["digest"] != stored.get("digest"):
+        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum stored when it "
+                              f"was written; use another checkpoint (e.g. a numbered checkpoint_*.pth)")
+
+
 def save_checkpoint(path, state: dict) -> None:
-    """Write `state` to `path` via a temp file in the same folder and an atomic rename,
-    so a crash mid-write never leaves a truncated checkpoint behind."""
+    """Write `state` (with a checksum) to `path` via a temp file in the same folder and an atomic
+    rename, so a crash mid-write never leaves a truncated checkpoint behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    payload = {"format_version": FORMAT_VERSION, **state}
+    payload["checksum"] = state_checksum(payload)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,6 +90,17 @@ def save_checkpoint(path, state: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(directory) -> list:
+    """Delete the temp files that killed `save_checkpoint` calls left in `directory` (only names of
+    the form it writes); returns their paths. Call once at the start of a run, before any save."""
+    removed = []
+    for stale in sorted(Path(directory).glob(STALE_TEMP_GLOB)):
+        if stale.is_file():
+            stale.unlink()
+            removed.append(stale)
+    return removed
 
 
 def resolve_checkpoint_path(path) -> Path:
@@ -118,6 +178,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a readable MVCGAN checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or "generator" not in state or "curriculum" not in state:
         raise CheckpointError(f"{path} is not an MVCGAN checkpoint (missing generator/curriculum state)")
+    verify_checksum(state, path)
     return upgrade_state(state)
 
 
