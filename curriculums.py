@@ -25,6 +25,7 @@ are command-line flags of main.py. The NeRF density noise is max(0, 1 - step/500
 """
 from __future__ import annotations
 
+import ast
 import copy
 import math
 from typing import Mapping
@@ -45,6 +46,9 @@ GLOBAL_KEYS = (
     "hidden_dim", "decoder_channels", "disc_width_factor",
 )
 
+# Keys some curricula set and the code reads with a default where they are absent.
+OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back")
+
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
 
 
@@ -52,9 +56,9 @@ MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
 # Real-data curricula (SPEC §8).
 # --------------------------------------------------------------------------- #
 
-def _stage(batch_size, num_steps, output_size, gen_lr, disc_lr, pos_lambda, img_size=64, batch_split=4,
+def _stage(*, batch_size, num_steps, output_size, gen_lr, disc_lr, pos_lambda, img_size=64, batch_split=4,
            reproj_lambda=1):
-    """One row of the SPEC §8 table."""
+    """One row of the SPEC §8 table. Keyword-only: img_size and output_size cannot be swapped by position."""
     return {"batch_size": batch_size, "num_steps": num_steps, "img_size": img_size, "output_size": output_size,
             "batch_split": batch_split, "gen_lr": gen_lr, "disc_lr": disc_lr, "pos_lambda": pos_lambda,
             "reproj_lambda": reproj_lambda}
@@ -101,10 +105,10 @@ FACE_GLOBALS = {
 }
 
 CelebAHQ = {
-    0:      _stage(56, 16, 64, 6e-5, 2e-4, 15),
-    25000:  _stage(52, 16, 128, 5e-5, 2e-4, 15),
-    50000:  _stage(44, 16, 256, 3e-5, 1e-4, 0),
-    100000: _stage(28, 16, 512, 2e-5, 8e-5, 0),
+    0:      _stage(batch_size=56, num_steps=16, output_size=64, gen_lr=6e-5, disc_lr=2e-4, pos_lambda=15),
+    25000:  _stage(batch_size=52, num_steps=16, output_size=128, gen_lr=5e-5, disc_lr=2e-4, pos_lambda=15),
+    50000:  _stage(batch_size=44, num_steps=16, output_size=256, gen_lr=3e-5, disc_lr=1e-4, pos_lambda=0),
+    100000: _stage(batch_size=28, num_steps=16, output_size=512, gen_lr=2e-5, disc_lr=8e-5, pos_lambda=0),
     200000: {},  # end of training
     **FACE_GLOBALS,
     # EDIT THIS: a glob (or a folder) matching your CelebA-HQ images.
@@ -114,10 +118,10 @@ CelebAHQ = {
 }
 
 FFHQ = {
-    0:      _stage(56, 16, 64, 6e-5, 2e-4, 15),
-    25000:  _stage(52, 16, 128, 5e-5, 2e-4, 15),
-    50000:  _stage(40, 16, 256, 3e-5, 1e-4, 0),
-    100000: _stage(28, 16, 512, 2e-5, 8e-5, 0),
+    0:      _stage(batch_size=56, num_steps=16, output_size=64, gen_lr=6e-5, disc_lr=2e-4, pos_lambda=15),
+    25000:  _stage(batch_size=52, num_steps=16, output_size=128, gen_lr=5e-5, disc_lr=2e-4, pos_lambda=15),
+    50000:  _stage(batch_size=40, num_steps=16, output_size=256, gen_lr=3e-5, disc_lr=1e-4, pos_lambda=0),
+    100000: _stage(batch_size=28, num_steps=16, output_size=512, gen_lr=2e-5, disc_lr=8e-5, pos_lambda=0),
     200000: {},  # end of training
     **FACE_GLOBALS,
     # EDIT THIS: a glob (or a folder) matching your FFHQ images.
@@ -127,10 +131,10 @@ FFHQ = {
 }
 
 Cat = {  # AFHQv2 cats
-    0:      _stage(56, 12, 64, 6e-5, 2e-4, 15),
-    25000:  _stage(52, 12, 128, 5e-5, 1.8e-4, 15),
-    50000:  _stage(40, 12, 256, 3e-5, 1e-4, 0),
-    100000: _stage(32, 12, 512, 2e-5, 8e-5, 0),
+    0:      _stage(batch_size=56, num_steps=12, output_size=64, gen_lr=6e-5, disc_lr=2e-4, pos_lambda=15),
+    25000:  _stage(batch_size=52, num_steps=12, output_size=128, gen_lr=5e-5, disc_lr=1.8e-4, pos_lambda=15),
+    50000:  _stage(batch_size=40, num_steps=12, output_size=256, gen_lr=3e-5, disc_lr=1e-4, pos_lambda=0),
+    100000: _stage(batch_size=32, num_steps=12, output_size=512, gen_lr=2e-5, disc_lr=8e-5, pos_lambda=0),
     200000: {},  # end of training
     **FACE_GLOBALS,
     # EDIT THIS: a glob (or a folder) matching your AFHQv2 cat images.
@@ -301,3 +305,76 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
 
     if problems:
         raise ValueError(f"Invalid {label}:\n  - " + "\n  - ".join(problems))
+
+
+# --------------------------------------------------------------------------- #
+# Overrides (main.py --set KEY=VALUE)
+# --------------------------------------------------------------------------- #
+
+def parse_override(text: str) -> tuple:
+    """'KEY=VALUE' -> (key, value). VALUE is read as a Python literal (8, 2e-4, (0.0, 0.9), None,
+    True) and otherwise kept as a string (a path). KEY is a global ('dataset_path') or
+    'STAGE.KEY' ('0.batch_size')."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. dataset_path=/data/ffhq or 0.batch_size=8")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+def _same_kind(old, new) -> bool:
+    """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string)."""
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, int):
+        return isinstance(new, int)
+    if isinstance(old, float):
+        return isinstance(new, (int, float))
+    if isinstance(old, (tuple, list)):
+        return isinstance(new, (tuple, list))
+    return isinstance(new, type(old))
+
+
+def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
+    """Apply `overrides` to `curriculum` in place (and return it).
+
+    * an integer key is a whole stage: if there is any, the curriculum's stages are all
+      replaced by the overrides' stages (how tests build tiny runs);
+    * 'STAGE.KEY' sets KEY in the existing stage STAGE;
+    * any other key sets a global.
+    Unknown keys, missing stages and values of another type than the curriculum's raise
+    ValueError; validate_curriculum checks the result as a whole.
+    """
+    stages = {k: v for k, v in overrides.items() if _is_stage_key(k)}
+    if stages:
+        for key in stage_boundaries(curriculum):
+            del curriculum[key]
+        curriculum.update(copy.deepcopy(stages))
+    known = set(GLOBAL_KEYS) | set(STAGE_KEYS) | set(OPTIONAL_KEYS) | {k for k in curriculum if isinstance(k, str)}
+    for stage in stage_boundaries(curriculum):
+        known |= set(curriculum[stage])
+    for key, value in overrides.items():
+        if _is_stage_key(key):
+            continue
+        stage_text, dot, name = str(key).partition(".")
+        if dot and stage_text.isdigit():
+            stage = int(stage_text)
+            if stage not in curriculum:
+                raise ValueError(f"--set {key}: no stage {stage}; stages start at "
+                                 f"{', '.join(map(str, stage_boundaries(curriculum)))}")
+            target = curriculum[stage]
+        else:
+            name, target = str(key), curriculum
+        if name not in known:
+            raise ValueError(f"--set {key}: unknown key {name!r}; known keys: {', '.join(sorted(known))}")
+        old = target.get(name, extract_metadata(curriculum, 0).get(name))
+        if not _same_kind(old, value):
+            raise ValueError(f"--set {key}={value!r}: expected a {type(old).__name__} like the curriculum's {old!r}")
+        target[name] = copy.deepcopy(value)
+    return curriculum

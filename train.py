@@ -8,11 +8,13 @@ resumes exactly. `main.py` parses the command line and starts the processes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,8 @@ from datasets import build_dataset
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import RenderOptions, build_generator
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
-from utils.checkpoint import LATEST_NAME, load_checkpoint, save_checkpoint
+from utils.checkpoint import (LATEST_NAME, CheckpointError, load_checkpoint, remove_stale_temp_files,
+                              resolve_checkpoint_path, save_checkpoint)
 from utils.images import make_grid, save_image, to_uint8
 
 logger = logging.getLogger("mvcgan.train")
@@ -63,7 +66,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    # curriculums.apply_overrides entries: 'KEY' / 'STAGE.KEY' values (main.py --set) or whole stages.
     curriculum_overrides: dict = field(default_factory=dict)
+    allow_curriculum_change: bool = False  # resume a checkpoint of another curriculum on purpose
 
 
 # ------------------------------------------------------------------------ helpers
@@ -188,8 +193,11 @@ class GracefulStop:
                 pass
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second signal: stop right now
-            raise KeyboardInterrupt
+        # A repeated signal must not abort the save: the launcher forwards the signal that a
+        # terminal or a cluster may also have sent to the whole process group. SIGKILL aborts.
+        if self.requested:
+            logger.warning("received signal %d again: still stopping after this step (SIGKILL aborts)", signum)
+            return
         self.requested = True
         logger.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
 
@@ -198,27 +206,78 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
+# ------------------------------------------------------------- curriculum & resume
+def check_curriculum_change(config: TrainConfig, checkpoint_state: Optional[dict]) -> None:
+    """Refuse to resume a checkpoint of another curriculum unless the user asked for it: it would
+    train the new curriculum's data and hyper-parameters on weights learnt from other data."""
+    if checkpoint_state is None:
+        return
+    saved = checkpoint_state.get("curriculum_name")
+    if saved != config.curriculum and not config.allow_curriculum_change:
+        raise ValueError(f"the checkpoint in {config.load_dir} was trained with curriculum {saved!r}, not "
+                         f"{config.curriculum!r}; resume with --curriculum {saved}, or pass "
+                         f"--allow_curriculum_change to train {config.curriculum!r} on these weights")
+
+
+def run_curriculum(config: TrainConfig, checkpoint_state: Optional[dict] = None) -> tuple:
+    """(curriculum, overrides) of a run, validated: the named curriculum with the overrides recorded in
+    the checkpoint being resumed (same curriculum only: they belong to it), then the run's own."""
+    check_curriculum_change(config, checkpoint_state)
+    overrides = {}
+    if checkpoint_state is not None and checkpoint_state.get("curriculum_name") == config.curriculum:
+        overrides.update(checkpoint_state.get("curriculum_overrides") or {})
+        if any(isinstance(k, int) for k in config.curriculum_overrides):  # new stages replace the recorded ones
+            overrides = {k: v for k, v in overrides.items() if not isinstance(k, int)}
+    overrides.update(config.curriculum_overrides)
+    curriculum = curriculums.apply_overrides(curriculums.get_curriculum(config.curriculum), overrides)
+    curriculums.validate_curriculum(curriculum, config.curriculum)
+    return curriculum, overrides
+
+
+def build_networks(metadata: dict) -> tuple:
+    """(generator, discriminator) as a curriculum's stage-0 metadata describes them."""
+    generator = build_generator(metadata)
+    discriminator = CCSEncoderDiscriminator(latent_dim=int(metadata["latent_dim"]),
+                                            width_factor=float(metadata.get("disc_width_factor", 1.0)))
+    return generator, discriminator
+
+
+def checkpoint_mismatch(checkpoint_state: dict, generator: torch.nn.Module,
+                        discriminator: torch.nn.Module) -> Optional[str]:
+    """None if the checkpoint's weights fit the networks, else one line saying where they differ."""
+    problems = []
+    for key, module in (("generator", generator), ("discriminator", discriminator)):
+        saved, expected = checkpoint_state.get(key) or {}, module.state_dict()
+        for name in sorted(set(saved) | set(expected)):
+            if name not in saved or name not in expected:
+                problems.append(f"{key}.{name} only in the {'model' if name in expected else 'checkpoint'}")
+            elif tuple(saved[name].shape) != tuple(expected[name].shape):
+                problems.append(f"{key}.{name} is {tuple(saved[name].shape)} in the checkpoint, "
+                                f"{tuple(expected[name].shape)} in the model")
+    if not problems:
+        return None
+    return (f"the checkpoint's networks have another architecture than the curriculum describes "
+            f"({len(problems)} tensors differ, e.g. {problems[0]}); resume with the curriculum and --set "
+            f"values it was trained with")
+
+
 # ------------------------------------------------------------------------- the run
 class Trainer:
     def __init__(self, rank: int, world_size: int, config: TrainConfig, device: torch.device):
         self.rank, self.world_size, self.config, self.device = rank, world_size, config, device
         self.is_main = rank == 0
         self.output_dir = Path(config.output_dir)
-        self.curriculum = curriculums.get_curriculum(config.curriculum)
-        if any(isinstance(k, int) for k in config.curriculum_overrides):  # new stages replace the old ones
-            for key in [k for k in self.curriculum if isinstance(k, int)]:
-                del self.curriculum[key]
-        self.curriculum.update(config.curriculum_overrides)
-        curriculums.validate_curriculum(self.curriculum, config.curriculum)
+        # Read first: a resumed run applies the curriculum overrides recorded in its checkpoint.
+        self.resume_state = load_checkpoint(config.load_dir, map_location=device) if config.load_dir else None
+        self.curriculum, overrides = run_curriculum(config, self.resume_state)
+        self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
         torch.manual_seed(config.seed + rank)
         np.random.seed(config.seed + rank)
         random.seed(config.seed + rank)
 
-        self.generator = build_generator(meta0).to(device)
-        self.discriminator = CCSEncoderDiscriminator(
-            latent_dim=int(meta0["latent_dim"]), width_factor=float(meta0.get("disc_width_factor", 1.0))).to(device)
+        self.generator, self.discriminator = (module.to(device) for module in build_networks(meta0))
         if world_size > 1:  # identical initial weights on every rank
             for tensor in [*self.generator.parameters(), *self.discriminator.parameters()]:
                 dist.broadcast(tensor.data, src=0)
@@ -245,6 +304,8 @@ class Trainer:
         self.loss = MVCGANLoss(self.generator, self.discriminator, self.scaler, self.autocast)
 
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_streak = 0, 0, 0, 0
+        self.last_good_checkpoint = None  # named when non-finite training stops the run
+        self._progress_mark = None  # (time, step) of the last progress line
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
         self.stop = GracefulStop()
@@ -260,10 +321,25 @@ class Trainer:
             "ema_num_updates": [ema.num_updates for ema in self.emas],
             "optimizer_G": self.optimizer_G.state_dict(), "optimizer_D": self.optimizer_D.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.world_size,
+            "curriculum_overrides": self.config.curriculum_overrides,
         }
 
-    def save(self, numbered: bool = False) -> None:
-        """Collective: every rank contributes its RNG state; rank 0 writes."""
+    def weights_are_finite(self) -> bool:
+        modules = (self.generator, self.discriminator, *(ema.module for ema in self.emas))
+        return all(bool(torch.isfinite(p).all()) for module in modules for p in module.parameters())
+
+    def save(self, numbered: bool = False) -> bool:
+        """Collective: every rank contributes its RNG state; rank 0 writes. Returns whether it saved.
+
+        Refuses while non-finite steps are being skipped or any weight is non-finite, so that
+        the last good checkpoint is never overwritten by a broken one. Ranks hold the same
+        weights and streak, so they all take the same branch.
+        """
+        if self.nonfinite_streak or not self.weights_are_finite():
+            if self.is_main:
+                logger.warning("step %d: not saving a checkpoint (non-finite training); last good checkpoint: %s",
+                               self.step, self.last_good_checkpoint or "none")
+            return False
         states = [None] * self.world_size
         if self.world_size > 1:
             dist.all_gather_object(states, rng_state())
@@ -274,12 +350,19 @@ class Trainer:
             save_checkpoint(self.output_dir / LATEST_NAME, state)
             if numbered:
                 save_checkpoint(self.output_dir / f"checkpoint_{self.step:06d}.pth", state)
+        self.last_good_checkpoint = self.output_dir / LATEST_NAME
+        return True
 
     def load(self, load_dir) -> None:
-        state = load_checkpoint(load_dir, map_location=self.device)
-        if state.get("curriculum_name") != self.config.curriculum:
-            logger.warning("resuming a %s checkpoint with curriculum %s", state.get("curriculum_name"),
-                           self.config.curriculum)
+        state = self.resume_state if self.resume_state is not None else load_checkpoint(load_dir, map_location=self.device)
+        self.resume_state = None
+        mismatch = checkpoint_mismatch(state, self.generator, self.discriminator)
+        if mismatch:
+            raise CheckpointError(mismatch)
+        if state.get("curriculum_name") != self.config.curriculum:  # allowed by check_curriculum_change
+            logger.warning("training curriculum %s on a %s checkpoint (--allow_curriculum_change)",
+                           self.config.curriculum, state.get("curriculum_name"))
+        self.last_good_checkpoint = resolve_checkpoint_path(load_dir)
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
         for ema, key, updates in zip(self.emas, ("generator_ema", "generator_ema2"), state["ema_num_updates"]):
@@ -304,7 +387,9 @@ class Trainer:
                                               shuffle=True, seed=self.config.seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=int(metadata["batch_size"]), sampler=sampler, drop_last=True,
                             num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False,
+                            # Workers live across epochs: restarting them costs seconds per epoch
+                            # on small datasets (each re-imports torch).
+                            persistent_workers=self.config.num_workers > 0,
                             # Its own generator: making an iterator must not consume the global RNG.
                             generator=torch.Generator().manual_seed(self.config.seed + self.rank))
         if len(loader) == 0:
@@ -369,17 +454,22 @@ class Trainer:
             group["weight_decay"] = metadata.get("weight_decay", 0)
 
     def finish_phase(self, module, optimizer, loss_value, grad_clip):
-        """Average, unscale, clip and step. Returns (stepped, gradient norm before clipping)."""
+        """Average, unscale, clip and step. Returns (stepped, gradient norm before clipping).
+
+        The step is skipped on every rank when the loss or the gradient norm is non-finite on
+        any rank: a NaN gradient can come with a finite loss, and clipping would spread it
+        to every weight. (With fp16 this is also how GradScaler's overflow steps are skipped.)
+        """
         average_gradients(module, self.world_size)
-        finite = torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item()
-        if not all_ranks_agree(not finite, self.device, self.world_size):
-            self.scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        finite = bool(torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item()) \
+            and bool(torch.isfinite(norm).item())
+        stepped = not all_ranks_agree(not finite, self.device, self.world_size)
+        if stepped:
             self.scaler.step(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            return True, float(norm)
         optimizer.zero_grad(set_to_none=True)
-        return False, float("nan")
+        return stepped, float(norm)
 
     def loader_key(self, step: int) -> int:
         """The stage `step` is in (its first step): a new stage gets new metadata and a new loader."""
@@ -388,18 +478,36 @@ class Trainer:
     def after_step(self, stats: dict, metadata: dict, started: float, total_bar, stage_bar) -> None:
         """Rank 0: log a metrics line every log_interval steps and move the bars."""
         if stats["skipped"]:
-            logger.warning("step %d: non-finite loss, optimiser step skipped", self.step)
+            logger.warning("step %d: non-finite loss or gradient, optimiser step skipped", self.step)
         if self.step % self.config.log_interval == 0 or stats["skipped"] or self.step == 1:
             self.log_metrics({"step": self.step,
                               "stage": curriculums.last_upsample_step(self.curriculum, self.step - 1),
                               "img_size": metadata["img_size"], "output_size": metadata["output_size"],
                               "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
                               **stats})
+        if total_bar.disable:
+            self.log_progress(stats, total_bar.total)
         total_bar.update(1)
         if stage_bar is not None:
             stage_bar.update(1)
             stage_bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}",
                                   photo=f"{stats['photometric']:.3f}", a=f"{stats['alpha']:.2f}")
+
+    def log_progress(self, stats: dict, final_step: int) -> None:
+        """Without progress bars (stderr not a terminal, or --no_progress): one log line every
+        log_interval steps, so a log file holds progress without megabytes of bar redraws."""
+        now = time.time()
+        if self._progress_mark is None:
+            self._progress_mark = (now, self.step - 1)
+        if self.step % self.config.log_interval and self.step != final_step:
+            return
+        mark_time, mark_step = self._progress_mark
+        sec_per_step = (now - mark_time) / max(self.step - mark_step, 1)
+        self._progress_mark = (now, self.step)
+        eta = int(sec_per_step * max(final_step - self.step, 0))
+        logger.info("step %d/%d  d %.4f  g %.4f  photo %.4f  %.2f s/step  ETA %d:%02d:%02d", self.step, final_step,
+                    stats["d_loss"], stats["g_loss"], stats["photometric"], sec_per_step,
+                    eta // 3600, eta // 60 % 60, eta % 60)
 
     def train_step(self, real: torch.Tensor, metadata: dict) -> dict:
         step = self.step
@@ -423,8 +531,7 @@ class Trainer:
         g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, options, cfg)
         self.discriminator.zero_grad(set_to_none=True)  # the G phase also filled D's grads
         g_ok, g_norm = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], metadata["grad_clip"])
-        if d_ok or g_ok:  # GradScaler.update needs at least one recorded optimiser step
-            self.scaler.update()
+        self.scaler.update()  # both phases unscaled, so it has their overflow checks even if neither stepped
         for ema in self.emas:
             ema.update(self.generator)
         stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
@@ -440,6 +547,8 @@ class Trainer:
             self.step = config.set_step
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temp_files(self.output_dir):
+                logger.info("removed %s, left by a checkpoint write that was killed", stale.name)
             options = {"args": asdict(config), "world_size": self.world_size, "device": str(self.device),
                        "curriculum": self.curriculum,
                        "modules": module_summary(generator=self.generator, discriminator=self.discriminator)}
@@ -453,7 +562,7 @@ class Trainer:
         final_step = boundaries[-1]
         if config.max_steps is not None:
             final_step = min(final_step, config.max_steps)
-        bars = config.progress and self.is_main
+        bars = config.progress and self.is_main and sys.stderr.isatty()
         total_bar = tqdm(total=final_step, initial=min(self.step, final_step), desc="total", disable=not bars,
                          dynamic_ncols=True)
         stage_bar = None
@@ -490,9 +599,10 @@ class Trainer:
                     self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
                     if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
                         raise FloatingPointError(
-                            f"{MAX_NONFINITE_STEPS} consecutive steps had non-finite losses (last at step "
-                            f"{self.step}); stopping. The last good checkpoint in {self.output_dir} is intact; "
-                            f"try a lower learning rate or --precision bf16/fp32.")
+                            f"{MAX_NONFINITE_STEPS} consecutive steps had non-finite losses or gradients (last at "
+                            f"step {self.step}); stopping. Last good checkpoint: "
+                            f"{self.last_good_checkpoint or 'none was written'}; try a lower learning rate "
+                            f"or --precision bf16/fp32.")
                     if config.sample_interval and self.step % config.sample_interval == 0:
                         if self.is_main:
                             self.write_samples(metadata, stats["alpha"])
@@ -502,8 +612,11 @@ class Trainer:
                     if self.is_main and config.eval_freq and self.step % config.eval_freq == 0:
                         self.evaluate(metadata)
                     if all_ranks_agree(self.stop.requested, self.device, self.world_size):
-                        self.save()
-                        logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
+                        if self.save():
+                            logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
+                        else:
+                            logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
+                                           self.last_good_checkpoint or "none")
                         return 0
                     if stage_changed or self.step >= final_step:
                         break

@@ -160,35 +160,61 @@ def test_bad_curriculum_and_empty_glob_fail_before_spawning(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-def test_nonfinite_losses_skip_steps_then_stop_with_checkpoint_intact(tmp_path, monkeypatch):
+def _poisoned_run(tmp_path, monkeypatch, name, method, poison):
+    """Train 2 good steps (checkpoint at 2), then resume with `method` of MVCGANLoss poisoned by
+    `poison(self, stats)`, saving every step. Returns (trainer, error message, state at step 2)."""
     import losses
 
     overrides = {k: v for k, v in TINY.items() if not isinstance(k, int)}
     overrides.update({0: dict(TINY_STAGE), 40: {}})
-    config = tiny_config(tmp_path, "nan", max_steps=2, curriculum_overrides=overrides)
+    config = tiny_config(tmp_path, name, max_steps=2, curriculum_overrides=overrides)
     assert train(0, 1, config) == 0
     before = load_checkpoint(Path(config.output_dir))
     assert before["step"] == 2
 
-    original = losses.MVCGANLoss.accumulate_generator_gradients
+    original = getattr(losses.MVCGANLoss, method)
 
     def poisoned(self, *args, **kwargs):
         stats = original(self, *args, **kwargs)
-        stats["g_loss"] = stats["g_loss"] * float("nan")
+        poison(self, stats)
         return stats
 
-    monkeypatch.setattr(losses.MVCGANLoss, "accumulate_generator_gradients", poisoned)
-    resumed = tiny_config(tmp_path, "nan", load_dir=config.output_dir, curriculum_overrides=overrides)
+    monkeypatch.setattr(losses.MVCGANLoss, method, poisoned)
+    # sample_interval=1: a save is due at every step of the bad streak and must be refused.
+    resumed = tiny_config(tmp_path, name, load_dir=config.output_dir, curriculum_overrides=overrides,
+                          sample_interval=1)
     trainer = Trainer(0, 1, resumed, torch.device("cpu"))
-    with pytest.raises(FloatingPointError, match="consecutive steps had non-finite losses"):
+    with pytest.raises(FloatingPointError, match="consecutive steps had non-finite") as info:
         trainer.run()
-    # Every generator step was skipped: its weights are still the checkpoint's.
-    for key, value in before["generator"].items():
-        assert torch.equal(value, trainer.generator.state_dict()[key]), key
+    assert str(Path(config.output_dir) / "checkpoint.pth") in str(info.value)  # names the good checkpoint
     assert trainer.step == 2 + 10
     lines = [json.loads(l) for l in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert sum(l["skipped"] for l in lines) == 10
-    assert load_checkpoint(Path(config.output_dir))["step"] == 2  # the last good checkpoint is intact
+    after = load_checkpoint(Path(config.output_dir))
+    assert after["step"] == 2  # the last good checkpoint is intact: no save during the streak
+    return trainer, before
+
+
+def test_nonfinite_losses_skip_steps_then_stop_with_checkpoint_intact(tmp_path, monkeypatch):
+    def nan_loss(self, stats):
+        stats["g_loss"] = stats["g_loss"] * float("nan")
+
+    trainer, before = _poisoned_run(tmp_path, monkeypatch, "nan", "accumulate_generator_gradients", nan_loss)
+    # Every generator step was skipped: its weights are still the checkpoint's.
+    for key, value in before["generator"].items():
+        assert torch.equal(value, trainer.generator.state_dict()[key]), key
+
+
+def test_nan_gradient_with_finite_loss_is_not_applied(tmp_path, monkeypatch):
+    def nan_gradient(self, stats):
+        weight = next(p for p in self.discriminator.parameters() if p.grad is not None)
+        weight.grad.view(-1)[0] = float("nan")  # the loss stays finite
+
+    trainer, before = _poisoned_run(tmp_path, monkeypatch, "nangrad", "accumulate_discriminator_gradients",
+                                    nan_gradient)
+    assert trainer.weights_are_finite()
+    for key, value in before["discriminator"].items():
+        assert torch.equal(value, trainer.discriminator.state_dict()[key]), key
 
 
 def test_evaluation_at_eval_freq_is_logged(tmp_path):
