@@ -375,6 +375,6 @@ def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
             raise ValueError(f"--set {key}: unknown key {name!r}; known keys: {', '.join(sorted(known))}")
         old = target.get(name, extract_metadata(curriculum, 0).get(name))
         if not _same_kind(old, value):
-            raise ValueError(f"--set {key}={value!r}: expected a {type(old).__name__} like the curriculum's {old!r}")
+            raise ValueError(f"--set {key}={value!r}: expected {type(old).__name__} like the curriculum's {old!r}")
         target[name] = copy.deepcopy(value)
     return curriculum

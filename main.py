@@ -1,26 +1,33 @@
 """Launch MVCGAN training: `python main.py --curriculum CelebAHQ --output_dir celebahq_exp`.
 
 Starts one process per visible GPU (NCCL), or `--nproc` CPU processes (gloo), or
-joins a `torchrun` job when its environment variables are set. The curriculum and
-its dataset are checked before any process is spawned.
+joins a `torchrun` job when its environment variables are set. Everything that can be
+checked (flags, curriculum and --set values, dataset size, output folder, port, the
+checkpoint to resume) is checked before any process is spawned: a problem is one
+`error:` line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import sys
+from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.multiprocessing as mp
 
 import curriculums
 from datasets import DatasetError, check_dataset
-from train import TrainConfig, train
-from utils.checkpoint import CheckpointError, resolve_checkpoint_path
+from train import TrainConfig, build_networks, checkpoint_mismatch, run_curriculum, train
+from utils.checkpoint import LATEST_NAME, CheckpointError, load_checkpoint, resolve_checkpoint_path
+from utils.rendering_cli import HelpFormatter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--curriculum", required=True, help=f"curriculum name in curriculums.py: {sorted(curriculums.CURRICULA)}")
     p.add_argument("--output_dir", default="runs/debug", help="run directory: checkpoints, grids, metrics.jsonl")
     p.add_argument("--n_epochs", type=int, default=3000, help="stop after this many passes over the data")
@@ -33,36 +40,140 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval_metrics", default="fid", help="comma-separated metrics for evaluations: fid,kid,mvc")
     p.add_argument("--eval_dir", default=None, help="cache folder for the real images and statistics of the evaluation")
     p.add_argument("--load_dir", default=None, help="resume from this run directory's checkpoint.pth (or a checkpoint file)")
+    p.add_argument("--resume", choices=["never", "auto"], default="never",
+                   help="auto: if --output_dir already holds a checkpoint.pth, resume from it (a requeued job "
+                        "running the same command again), else start from --load_dir or fresh; never: only "
+                        "--load_dir resumes")
+    p.add_argument("--allow_curriculum_change", action="store_true",
+                   help="allow resuming a checkpoint trained with another curriculum: the loaded weights, "
+                        "optimiser state and step counter then train on this curriculum's data and "
+                        "hyper-parameters, and the checkpoint's --set overrides are dropped")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a curriculum value (repeatable): KEY a global or STAGE.KEY, VALUE a Python "
+                        "literal or a string, e.g. --set dataset_path=/data/ffhq --set 0.batch_size=8; "
+                        "recorded in options.json and the checkpoint and applied again on resume")
     p.add_argument("--set_step", type=int, default=None, help="override the step counter after loading")
     p.add_argument("--max_steps", type=int, default=None, help="stop after this step, saving a checkpoint")
-    p.add_argument("--port", type=int, default=12355, help="localhost port for the process group of spawned processes")
+    p.add_argument("--port", type=int, default=None,
+                   help="localhost port for the process group of spawned processes (default: a free one)")
     p.add_argument("--nproc", type=int, default=None, help="processes on CPU (default 1); on GPU one per visible device")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers per process")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="mixed precision on CUDA (CPU always trains in fp32)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="where to train")
-    p.add_argument("--log_interval", type=int, default=10, help="steps between lines in metrics.jsonl")
+    p.add_argument("--log_interval", type=int, default=10,
+                   help="steps between lines in metrics.jsonl (and progress lines when there are no bars)")
     p.add_argument("--seed", type=int, default=0, help="base random seed (process r uses seed + r)")
-    p.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bars")
+    p.add_argument("--no_progress", action="store_true",
+                   help="hide the tqdm progress bars (they are off anyway when stderr is not a terminal); "
+                        "progress is logged every --log_interval steps instead")
     return p.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+# Smallest accepted value of each integer flag (None: the flag is unset).
+FLAG_MINIMUMS = {"n_epochs": 1, "sample_interval": 0, "model_save_interval": 0, "eval_freq": 0, "log_interval": 1,
+                 "max_steps": 1, "set_step": 0, "nproc": 1, "num_workers": 0, "port": 1}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    for name, minimum in FLAG_MINIMUMS.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be at least {minimum} (got {value})")
+    if args.port is not None and args.port > 65535:
+        raise ValueError(f"--port must be at most 65535 (got {args.port})")
+
+
+def check_output_dir(output_dir) -> None:
+    """The run directory exists as a folder or can be created (no file in the way, writable)."""
+    path = Path(output_dir).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output_dir {output_dir}: no permission to write in {existing}")
+
+
+def checkpoint_to_resume(args: argparse.Namespace) -> Optional[str]:
+    """The run directory or file to resume from, or None for a fresh start."""
+    if args.resume == "auto" and (Path(args.output_dir) / LATEST_NAME).is_file():
+        return args.output_dir  # a requeued job: continue where this run stopped
+    if args.load_dir:
+        resolve_checkpoint_path(args.load_dir)
+    return args.load_dir
+
+
+def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: Optional[int]) -> None:
+    """Every stage the run reaches has at least one batch per process (the loader drops incomplete batches)."""
+    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name)
+    for stage in curriculums.stage_boundaries(curriculum)[:-1]:
+        if max_steps is not None and stage >= max_steps:
+            break
+        batch_size = int(curriculums.extract_metadata(curriculum, stage)["batch_size"])
+        if items // world_size < batch_size:
+            raise DatasetError(f"the dataset has {items} images: fewer than one batch of {batch_size} per process "
+                               f"({world_size} processes) in stage {stage}; add images or lower it with "
+                               f"--set {stage}.batch_size=N")
+
+
+def check_checkpoint_fits(checkpoint_state: dict, curriculum: dict, load_dir: str) -> None:
+    """The checkpoint's tensors have the shapes of the networks this run builds (built on the
+    meta device: shapes only, no memory, no time)."""
+    with torch.device("meta"):
+        generator, discriminator = build_networks(curriculums.extract_metadata(curriculum, 0))
+    mismatch = checkpoint_mismatch(checkpoint_state, generator, discriminator)
+    if mismatch:
+        raise CheckpointError(f"cannot resume {load_dir}: {mismatch}")
+
+
+def process_group_port(requested: Optional[int]) -> int:
+    """The port for the spawned processes' rendezvous: the requested one if it is free, else a free one."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", requested or 0))
+        except OSError as error:
+            raise ValueError(f"--port {requested} is not available ({error.strerror}); pick another with --port, "
+                             f"or leave --port out to take a free one") from error
+        return probe.getsockname()[1]
+
+
+def config_from_args(args: argparse.Namespace, load_dir: Optional[str] = None,
+                     overrides: Optional[dict] = None) -> TrainConfig:
     eval_freq = args.eval_freq
     if eval_freq is None:
         eval_freq = 0 if args.curriculum == "Synthetic" else 5000
     return TrainConfig(curriculum=args.curriculum, output_dir=args.output_dir, n_epochs=args.n_epochs,
                        sample_interval=args.sample_interval, model_save_interval=args.model_save_interval,
                        eval_freq=eval_freq, eval_dir=args.eval_dir, eval_metrics=args.eval_metrics,
-                       load_dir=args.load_dir, set_step=args.set_step, max_steps=args.max_steps,
+                       load_dir=load_dir, set_step=args.set_step, max_steps=args.max_steps,
                        num_workers=args.num_workers, precision=args.precision, log_interval=args.log_interval,
-                       seed=args.seed, device=args.device, progress=not args.no_progress)
+                       seed=args.seed, device=args.device, progress=not args.no_progress,
+                       curriculum_overrides=overrides or {}, allow_curriculum_change=args.allow_curriculum_change)
+
+
+def prepare_run(args: argparse.Namespace, world_size: int) -> TrainConfig:
+    """Every check that can fail before a process starts; the TrainConfig all processes get
+    (its overrides include those recorded in the checkpoint being resumed)."""
+    check_flags(args)
+    curriculums.get_curriculum(args.curriculum)  # unknown name: say so before anything else
+    check_output_dir(args.output_dir)
+    load_dir = checkpoint_to_resume(args)
+    checkpoint_state = load_checkpoint(load_dir) if load_dir else None  # also verifies its checksum
+    overrides = dict(curriculums.parse_override(text) for text in args.overrides)
+    config = config_from_args(args, load_dir, overrides)
+    curriculum, config.curriculum_overrides = run_curriculum(config, checkpoint_state)
+    check_dataset_size(curriculum, args.curriculum, world_size, args.max_steps)
+    if checkpoint_state is not None:
+        check_checkpoint_fits(checkpoint_state, curriculum, load_dir)
+    return config
 
 
 def _run(rank: int, world_size: int, config: TrainConfig, **kwargs) -> int:
     try:
         return train(rank, world_size, config, **kwargs)
-    except FloatingPointError as error:  # repeated non-finite losses: a message, not a traceback
+    except (FloatingPointError, CheckpointError) as error:  # non-finite training, unusable checkpoint
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -73,31 +184,64 @@ def _spawned(rank: int, world_size: int, config: TrainConfig, init_method: str) 
         sys.exit(code)
 
 
+def spawn_and_wait(world_size: int, config: TrainConfig, init_method: str) -> int:
+    """Run `world_size` training processes and wait for them.
+
+    SIGINT/SIGTERM to this launcher are forwarded once to each process, which then saves a
+    checkpoint and exits; the launcher keeps waiting (a signal that killed it would let
+    torch's spawn wrapper terminate the processes in the middle of their save).
+    """
+    context = mp.start_processes(_spawned, args=(world_size, config, init_method), nprocs=world_size,
+                                 join=False, start_method="spawn")
+    forwarded = False
+
+    def forward(signum, frame):
+        nonlocal forwarded
+        if forwarded:
+            return
+        forwarded = True
+        print(f"received signal {signum}: asking the {world_size} training processes to save and stop",
+              file=sys.stderr)
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as error:  # the process printed its own error line
+        return 1 if error.exit_code and error.exit_code > 0 else 128 - (error.exit_code or 0)
+    except mp.ProcessRaisedException as error:
+        print(f"error: a training process failed:\n{error}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # Fail fast, before any process exists: unknown curriculum, missing keys, empty dataset glob,
-    # nothing to resume from.
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if torchrun:
+        world_size = int(os.environ["WORLD_SIZE"])
+    else:
+        world_size = torch.cuda.device_count() if use_cuda else (args.nproc or 1)
     try:
-        curriculum = curriculums.get_curriculum(args.curriculum)
-        curriculums.validate_curriculum(curriculum, args.curriculum)
-        check_dataset(curriculums.extract_metadata(curriculum, 0), args.curriculum)
-        if args.load_dir:
-            resolve_checkpoint_path(args.load_dir)
+        config = prepare_run(args, world_size)
+        port = process_group_port(args.port) if world_size > 1 and not torchrun else None
     except (ValueError, DatasetError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    config = config_from_args(args)
 
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
-        return _run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), config, init_method="env://",
+    if torchrun:
+        return _run(int(os.environ["RANK"]), world_size, config, init_method="env://",
                     local_rank=int(os.environ.get("LOCAL_RANK", 0)))
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    world_size = torch.cuda.device_count() if use_cuda else (args.nproc or 1)
     if world_size <= 1:
         return _run(0, 1, config)
-    init_method = f"tcp://127.0.0.1:{args.port}"
-    mp.spawn(_spawned, args=(world_size, config, init_method), nprocs=world_size, join=True)
-    return 0
+    return spawn_and_wait(world_size, config, f"tcp://127.0.0.1:{port}")
 
 
 if __name__ == "__main__":

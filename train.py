@@ -203,7 +203,9 @@ class GracefulStop:
 
     def restore(self):
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # After a stop the process is on its way out: a repeated signal (another one sent
+            # to the process group) must not kill it while it tears down.
+            signal.signal(sig, signal.SIG_IGN if self.requested else handler)
 
 
 # ------------------------------------------------------------- curriculum & resume
@@ -612,9 +614,10 @@ class Trainer:
                     if self.is_main and config.eval_freq and self.step % config.eval_freq == 0:
                         self.evaluate(metadata)
                     if all_ranks_agree(self.stop.requested, self.device, self.world_size):
-                        if self.save():
+                        saved = self.save()
+                        if saved and self.is_main:
                             logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
-                        else:
+                        elif self.is_main:
                             logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
                                            self.last_good_checkpoint or "none")
                         return 0
