@@ -180,3 +180,19 @@ def test_last_trained_step_and_fade_alpha():
     assert fade_alpha(cur, second) == 0.0
     assert fade_alpha(cur, second + fade // 2) == pytest.approx(0.5, abs=1 / fade)
     assert fade_alpha(cur, second + 10 * fade) == 1.0
+
+
+def test_stage_rows_are_keyword_only():
+    """img_size and output_size (both ints) cannot be swapped by position."""
+    with pytest.raises(TypeError):
+        curriculums._stage(56, 16, 64, 6e-5, 2e-4, 15)
+    row = curriculums._stage(batch_size=1, num_steps=2, output_size=128, gen_lr=1e-4, disc_lr=2e-4, pos_lambda=0)
+    assert (row["img_size"], row["output_size"]) == (64, 128)
+
+
+def test_overrides_set_globals_and_stage_values():
+    c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"dataset_path": "/data/ffhq", "0.batch_size": 8})
+    assert c["dataset_path"] == "/data/ffhq" and c[0]["batch_size"] == 8 and c[25000]["batch_size"] == 52
+    assert curriculums.parse_override("0.gen_lr=2e-4") == ("0.gen_lr", 2e-4)
+    assert curriculums.parse_override("betas=(0.0, 0.99)") == ("betas", (0.0, 0.99))
+    assert curriculums.parse_override("dataset_path=/data/a b.png") == ("dataset_path", "/data/a b.png")

@@ -224,3 +224,20 @@ def test_evaluation_at_eval_freq_is_logged(tmp_path):
     evals = [l for l in lines if "eval" in l]
     assert len(evals) == 1 and evals[0]["step"] == 2
     assert 0 <= evals[0]["eval"]["mvc_nerf_l1"] < 1
+
+
+def test_run_removes_stale_checkpoint_temp_files_and_logs_progress_lines(tmp_path, caplog):
+    config = tiny_config(tmp_path, "hygiene", max_steps=4, log_interval=2)
+    run = Path(config.output_dir)
+    run.mkdir()
+    stale = run / ".checkpoint.pth.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = run / ".notes.tmp"
+    unrelated.write_bytes(b"x")
+    with caplog.at_level("INFO", logger="mvcgan.train"):
+        assert train(0, 1, config) == 0
+    assert not stale.exists() and unrelated.exists()
+    # No bars (progress=False, and stderr is not a terminal under pytest): a line every log_interval steps.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/4", "4/4"], lines
+    assert all("s/step" in line and "ETA" in line for line in lines)
