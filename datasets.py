@@ -96,12 +96,16 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None) -> i
 # Image-folder datasets
 # --------------------------------------------------------------------------- #
 
+# The centre crop of each image dataset (SPEC §9); faces are first resized to a short side of 576.
+CROP_SIZES = {"CelebAHQ": 512, "FFHQ": 512, "Cat": 472}
+
+
 def image_transform(dataset: str, img_size: int, flip: bool) -> v2.Compose:
     """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (SPEC §9)."""
     if dataset in ("CelebAHQ", "FFHQ"):
-        crop = [v2.Resize(576, antialias=True), v2.CenterCrop(512)]
+        crop = [v2.Resize(576, antialias=True), v2.CenterCrop(CROP_SIZES[dataset])]
     elif dataset == "Cat":
-        crop = [v2.CenterCrop(472)]
+        crop = [v2.CenterCrop(CROP_SIZES[dataset])]
     else:
         raise DatasetError(f"No image transform for dataset {dataset!r}.")
     # The published code resizes with nearest neighbour; we use an antialiased filter.
@@ -111,6 +115,18 @@ def image_transform(dataset: str, img_size: int, flip: bool) -> v2.Compose:
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
               v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
     return v2.Compose(steps)
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of `image`. 16-bit and 32-bit integer modes are scaled from 0..65535 and
+    float modes from [0, 1] (PIL's convert('RGB') clips them instead: a 16-bit PNG became white)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image, dtype=np.float64) / 257.0
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64) * 255.0
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8)).convert("RGB")
 
 
 class ImageFolderDataset(Dataset):
@@ -129,6 +145,7 @@ class ImageFolderDataset(Dataset):
         self.transform = image_transform(self.dataset_name, img_size, flip)
         self.num_skipped = 0
         self._unreadable = set()
+        self._warned_small = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,7 +156,7 @@ class ImageFolderDataset(Dataset):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")  # forces a full decode
+                rgb = to_rgb8(image)  # forces a full decode
         except Exception as error:  # truncated, corrupt, not an image, ...
             self._unreadable.add(index)
             self.num_skipped += 1
@@ -147,6 +164,13 @@ class ImageFolderDataset(Dataset):
                            "(%d skipped so far in this process).", path, type(error).__name__, error,
                            self.num_skipped)
             return None
+        crop = CROP_SIZES[self.dataset_name]
+        if min(rgb.size) < crop and not self._warned_small:  # once per process: the data set is usually uniform
+            self._warned_small = True
+            logger.warning("Image %s is %dx%d, smaller than the %dx%d crop of %s: it is %s (warned once).", path,
+                           *rgb.size, crop, crop, self.dataset_name,
+                           "padded with black" if self.dataset_name == "Cat" else "upscaled")
+        return rgb
 
     def __getitem__(self, index: int):
         n = len(self.paths)

@@ -235,3 +235,29 @@ def test_build_synthetic_from_curriculum():
     assert isinstance(ds, Synthetic) and len(ds) == meta["synthetic_size"]
     batch, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch.shape == (4, 3, meta["output_size"], meta["output_size"])
+
+
+def test_16bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    from datasets import to_rgb8
+
+    grey16 = np.full((600, 600), 32768, np.uint16)  # mid grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode.startswith("I")
+    ds = CelebAHQ(str(tmp_path / "*.png"), 8, flip=False)
+    image = ds[0][0]
+    assert abs(float(image.mean())) < 0.02  # mid grey maps to ~0 in [-1, 1], not to white (1)
+    as_float = to_rgb8(Image.fromarray(np.full((4, 4), 0.5, np.float32)))
+    assert np.asarray(as_float).tolist()[0][0] == [128, 128, 128]
+
+
+def test_images_smaller_than_the_crop_warn_once(tmp_path, caplog):
+    for i in range(3):
+        _save(tmp_path / f"small{i}.png", np.full((100, 120, 3), 90))
+    ds = build_dataset({"dataset": "Cat", "dataset_path": str(tmp_path)}, 8, flip=False)
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        for epoch in range(2):
+            for i in range(len(ds)):
+                ds[i]
+    warnings = [r.getMessage() for r in caplog.records if "smaller than the 472x472 crop" in r.getMessage()]
+    assert len(warnings) == 1 and "padded with black" in warnings[0]
