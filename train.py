@@ -384,7 +384,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- data
     def make_loader(self, metadata: dict):
-        dataset = build_dataset(metadata, int(metadata["output_size"]), flip=True)
+        dataset = build_dataset(metadata, int(metadata["output_size"]), flip=False)  # flipped by random_flip
         sampler = ResumableDistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
                                               shuffle=True, seed=self.config.seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=int(metadata["batch_size"]), sampler=sampler, drop_last=True,
@@ -398,6 +398,15 @@ class Trainer:
             raise ValueError(f"dataset has {len(dataset)} images: fewer than one batch of "
                              f"{metadata['batch_size']} per process")
         return loader
+
+    def random_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """Flip each image horizontally with probability 1/2 (SPEC §9), drawn from a seed of
+        (seed, rank, epoch, batch) rather than in the loader workers: their RNG states cannot be
+        checkpointed, this seed is restored with the data position, so resuming stays exact."""
+        seed = np.random.SeedSequence([self.config.seed, self.rank, self.epoch, self.batch_in_epoch])
+        generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+        flips = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
+        return torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
 
     # -------------------------------------------------------------- samples
     @torch.no_grad()
@@ -588,7 +597,7 @@ class Trainer:
                 loader.sampler.set_position(self.epoch, self.batch_in_epoch * int(metadata["batch_size"]))
                 for real, _ in loader:
                     started = time.time()
-                    stats = self.train_step(real.to(self.device, non_blocking=True), metadata)
+                    stats = self.train_step(self.random_flip(real.to(self.device, non_blocking=True)), metadata)
                     self.step += 1
                     self.batch_in_epoch += 1
                     # Decide the data position before anything is saved, so a resume at a

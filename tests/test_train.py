@@ -97,6 +97,49 @@ def test_resume_continues_exactly(tmp_path, first_leg):
     assert not different, different[:5]
 
 
+def test_resume_with_loader_workers_on_an_image_folder_is_exact(tmp_path):
+    """Two loader workers (kept alive across epochs) and random flips: stopping at step 3 and resuming
+    gives the weights of the uninterrupted run (the second leg crosses two epoch boundaries)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):  # 4 batches of 2 per epoch
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    overrides = {**{k: v for k, v in TINY.items() if not isinstance(k, int)}, 0: dict(TINY_STAGE), 10: {},
+                 "dataset": "FFHQ", "dataset_path": str(folder)}
+    common = dict(num_workers=2, curriculum_overrides=overrides)
+    torch.use_deterministic_algorithms(True)
+    try:
+        straight = tiny_config(tmp_path, "straight", **common)
+        assert train(0, 1, straight) == 0
+        split = tiny_config(tmp_path, "split", max_steps=3, **common)
+        assert train(0, 1, split) == 0
+        assert train(0, 1, tiny_config(tmp_path, "split", load_dir=split.output_dir, **common)) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    _, a = checkpoint_tensors(Path(straight.output_dir) / "checkpoint.pth")
+    _, b = checkpoint_tensors(Path(split.output_dir) / "checkpoint.pth")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def test_loader_workers_persist_across_epochs(tmp_path):
+    trainer = Trainer(0, 1, tiny_config(tmp_path, "workers", num_workers=2), torch.device("cpu"))
+    loader = trainer.make_loader(curriculums_metadata(trainer))
+    assert loader.persistent_workers
+    trainer = Trainer(0, 1, tiny_config(tmp_path, "inline", num_workers=0), torch.device("cpu"))
+    assert not trainer.make_loader(curriculums_metadata(trainer)).persistent_workers
+
+
+def curriculums_metadata(trainer):
+    import curriculums
+
+    return curriculums.extract_metadata(trainer.curriculum, 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
