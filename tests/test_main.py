@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import main
 from utils.checkpoint import load_checkpoint
@@ -135,26 +134,42 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
     assert [r["step"] for r in records] == [1, 2]  # step 2 continued step 1, not a fresh start
 
 
-def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
-    """A SIGTERM to the launcher of `--nproc 2`, then one to the whole process group (as a cluster
-    sends): both processes save once and exit; the checkpoint is written and loads."""
-    run = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    argv = [sys.executable, str(ROOT / "main.py"), *tiny_argv(run, "--nproc", "2", "--device", "cpu")]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+def signal_during_training(tmp_path, *extra, send):
+    """Start `main.py` (tiny, its own session) and call `send(process)` once it has trained a step;
+    returns (exit code, output, run directory)."""
+    run = tmp_path / "signalled"
+    argv = [sys.executable, str(ROOT / "main.py"), *tiny_argv(run, *extra)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 50
         while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert (run / "metrics.jsonl").exists(), proc.communicate()[0].decode()[-3000:]
-        proc.send_signal(signal.SIGTERM)
-        os.killpg(proc.pid, signal.SIGTERM)  # a repeated signal must not abort the save
+        send(proc)
         output = proc.communicate(timeout=50)[0].decode()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, output[-3000:]
+    return proc.returncode, output, run
+
+
+def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
+    code, output, run = signal_during_training(tmp_path, send=lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == 0, output[-3000:]
+    assert load_checkpoint(run)["step"] >= 1
+    assert "stopped by signal" in output
+
+
+def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
+    """A SIGTERM to the launcher of `--nproc 2`, then one to the whole process group (as a cluster
+    sends): both processes save once and exit; the checkpoint is written and loads."""
+    def send(proc):
+        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # a repeated signal must not abort the save
+
+    code, output, run = signal_during_training(tmp_path, "--nproc", "2", "--device", "cpu", send=send)
+    assert code == 0, output[-3000:]
     assert output.count("stopped by signal") == 1, output[-3000:]  # rank 0 reports the save
     state = load_checkpoint(run)
     assert state["step"] >= 1 and state["world_size"] == 2

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,6 @@ import torch.multiprocessing as mp
 from train import TrainConfig, Trainer, train
 from utils.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY_STAGE = dict(batch_size=2, num_steps=4, img_size=8, output_size=8, batch_split=1, gen_lr=2e-4,
                   disc_lr=4e-4, pos_lambda=15, reproj_lambda=1)
@@ -99,16 +94,16 @@ def test_resume_continues_exactly(tmp_path, first_leg):
 
 def test_resume_with_loader_workers_on_an_image_folder_is_exact(tmp_path):
     """Two loader workers (kept alive across epochs) and random flips: stopping at step 3 and resuming
-    gives the weights of the uninterrupted run (the second leg crosses two epoch boundaries)."""
+    gives the weights of the uninterrupted run (the second leg crosses epoch boundaries)."""
     import numpy as np
     from PIL import Image
 
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(8):  # 4 batches of 2 per epoch
+    for i in range(4):  # 2 batches of 2 per epoch
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    overrides = {**{k: v for k, v in TINY.items() if not isinstance(k, int)}, 0: dict(TINY_STAGE), 10: {},
+    overrides = {**{k: v for k, v in TINY.items() if not isinstance(k, int)}, 0: dict(TINY_STAGE), 6: {},
                  "dataset": "FFHQ", "dataset_path": str(folder)}
     common = dict(num_workers=2, curriculum_overrides=overrides)
     torch.use_deterministic_algorithms(True)
@@ -168,27 +163,6 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path):
     assert load_checkpoint(Path(config.output_dir))["step"] == 2
 
 
-def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
-    run = tmp_path / "sig"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--curriculum", "Synthetic", "--output_dir",
-                             str(run), "--num_workers", "0", "--log_interval", "1", "--no_progress",
-                             "--sample_interval", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        assert (run / "metrics.jsonl").exists(), proc.communicate()[0].decode()[-2000:]
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=240)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-2000:]
-    state = load_checkpoint(run)
-    assert state["step"] >= 1
-    assert "stopped by signal" in output
-
-
 def test_bad_curriculum_and_empty_glob_fail_before_spawning(tmp_path, capsys):
     import main
 
@@ -223,9 +197,9 @@ def _poisoned_run(tmp_path, monkeypatch, name, method, poison):
         return stats
 
     monkeypatch.setattr(losses.MVCGANLoss, method, poisoned)
-    # sample_interval=1: a save is due at every step of the bad streak and must be refused.
+    # model_save_interval=1: a save is due at every step of the bad streak and must be refused.
     resumed = tiny_config(tmp_path, name, load_dir=config.output_dir, curriculum_overrides=overrides,
-                          sample_interval=1)
+                          model_save_interval=1)
     trainer = Trainer(0, 1, resumed, torch.device("cpu"))
     with pytest.raises(FloatingPointError, match="consecutive steps had non-finite") as info:
         trainer.run()
@@ -235,6 +209,7 @@ def _poisoned_run(tmp_path, monkeypatch, name, method, poison):
     assert sum(l["skipped"] for l in lines) == 10
     after = load_checkpoint(Path(config.output_dir))
     assert after["step"] == 2  # the last good checkpoint is intact: no save during the streak
+    assert not list(Path(config.output_dir).glob("checkpoint_*.pth"))
     return trainer, before
 
 
