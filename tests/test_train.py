@@ -259,3 +259,34 @@ def test_run_removes_stale_checkpoint_temp_files_and_logs_progress_lines(tmp_pat
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split()[1] for line in lines] == ["2/4", "4/4"], lines
     assert all("s/step" in line and "ETA" in line for line in lines)
+
+
+def test_skipped_file_warning_is_not_repeated_every_epoch_with_workers(tmp_path):
+    """Loader workers live across epochs, so each remembers the unreadable files it met."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((64, 64, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "3.png").write_bytes(b"not a png")  # 4 files: 2 batches of 2, every file in every epoch
+    config = tiny_config(tmp_path, "skip", num_workers=2,
+                         curriculum_overrides=dict(TINY, dataset="FFHQ", dataset_path=str(folder)))
+    trainer = Trainer(0, 1, config, torch.device("cpu"))
+    log = tmp_path / "workers.log"
+    handler = logging.FileHandler(log)  # forked workers inherit it
+    logging.getLogger("datasets").addHandler(handler)
+    try:
+        loader = trainer.make_loader(curriculums_metadata(trainer))
+        for epoch in range(4):
+            loader.sampler.set_position(epoch, 0)
+            assert sum(1 for _ in loader) == 2
+        del loader
+    finally:
+        logging.getLogger("datasets").removeHandler(handler)
+        handler.close()
+    warnings = log.read_text().count("Skipping unreadable image")
+    assert 1 <= warnings <= 2, warnings  # at most once per worker, not once per epoch
