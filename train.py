@@ -469,14 +469,15 @@ class Trainer:
 
         The step is skipped on every rank when the loss or the gradient norm is non-finite on
         any rank: a NaN gradient can come with a finite loss, and clipping would spread it
-        to every weight. (With fp16 this is also how GradScaler's overflow steps are skipped.)
+        to every weight. With fp16, GradScaler skips overflowed gradients itself and lowers
+        its scale: an overflow is routine there, not a failure, so it is left to the scaler.
         """
         average_gradients(module, self.world_size)
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-        finite = bool(torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item()) \
-            and bool(torch.isfinite(norm).item())
-        stepped = not all_ranks_agree(not finite, self.device, self.world_size)
+        finite_loss = bool(torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item())
+        finite_grad = bool(torch.isfinite(norm).item()) or self.scaler.is_enabled()
+        stepped = not all_ranks_agree(not (finite_loss and finite_grad), self.device, self.world_size)
         if stepped:
             self.scaler.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
