@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     else:
         world_size = torch.cuda.device_count() if use_cuda else (args.nproc or 1)
     try:
+        if use_cuda and world_size == 0:
+            raise ValueError("--device cuda, but no CUDA device is visible (CUDA_VISIBLE_DEVICES?); use --device cpu")
         config = prepare_run(args, world_size)
         port = process_group_port(args.port) if world_size > 1 and not torchrun else None
     except (ValueError, DatasetError, CheckpointError) as error:

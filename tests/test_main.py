@@ -174,3 +174,9 @@ def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
     state = load_checkpoint(run)
     assert state["step"] >= 1 and state["world_size"] == 2
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    code, err = run_main(tiny_argv(tmp_path / "run", "--device", "cuda"), capsys)
+    assert code == 2 and err.count("\n") == 1 and "no CUDA device" in err
