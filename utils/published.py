@@ -13,6 +13,7 @@ reading every width from the shapes. Entry points: `read_published`,
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import math
@@ -136,7 +137,7 @@ ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): dict,
+    ("collections", "OrderedDict"): collections.OrderedDict,  # state dicts also set an attribute on it
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset,
@@ -403,8 +404,8 @@ def read_generator(path: Path) -> Record:
         raise PublishedCheckpointError(f"{path} holds a {record.class_path}{hint}, not a published MVCGAN generator")
     if "decoder" not in modules:
         raise PublishedCheckpointError(
-            f"{path} holds a generator without a 2D decoder: a pi-GAN checkpoint, not MVCGAN; only MVCGAN's "
-            f"(SIREN + decoder) can be imported")
+            f"{path} holds a generator with no 2D decoder: a pi-GAN checkpoint, not an MVCGAN one (only those, "
+            f"SIREN + decoder, can be imported)")
     return record
 
 
