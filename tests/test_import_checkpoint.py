@@ -29,7 +29,7 @@ from generators.cameras import cam2world_from_poses
 from generators.decoder import EqualizedConv2d
 from generators.generators import RenderOptions, build_generator
 from siren.siren import SPATIALSIRENBASELINE
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, load_generator
 from utils.published import (PublishedCheckpointError, Record, convert_generator_parameters,
                              find_published_files, import_published, read_published)
 
@@ -127,6 +127,8 @@ def test_imported_checkpoint_contents(imported):
     generator = build_generator(extract_metadata(curriculum, 0))
     for key in ("generator", "generator_ema", "generator_ema2"):
         generator.load_state_dict(raw[key])  # strict: every parameter, none of the 10 noise weights
+    _, _, step = load_generator(imported)  # what fid_evaluation.py loads
+    assert step == PUBLISHED_STEP
     # Three different sets of weights: the EMA shadows were not mixed up with the raw weights.
     name = "siren.mapping_network.output_layer.weight"
     assert not torch.equal(raw["generator"][name], raw["generator_ema"][name])

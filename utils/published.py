@@ -7,9 +7,9 @@ pickle names: module classes become inert `Record`s (their `_modules`, `_paramet
 `_buffers` and other attributes as plain data), tensors are rebuilt from the archive's
 storages on the CPU, and any other global is refused by name.
 
-`convert_published` maps the records to this project's state dicts (SPEC §3, §5, §6),
-reading every width from the shapes. Entry points: `read_published`,
-`convert_published`; `import_checkpoint.py` is the command line.
+`import_published` maps the records to a checkpoint of this project (state dicts, SPEC §3,
+§5, §6), reading every width from the shapes. Entry points: `find_published_files`,
+`import_published`, `read_published`; `import_checkpoint.py` is the command line.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ class PublishedCheckpointError(CheckpointError):
 
 # Packages whose classes are rebuilt as inert records, never imported. `generators`,
 # `siren` and `discriminators` are the published source tree (whose first two paths
-# are also ours: they must not resolve to our classes), `torch_ema` its EMA objects.
+# are also ours: they must not resolve to our classes), `torch_ema` its EMA objects,
+# `torch.nn.modules` the torch layers inside them.
 RECORD_PACKAGES = ("generators.", "siren.", "discriminators.", "torch_ema.", "torch.nn.modules.")
 
 # The element type behind each legacy storage class name a torch pickle uses.
