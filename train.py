@@ -281,14 +281,21 @@ class Trainer:
             logger.warning("resuming a %s checkpoint with curriculum %s", state.get("curriculum_name"),
                            self.config.curriculum)
         self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
+        if "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+        else:
+            logger.warning("%s has no discriminator: fine-tuning starts from a freshly initialised one", load_dir)
         for ema, key, updates in zip(self.emas, ("generator_ema", "generator_ema2"), state["ema_num_updates"]):
             ema.module.load_state_dict(state[key])
             ema.num_updates = int(updates)
+        self.step, self.epoch = int(state["step"]), int(state.get("epoch", 0))
+        if "optimizer_G" not in state:  # an imported checkpoint (import_checkpoint.py): weights and step only
+            logger.warning("%s has no optimiser, scaler or data-position state (an imported checkpoint): "
+                           "continuing the curriculum from step %d with fresh Adam moments", load_dir, self.step)
+            return
         self.optimizer_G.load_state_dict(state["optimizer_G"])
         self.optimizer_D.load_state_dict(state["optimizer_D"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["sampler"]["batch"])
         rng = state.get("rng") or []
         if state.get("world_size") == self.world_size and self.rank < len(rng):
