@@ -183,7 +183,7 @@ def test_a_checkpoint_mid_fade_renders_with_its_fade_in(tiny_checkpoint, tiny_ge
 
 
 def test_trained_stage_of_official_checkpoints():
-    """An imported official checkpoint (step >= 100k) is in the 64 -> 512 stage: 512 is the default there."""
+    """Past step 100k the paper's curricula train 64 -> 512 px: 512 is the default there, as published."""
     stage = trained_stage(get_curriculum("FFHQ"), 150_000)
     assert (stage.img_size, stage.output_size, stage.num_steps, stage.decoder_blocks) == (64, 512, 16, 3)
     assert stage.alpha == 1.0
