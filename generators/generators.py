@@ -1,4 +1,4 @@
-"""`ImplicitGenerator3d`: the MVCGAN generator (SPEC §4).
+"""`ImplicitGenerator3d`: the MVCGAN generator (docs/METHOD.md §4).
 
 Four seams, each its own module: cameras/rays (`cameras.py`, the point sampler),
 the FiLM-SIREN field (`siren/`, the point embedder), volume integration
