@@ -222,7 +222,8 @@ def extract(args) -> list:
             continue
         written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii))
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
-    print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
+    if written:
+        print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
     return written
 
 

@@ -212,10 +212,9 @@ def render_options(model: LoadedModel, image_size: Optional[int] = None, output_
     except ValueError as error:
         raise CLIError(f"--output_size {output_size} with --image_size {image_size}: {error}") from None
     if blocks > stage.decoder_blocks:
-        untrained = (f"--output_size {output_size} from a {image_size} px NeRF needs {blocks} decoder block(s), but "
-                     f"the checkpoint (step {model.step}) trained {stage.decoder_blocks} ({stage.img_size} -> "
-                     f"{stage.output_size} px); the other {blocks - stage.decoder_blocks} are untrained and "
-                     "turn the image into noise")
+        untrained = (f"--output_size {output_size} from a {image_size} px NeRF needs {blocks} decoder block(s), "
+                     f"but the checkpoint (step {model.step}) trained {stage.decoder_blocks} ({stage.img_size} -> "
+                     f"{stage.output_size} px); untrained blocks turn the image into noise")
         if not allow_untrained_blocks:
             raise CLIError(f"{untrained}. Use --output_size {image_size * 2 ** stage.decoder_blocks} or less, "
                            "or pass --allow_untrained_blocks")
