@@ -334,6 +334,15 @@ class Trainer:
             save_grid(ema.staged_forward(z, options, psi=0.7, alpha=alpha, generator=seeded).image, "random")
         self.generator.train()
 
+    def write_real_grid(self, dataset) -> None:
+        """Rank 0, once per run directory: `real.png`, a grid of training images, so the target is visible
+        next to the sample grids."""
+        path = self.output_dir / "real.png"
+        if path.exists():
+            return
+        images = torch.stack([dataset[i][0] for i in range(min(NUM_GRID_IMAGES, len(dataset)))])
+        save_image(make_grid(list(to_uint8(images)), GRID_ROW), path)
+
     def evaluate(self, metadata: dict) -> None:
         """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""
         import fid_evaluation
@@ -466,6 +475,8 @@ class Trainer:
                 key = self.loader_key(self.step)
                 if key != loader_key:
                     loader, loader_key = self.make_loader(metadata), key
+                    if self.is_main:
+                        self.write_real_grid(loader.dataset)
                     if bars:
                         stage_start = curriculums.last_upsample_step(self.curriculum, self.step)
                         stage_end = min(curriculums.next_upsample_step(self.curriculum, self.step) or final_step,

@@ -88,6 +88,7 @@ class RenderedView(NamedTuple):
     features: torch.Tensor   # (n, H, S, S)
     depth: torch.Tensor      # (n, S, S) distance along the unit ray
     cam2world: torch.Tensor  # (n, 4, 4)
+    opacity: torch.Tensor    # (n, S, S) accumulated opacity before last_back (see `integrate`)
 
 
 class GeneratorOutput(NamedTuple):
@@ -102,6 +103,7 @@ class StagedOutput(NamedTuple):
     depth: torch.Tensor      # (B, S, S)
     nerf_rgb: torch.Tensor   # (B, 3, S, S) in [0, 1]
     cam2world: torch.Tensor  # (B, 4, 4)
+    opacity: torch.Tensor    # (B, S, S) NeRF opacity in [0, 1]: > 0.5 is the generated silhouette
 
 
 class ImplicitGenerator3d(nn.Module):
@@ -194,7 +196,7 @@ class ImplicitGenerator3d(nn.Module):
         # (n, S*S, C) -> (n, C, S, S)
         to_map = lambda x: x.reshape(n, size, size, -1).permute(0, 3, 1, 2)
         return RenderedView(to_map(result.rgb), to_map(result.features), result.depth.reshape(n, size, size),
-                            cam2world)
+                            cam2world, result.opacity.reshape(n, size, size))
 
     def forward(self, z: torch.Tensor, alpha: float, options: RenderOptions,
                 generator: Optional[torch.Generator] = None) -> GeneratorOutput:
@@ -228,7 +230,7 @@ class ImplicitGenerator3d(nn.Module):
         view = self.render_view(codes, cam2world.to(codes.style.device), options, jitter=False,
                                 max_batch_size=max_batch_size, generator=generator)
         image = self.decoder(view.features, codes.style, options.output_size, alpha)
-        return StagedOutput(image, view.depth, view.rgb, view.cam2world)
+        return StagedOutput(image, view.depth, view.rgb, view.cam2world, view.opacity)
 
     @torch.no_grad()
     def staged_forward(self, z: torch.Tensor, options: RenderOptions, psi: float = 1.0,

@@ -254,6 +254,67 @@ def test_multiview_consistency_of_a_generator(tiny_generator, metadata):
     assert "fid" not in results
 
 
+def _dense(generator):
+    """A copy of `generator` whose field is opaque everywhere (density bias +100)."""
+    import copy
+
+    dense = copy.deepcopy(generator)
+    with torch.no_grad():
+        dense.siren.final_layer.bias.fill_(100.0)
+    return dense
+
+
+def test_mvc_reports_the_opaque_fraction_and_warns_for_an_empty_field(tiny_generator, metadata):
+    empty = fe.multiview_consistency(tiny_generator, metadata, num_samples=2, batch_size=2)
+    assert empty["mvc_nerf_opaque"] < fe.MVC_MIN_OPAQUE  # an untrained field is empty...
+    assert "say nothing" in empty["mvc_warning"]          # ...and the output says what that means
+    dense = fe.multiview_consistency(_dense(tiny_generator), metadata, num_samples=2, batch_size=2)
+    assert dense["mvc_nerf_opaque"] == 1.0 and "mvc_warning" not in dense
+
+
+# --------------------------------------------------------------------------- #
+# Ground truth for Synthetic
+# --------------------------------------------------------------------------- #
+
+def test_head_map_comparison_on_known_cases(metadata):
+    yaw = torch.full((6,), math.pi / 2)
+    pitch = torch.full((6,), math.pi / 2)
+    real = fe.real_head_maps(metadata, yaw, pitch)
+    assert real.mask.shape == (6, 16, 16) and real.image.shape == (6, 3, 16, 16)
+    assert 0.1 < real.mask.float().mean() < 0.6  # a head, not an empty or a full frame
+    same = fe.compare_head_maps(real, real)
+    assert same["iou"] == 1.0 and same["depth_l1"] == 0.0 and same["depth_l1_fg"] == 0.0
+    # A candidate shifted by one pixel: IoU drops, and the depth error where both agree grows.
+    shifted = fe.HeadMaps(real.mask.roll(1, dims=-1), real.depth.roll(1, dims=-1), real.image)
+    moved = fe.compare_head_maps(shifted, real)
+    assert 0.5 < moved["iou"] < 1.0 and moved["depth_l1"] > 0 and moved["depth_l1_fg"] > moved["depth_l1"]
+    # An empty candidate (background at ray_end everywhere): IoU 0, no common foreground.
+    empty = fe.HeadMaps(torch.zeros_like(real.mask), torch.full_like(real.depth, metadata["ray_end"]),
+                        real.image)
+    nothing = fe.compare_head_maps(empty, real)
+    assert nothing["iou"] == 0.0 and math.isnan(nothing["depth_l1"]) and nothing["depth_l1_fg"] > 0.1
+    assert fe._gap_closed(0.5, 0.0, 1.0) == 0.5 and fe._gap_closed(0.02, 0.1, 0.0) == pytest.approx(0.8)
+
+
+def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(tiny_generator, metadata):
+    results = fe.evaluate(tiny_generator, metadata, metrics=("synthetic",), num_synthetic=48, device="cpu")
+    # Real heads against other real heads: same silhouettes to within identity, depth within ~1 cm.
+    assert results["synthetic_iou_ceiling"] > 0.75 and results["synthetic_iou_floor"] < 0.1
+    assert results["synthetic_depth_l1_fg_ceiling"] < 0.3 * results["synthetic_depth_l1_fg_floor"]
+    assert results["synthetic_kid_ceiling"] < 0.2 * results["synthetic_kid_floor"]
+    # The floor is an untrained generator with the seed-0 init: the same weights as tiny_generator.
+    assert results["synthetic_iou_closed"] == 0.0 and results["synthetic_depth_closed"] == 0.0
+    # A field that is opaque everywhere covers every head (IoU = head area) but is no closer in depth.
+    dense = fe.synthetic_scores(_dense(tiny_generator), metadata, num_samples=48)
+    assert dense["synthetic_opaque"] == 1.0
+    assert 0.1 < dense["synthetic_iou"] < 0.6
+
+
+def test_synthetic_metric_needs_a_synthetic_curriculum(tiny_generator, metadata):
+    with pytest.raises(ValueError, match="Synthetic"):
+        fe.evaluate(tiny_generator, {**metadata, "dataset": "FFHQ"}, metrics=("synthetic",), num_synthetic=4)
+
+
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #

@@ -39,10 +39,6 @@ class CLIError(RuntimeError):
     """A user error a script reports as one line (no traceback) with exit code 2."""
 
 
-class WorkError(RuntimeError):
-    """A failure during the work (inputs were fine) a script reports as one line with exit code 1."""
-
-
 @dataclass(frozen=True)
 class TrainedStage:
     """The curriculum stage a checkpoint's weights were last trained in: what the CLIs default to.
@@ -286,17 +282,14 @@ def run_cli(body: Callable[[], None]) -> int:
     """Run a script's body and return its exit code (the convention of every CLI of the project).
 
     Usage and input errors (CLIError, CheckpointError) print one `error: ...` line and return 2;
-    failures during the work (WorkError, running out of memory) print one line and return 1;
-    anything else is a bug and keeps its traceback (Python exits with 1).
+    running out of memory prints one line with the flags that help and returns 1 (a failure
+    during the work, as is anything else, which keeps its traceback: Python exits with 1).
     """
     try:
         body()
     except (CheckpointError, CLIError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    except WorkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return WORK_FAILED
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: out of memory ({reason}); lower --max_batch_size or --batch_size, or use a smaller "
