@@ -1,7 +1,8 @@
-"""Training curricula: every hyper-parameter of a run, in one plain dict per dataset (SPEC §8).
+"""Training curricula: every hyper-parameter of a run, in one plain dict per dataset (docs/METHOD.md §8).
 
 This is the file users edit: point `dataset_path` at your images and change numbers
 here. Entry points: `get_curriculum(name)` and `extract_metadata(curriculum, step)`.
+What every value means, and where the paper's tables come from, is in docs/METHOD.md §8.
 
 Format of a curriculum
 ----------------------
@@ -21,7 +22,7 @@ Format of a curriculum
 
 Not in here on purpose: `sample_interval`, `model_save_interval` and `eval_freq`
 are command-line flags of main.py. The NeRF density noise is max(0, 1 - step/5000)
-(SPEC §2); a curriculum may shorten it with `nerf_noise_steps` (Synthetic does).
+(docs/METHOD.md §2); a curriculum may shorten it with `nerf_noise_steps` (Synthetic does).
 """
 from __future__ import annotations
 
@@ -45,16 +46,16 @@ GLOBAL_KEYS = (
     "hidden_dim", "decoder_channels", "disc_width_factor",
 )
 
-MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
+MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 
 
 # --------------------------------------------------------------------------- #
-# Real-data curricula (SPEC §8).
+# Real-data curricula (docs/METHOD.md §8).
 # --------------------------------------------------------------------------- #
 
 def _stage(batch_size, num_steps, output_size, gen_lr, disc_lr, pos_lambda, img_size=64, batch_split=4,
            reproj_lambda=1):
-    """One row of the SPEC §8 table."""
+    """One row of the docs/METHOD.md §8 table."""
     return {"batch_size": batch_size, "num_steps": num_steps, "img_size": img_size, "output_size": output_size,
             "batch_split": batch_split, "gen_lr": gen_lr, "disc_lr": disc_lr, "pos_lambda": pos_lambda,
             "reproj_lambda": reproj_lambda}
@@ -71,7 +72,7 @@ FACE_GLOBALS = {
     "h_mean": math.pi * 0.5,
     "v_mean": math.pi * 0.5,
     "sample_dist": "gaussian",
-    "hierarchical_sample": False,  # the published code ignored this flag (SPEC §2)
+    "hierarchical_sample": False,  # the published code ignored this flag (docs/METHOD.md §2)
     # optimisation
     "fade_steps": 2000,
     "topk_interval": 2000,
@@ -212,7 +213,7 @@ def extract_metadata(curriculum: Mapping, step: int) -> dict:
 def last_upsample_step(curriculum: Mapping, step: int) -> int:
     """Start of the stage active at `step` (0 before the first stage).
 
-    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (SPEC §7).
+    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (docs/METHOD.md §7).
     """
     start = _stage_start(curriculum, step)
     return 0 if start is None else start
@@ -241,7 +242,7 @@ def last_trained_step(curriculum: Mapping, step: int) -> int:
 
 
 def fade_alpha(curriculum: Mapping, step: int) -> float:
-    """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (SPEC §7)."""
+    """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (docs/METHOD.md §7)."""
     fade_steps = max(1, extract_metadata(curriculum, step).get("fade_steps", 1))
     return min(1.0, (step - last_upsample_step(curriculum, step)) / fade_steps)
 

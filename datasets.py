@@ -1,4 +1,4 @@
-"""Training data (SPEC §9): image folders (CelebAHQ, FFHQ, Cat) and procedural heads (Synthetic).
+"""Training data (docs/METHOD.md §9): image folders (CelebAHQ, FFHQ, Cat) and procedural heads (Synthetic).
 
 Entry points: `build_dataset(metadata, img_size, flip)` builds the dataset a
 curriculum names; `check_dataset(metadata)` is the cheap up-front check (run it
@@ -97,7 +97,7 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None) -> i
 # --------------------------------------------------------------------------- #
 
 def image_transform(dataset: str, img_size: int, flip: bool) -> v2.Compose:
-    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (SPEC §9)."""
+    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (docs/METHOD.md §9)."""
     if dataset in ("CelebAHQ", "FFHQ"):
         crop = [v2.Resize(576, antialias=True), v2.CenterCrop(512)]
     elif dataset == "Cat":

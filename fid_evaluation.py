@@ -1,4 +1,4 @@
-"""Evaluation of a trained generator: FID, KID and a multi-view consistency score (SPEC §10).
+"""Evaluation of a trained generator: FID, KID and a multi-view consistency score (docs/METHOD.md §10).
 
 Entry points:
 * `evaluate(generator, metadata, metrics=("fid",), ...)` -> dict of scores; the
@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from utils.rendering_cli import CLIError, finite_float, load_model, run_cli
+
 # ----------------------------------------------------------------------------- #
 # Constants
 # ----------------------------------------------------------------------------- #
@@ -67,6 +69,8 @@ MVC_YAW_STEP = 0.3                    # radians between the two views of the mvc
 MVC_MIN_OPAQUE = 0.05                 # below this opaque-pixel fraction mvc says nothing about 3D
 OPACITY_THRESHOLD = 0.5               # a NeRF pixel is foreground when its opacity exceeds this
 SYNTHETIC_KID_SIZE = 16               # appearance is compared on 16x16 pixel vectors
+MIN_FID_SAMPLES = 2                   # a covariance needs two samples
+RECOMMENDED_FID_SAMPLES = 2048        # fewer: FID is strongly biased upwards (and the covariance singular)
 
 
 def default_device() -> str:
@@ -90,6 +94,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    # scipy's sqrtm never returns on NaN input (e.g. the covariance of fewer than two samples).
+    if not all(np.isfinite(x).all() for x in (mu1, sigma1, mu2, sigma2)):
+        raise ValueError("FID statistics are not finite (fewer than 2 images, or NaN/inf features)")
     return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
@@ -710,6 +717,10 @@ def evaluate(generator, metadata: Mapping, metrics: Sequence[str] = ("fid",), nu
                 inception, device, total=num_fake, desc="inception (generated)")
             results.update(num_real=int(reals["features"].shape[0]), num_fake=int(fakes.shape[0]),
                            real_dir=str(folder))
+            if min(results["num_real"], results["num_fake"]) < MIN_FID_SAMPLES:
+                raise ValueError(f"FID/KID need at least {MIN_FID_SAMPLES} real and {MIN_FID_SAMPLES} generated "
+                                 f"images, got {results['num_real']} real (in {folder}) and "
+                                 f"{results['num_fake']} generated")
             if "fid" in metrics:
                 mu, sigma = feature_statistics(fakes)
                 results["fid"] = frechet_distance(mu, sigma, reals["mu"], reals["sigma"])
@@ -755,9 +766,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--path", required=True,
                         help="checkpoint file, or a run directory (its latest checkpoint is used)")
-    parser.add_argument("--num_real", type=int, default=8000, help="number of real images (cached as PNGs)")
-    parser.add_argument("--num_fake", type=int, default=2048, help="number of generated images for FID/KID")
-    parser.add_argument("--psi", type=float, default=1.0,
+    parser.add_argument("--num_real", type=int, default=8000,
+                        help=f"number of real images (cached as PNGs); at least {MIN_FID_SAMPLES} for fid/kid, "
+                             f"and below {RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
+    parser.add_argument("--num_fake", type=int, default=2048,
+                        help=f"number of generated images for FID/KID; at least {MIN_FID_SAMPLES}, and below "
+                             f"{RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
+    parser.add_argument("--psi", type=finite_float, default=1.0,
                         help="truncation psi (the published code used 0.6; recorded with the scores)")
     parser.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)}")
     parser.add_argument("--real_dir", default=None,
@@ -773,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "unset: the generator's default")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and poses")
     parser.add_argument("--num_mvc", type=int, default=256, help="number of latents for the mvc metric")
-    parser.add_argument("--mvc_yaw_step", type=float, default=MVC_YAW_STEP,
+    parser.add_argument("--mvc_yaw_step", type=finite_float, default=MVC_YAW_STEP,
                         help="yaw between the two mvc views, radians")
     parser.add_argument("--num_synthetic", type=int, default=256,
                         help="number of poses (real heads and latents) for the synthetic metric")
@@ -786,45 +801,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def validate_args(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors exit with code 2 before anything is loaded; small FID sample counts warn."""
     try:
-        metrics = parse_metrics(args.metrics)
+        args.metrics = parse_metrics(args.metrics)
     except ValueError as error:
-        sys.exit(f"error: {error}")
-    if not Path(args.path).exists():
-        sys.exit(f"error: checkpoint not found: {args.path}")
+        parser.error(str(error))
+    for name in ("num_real", "num_fake", "num_workers"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ("batch_size", "num_mvc", "num_synthetic"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        parser.error(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
+    if {"fid", "kid"} & set(args.metrics):
+        for name in ("num_real", "num_fake"):
+            count = getattr(args, name)
+            if count < MIN_FID_SAMPLES:
+                parser.error(f"--{name} must be at least {MIN_FID_SAMPLES} for fid/kid (a covariance needs two "
+                             f"images), got {count}")
+            if count < RECOMMENDED_FID_SAMPLES:
+                print(f"warning: --{name} {count} is below {RECOMMENDED_FID_SAMPLES}: FID/KID are biased upwards "
+                      "with few images; compare only scores computed with the same counts", file=sys.stderr)
 
-    import curriculums
-    from utils.checkpoint import CheckpointError, load_generator
 
-    try:
-        generator, curriculum, step = load_generator(args.path, device=args.device, use_ema=not args.no_ema)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
-    trained_step = curriculums.last_trained_step(curriculum, step)
-    metadata = curriculums.extract_metadata(curriculum, trained_step)
-    alpha = curriculums.fade_alpha(curriculum, trained_step)
+def score_checkpoint(args) -> dict:
+    """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
+    model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
+    stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:
         inception = None
-        if "fid" in metrics or "kid" in metrics:
-            inception = load_inception(args.inception_weights, device=args.device,
+        if "fid" in args.metrics or "kid" in args.metrics:
+            inception = load_inception(args.inception_weights, device=model.device,
                                        random_init=args.random_inception)
-        results = evaluate(generator, metadata, metrics, num_real=args.num_real, num_fake=args.num_fake,
-                           psi=args.psi, real_dir=args.real_dir, device=args.device, batch_size=args.batch_size,
-                           max_batch_size=args.max_batch_size, seed=args.seed, inception=inception,
-                           alpha=alpha, num_mvc=args.num_mvc, mvc_yaw_step=args.mvc_yaw_step,
-                           num_workers=args.num_workers, num_synthetic=args.num_synthetic)
+        results = evaluate(model.generator, stage.metadata, args.metrics, num_real=args.num_real,
+                           num_fake=args.num_fake, psi=args.psi, real_dir=args.real_dir, device=model.device,
+                           batch_size=args.batch_size, max_batch_size=args.max_batch_size, seed=args.seed,
+                           inception=inception, alpha=stage.alpha, num_mvc=args.num_mvc,
+                           mvc_yaw_step=args.mvc_yaw_step, num_workers=args.num_workers,
+                           num_synthetic=args.num_synthetic)
     except InceptionWeightsMissing as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
-    except ValueError as error:  # e.g. the synthetic metric on a checkpoint of another dataset
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        raise CLIError(str(error)) from None
+    except ValueError as error:  # inputs that cannot be scored: too few images, another dataset's checkpoint
+        raise CLIError(str(error)) from None
     if "mvc_warning" in results:
         print(f"warning: {results['mvc_warning']}", file=sys.stderr)
-    record = {"step": int(step), "kind": "eval", **results, "ema": not args.no_ema,
-              "checkpoint": str(Path(args.path).resolve()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record = {"step": int(model.step), "kind": "eval", **results, "ema": model.use_ema,
+              "checkpoint": str(Path(model.checkpoint_path).resolve()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.random_inception:
         record["random_inception"] = True  # scores meaningless: mark them
     line = json.dumps(record)
@@ -834,6 +858,18 @@ def main(argv=None) -> dict:
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(line + "\n")
     return record
+
+
+def main(argv=None) -> dict:
+    """Returns the printed record; exits with 2 for usage or input errors, 1 when the work fails."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    records = []
+    code = run_cli(lambda: records.append(score_checkpoint(args)))
+    if code:
+        sys.exit(code)
+    return records[0]
 
 
 if __name__ == "__main__":

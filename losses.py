@@ -1,4 +1,4 @@
-"""Training losses: the photometric consistency loss (SPEC §7) and the GAN phases.
+"""Training losses: the photometric consistency loss (docs/METHOD.md §7) and the GAN phases.
 
 `photometric_loss(warped_aux_rgb, primary_rgb)` is the 0.85 SSIM + 0.15 L1 mix that
 ties the warped auxiliary view to the primary view; `MVCGANLoss` computes the
@@ -40,7 +40,7 @@ class PhotometricLoss(nn.Module):
     """0.85 * SSIM term + 0.15 * L1, averaged over channels, then over everything.
 
     Inputs are the [0, 1] NeRF RGB maps (n, 3, S, S). The published code maps these
-    [0, 1] values through (x + 1) / 2 first; we use them directly (SPEC §7).
+    [0, 1] values through (x + 1) / 2 first; we use them directly (docs/METHOD.md §7).
     """
 
     def __init__(self, ssim_weight: float = 0.85):

@@ -1,4 +1,4 @@
-"""The MVCGAN training loop (SPEC §7): one process of a (possibly single-process) job.
+"""The MVCGAN training loop (docs/METHOD.md §7): one process of a (possibly single-process) job.
 
 `train(rank, world_size, config)` schedules the phases of `losses.MVCGANLoss`,
 averages gradients across processes, clips, steps the optimisers, keeps two EMAs,

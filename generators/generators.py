@@ -1,4 +1,4 @@
-"""`ImplicitGenerator3d`: the MVCGAN generator (SPEC §4).
+"""`ImplicitGenerator3d`: the MVCGAN generator (docs/METHOD.md §4).
 
 Four seams, each its own module: cameras/rays (`cameras.py`, the point sampler),
 the FiLM-SIREN field (`siren/`, the point embedder), volume integration
@@ -259,16 +259,26 @@ class ImplicitGenerator3d(nn.Module):
                      max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
         """Raw density on a resolution^3 cube grid spanning [-half_extent, half_extent]^3.
 
-        Returns (n, resolution, resolution, resolution) indexed [x, y, z].
+        Returns (n, resolution, resolution, resolution) indexed [x, y, z]. Points are made
+        and queried a chunk at a time and only the density is kept, so memory is the
+        output (4 bytes per voxel and latent) plus one chunk.
         """
         codes = self.truncated_mapping(z, psi)
         n, device = z.shape[0], z.device
         axis = torch.linspace(-half_extent, half_extent, resolution, device=device)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
-        points = grid.expand(n, -1, 3)
-        directions = torch.zeros_like(points)
-        directions[..., 2] = -1
-        _, sigma, _ = self._query_field(codes, points, directions, max_batch_size)
+        num_points = resolution ** 3
+        chunk = num_points if max_batch_size is None else max(1, max_batch_size // n)
+        sigma = torch.empty(n, num_points, device=device)
+        for start in range(0, num_points, chunk):
+            index = torch.arange(start, min(num_points, start + chunk), device=device)
+            # flat index -> (x, y, z) grid indices, z fastest: the [x, y, z] memory layout
+            points = torch.stack([axis[index // resolution ** 2], axis[index // resolution % resolution],
+                                  axis[index % resolution]], dim=-1)                       # (m, 3)
+            directions = torch.zeros_like(points)
+            directions[:, 2] = -1
+            _, sigma_chunk, _ = self.siren(points.expand(n, -1, 3), codes.frequencies, codes.phases,
+                                           directions.expand(n, -1, 3))
+            sigma[:, start:start + index.shape[0]] = sigma_chunk                             # (n, m)
         return sigma.reshape(n, resolution, resolution, resolution)
 
 

@@ -1,4 +1,4 @@
-"""Volume integration ("point integrator", SPEC §2) and importance sampling.
+"""Volume integration ("point integrator", docs/METHOD.md §2) and importance sampling.
 
 `integrate` turns per-sample colours, densities, features and depths into per-ray
 colour, feature, depth and weights. `importance_depths` draws extra depth samples

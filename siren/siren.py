@@ -1,4 +1,4 @@
-"""The radiance field ("point embedder", SPEC §3): FiLM-conditioned SIREN + mapping network.
+"""The radiance field ("point embedder", docs/METHOD.md §3): FiLM-conditioned SIREN + mapping network.
 
 `SPATIALSIRENBASELINE` is what the curricula use; `TALLSIREN` is the same network
 without the box warp. Both own their `mapping_network`, which maps z to the FiLM

@@ -342,17 +342,54 @@ def test_cli_prints_json_and_appends_to_run_metrics(run_dir, capsys):
     assert [json.loads(line) for line in lines] == [parsed]
 
 
-def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
+def test_cli_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
+    """Exit code 2, like render_multiview_image.py and extract_shapes.py for the same mistake."""
     with pytest.raises(SystemExit) as caught:
         fe.main(["--path", str(tmp_path / "missing.pth"), "--device", "cpu"])
-    assert "checkpoint not found" in str(caught.value.code)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "checkpoint not found" in err
+
+
+def test_cli_png_is_not_a_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(tmp_path / "photo.png"), "--metrics", "mvc", "--device", "cpu"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint" in err and "PNG" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("flags", [["--num_fake", "0"], ["--num_fake", "1"], ["--num_real", "0"],
+                                   ["--num_fake", "-5"], ["--num_real", "-1", "--metrics", "mvc"],
+                                   ["--psi", "nan"], ["--mvc_yaw_step", "inf"], ["--num_mvc", "0"]])
+def test_cli_rejects_bad_counts_and_non_finite_floats(run_dir, flags, capsys):
+    """Before the fix, 0 or 1 images hung forever inside the covariance's matrix square root."""
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(run_dir), "--device", "cpu", *flags])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "Traceback" not in err
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_frechet_distance_refuses_non_finite_statistics():
+    """The covariance of a single sample is NaN; scipy's sqrtm never returns on it."""
+    features = np.ones((1, 4))
+    mu, sigma = fe.feature_statistics(features)  # sigma NaN (and a numpy warning)
+    with pytest.raises(ValueError, match="not finite"):
+        fe.frechet_distance(mu, sigma, np.zeros(4), np.eye(4))
 
 
 def test_cli_missing_weights_exits_with_code_2(run_dir, offline_hub, capsys):
     with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu"])
+        fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu", "--num_fake", "100"])
     assert caught.value.code == 2
-    assert fe.FID_WEIGHTS_FILENAME in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fe.FID_WEIGHTS_FILENAME in err
+    assert "--num_fake 100 is below 2048" in err  # small counts are allowed, with a warning
     assert not (run_dir / "metrics.jsonl").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tests for the FiLM-SIREN radiance field and its mapping network (SPEC §3)."""
+"""Tests for the FiLM-SIREN radiance field and its mapping network (docs/METHOD.md §3)."""
 import math
 
 import pytest
