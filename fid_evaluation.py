@@ -631,6 +631,7 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     Keys: synthetic_{iou,depth_l1,depth_l1_fg,kid,opaque}, the same with _ceiling and _floor,
     and synthetic_{iou,depth,kid}_closed = share of the floor-to-ceiling gap the generator
     closes (depth on depth_l1_fg: an untrained generator has no foreground for depth_l1).
+    synthetic_iou_fog is the IoU of a field opaque everywhere (the heads' area fraction).
     """
     from generators.cameras import PoseDistribution, cam2world_from_poses, sample_poses
     from generators.generators import build_generator
@@ -661,6 +662,9 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     for name, key in (("iou", "iou"), ("depth", "depth_l1_fg"), ("kid", "kid")):
         results[f"synthetic_{name}_closed"] = _gap_closed(scores[""][key], scores["_floor"][key],
                                                            scores["_ceiling"][key])
+    # A field that is opaque everywhere already matches the heads' area this well: IoU near
+    # this value with synthetic_opaque near 1 means fog, not silhouettes.
+    results["synthetic_iou_fog"] = float(reference.mask.float().mean())
     results["num_synthetic"] = int(num_samples)
     return results
 

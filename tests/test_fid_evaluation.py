@@ -308,6 +308,7 @@ def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_
     dense = fe.synthetic_scores(_dense(tiny_generator), metadata, num_samples=48)
     assert dense["synthetic_opaque"] == 1.0
     assert 0.1 < dense["synthetic_iou"] < 0.6
+    assert dense["synthetic_iou"] == pytest.approx(dense["synthetic_iou_fog"])  # fog scores exactly the fog IoU
 
 
 def test_synthetic_metric_needs_a_synthetic_curriculum(tiny_generator, metadata):
