@@ -30,6 +30,7 @@ from datasets import build_dataset
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import RenderOptions, build_generator
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
+from siren.siren import compile_field
 from utils.checkpoint import LATEST_NAME, load_checkpoint, save_checkpoint
 from utils.images import make_grid, save_image, to_uint8
 
@@ -63,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    compile: bool = False  # torch.compile the FiLM-SIREN (siren.compile_field); eager if no compiler
     curriculum_overrides: dict = field(default_factory=dict)
 
 
@@ -223,6 +225,8 @@ class Trainer:
             for tensor in [*self.generator.parameters(), *self.discriminator.parameters()]:
                 dist.broadcast(tensor.data, src=0)
         self.emas = [EMA(self.generator, decay) for decay in EMA_DECAYS]
+        if config.compile:  # after the EMA copies, which stay eager
+            compile_field(self.generator.siren)
 
         betas = tuple(float(b) for b in meta0["betas"])
         if meta0.get("unique_lr", False):

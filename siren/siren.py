@@ -126,4 +126,24 @@ class TALLSIREN(SPATIALSIRENBASELINE):
     box_warp = False
 
 
+def compile_field(field: nn.Module) -> bool:
+    """torch.compile `field` in place (its state dict keys do not change); True if it was.
+
+    Inductor fuses the FiLM-SIREN's element-wise work (sine, FiLM, sigmoid) into the
+    kernels around the matmuls. It needs a C++ compiler on CPU and Triton on CUDA; where
+    either is missing, or compilation fails later, the field runs eagerly, with a warning.
+    """
+    import shutil
+    import warnings
+
+    device = next(field.parameters()).device
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        warnings.warn("--compile: no C++ compiler found; the FiLM-SIREN runs eagerly")
+        return False
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True  # a failed compilation falls back to eager
+    field.compile()
+    return True
+
+
 SIRENS = {"SPATIALSIRENBASELINE": SPATIALSIRENBASELINE, "TALLSIREN": TALLSIREN}
