@@ -11,7 +11,8 @@ optimiser step and both EMA updates. Defaults are the paper's FFHQ stage 0 at ba
 64x64 NeRF, 16 samples per ray, both views, 64x64 output, default widths, batch_split 1,
 fp32 on CPU. The real batch is random images (data loading is not timed).
 
-Prints one JSON line: seconds per step (best and median of the timed steps), the
+Prints one JSON line: seconds per step (best and median of the timed steps; on a shared
+machine `cpu_s_per_step_median`, the process's CPU seconds, is the steadier number), the
 per-part breakdown of the median step (`MVCGANLoss.timer` parts; `optimizer_ema` is
 the rest: clipping, optimiser steps, EMAs), peak memory (`peak_rss_gb`: the process's
 maximum RSS on CPU; `cuda_max_allocated_gb` on CUDA) and the losses of the first step.
@@ -46,12 +47,15 @@ def main(argv=None):
     p.add_argument("--output_size", type=int, default=64, help="decoder output size")
     p.add_argument("--step", type=int, default=2000,
                    help="training step the trainer thinks it is at (2000: fade-in done, alpha 1)")
-    p.add_argument("--iterations", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--iterations", type=int, default=2,
+                   help="timed steps after one warm-up step; 0 times the warm-up step itself (memory curves)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp32",
                    help="autocast dtype on CUDA (CPU always runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the FiLM-SIREN (TrainConfig.compile)")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="CPU: malloc keeps freed blocks (TrainConfig.keep_freed_memory): less kernel time, more RSS")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -68,7 +72,8 @@ def main(argv=None):
     stage_keys = {k: stage[k] for k in curriculums.STAGE_KEYS}
     config = TrainConfig(curriculum=args.curriculum, output_dir=tempfile.mkdtemp(prefix="bench_step_"),
                          precision=args.precision, seed=args.seed, device=args.device, progress=False,
-                         compile=args.compile, curriculum_overrides={0: stage_keys, 10 ** 9: {}})
+                         compile=args.compile, keep_freed_memory=args.keep_freed_memory,
+                         curriculum_overrides={0: stage_keys, 10 ** 9: {}})
     trainer = Trainer(0, 1, config, device)
     trainer.step = args.step
     metadata = curriculums.extract_metadata(trainer.curriculum, 0)
@@ -86,22 +91,22 @@ def main(argv=None):
 
     trainer.loss.timer = timer
     steps = []
-    for i in range(args.iterations + 1):
+    for i in range(args.iterations + 1 if args.iterations else 1):
         parts.clear()
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         stats = trainer.train_step(real, metadata)
         sync()
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if i == 0:
             first_stats = {k: stats[k] for k in ("d_loss", "r1", "g_loss", "photometric")}
-        else:  # the first step is a warm-up (allocator, compilation)
+        if i > 0 or args.iterations == 0:  # the first step is a warm-up (allocator, compilation)
             breakdown = dict(parts, optimizer_ema=total - sum(parts.values()))
-            steps.append((total, {k: round(v, 3) for k, v in breakdown.items()}))
+            steps.append((total, {k: round(v, 3) for k, v in breakdown.items()}, cpu))
     steps.sort(key=lambda s: s[0])
-    median_total, median_parts = steps[len(steps) // 2]
+    median_total, median_parts, median_cpu = steps[len(steps) // 2]
     result = {"sec_per_step_best": round(steps[0][0], 3), "sec_per_step_median": round(median_total, 3),
-              "parts_s": median_parts,
+              "cpu_s_per_step_median": round(median_cpu, 3), "parts_s": median_parts,
               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
     if device.type == "cuda":
         result["cuda_max_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
