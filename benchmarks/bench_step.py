@@ -62,6 +62,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
