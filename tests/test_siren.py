@@ -176,3 +176,15 @@ def test_film_layer_frequency():
     raw = torch.randn(2, 36)
     s(torch.randn(2, 5, 3) * 0.1, raw, torch.randn(2, 36), torch.randn(2, 5, 3))
     assert torch.allclose(seen["freq"], raw[:, :4] * 15 + 30)
+
+
+def test_compile_field_without_a_compiler_warns_and_stays_eager(monkeypatch):
+    import shutil
+
+    from siren.siren import compile_field
+
+    s = small_siren(hidden=4)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert compile_field(s) is False
+    assert s._compiled_call_impl is None  # nn.Module.compile was not applied
