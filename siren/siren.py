@@ -83,11 +83,11 @@ class FiLMLayer(nn.Module):
         weight, bias = self.modulated(frequencies, phases)
         return torch.baddbmm(bias, x, weight.transpose(1, 2))
 
-    def preactivation_after_sine(self, z_in, frequencies, phases, extra=None):
+    def preactivation_after_sine(self, z_in, frequencies, phases):
         """The pre-activation of this layer applied to sin(z_in), where z_in is the previous
-        layer's pre-activation; `extra` (n, M, H) is added before (a term from other inputs)."""
+        layer's pre-activation."""
         weight, bias = self.modulated(frequencies, phases)
-        return SineThenLinear.apply(z_in, weight, bias if extra is None else extra + bias)
+        return SineThenLinear.apply(z_in, weight, bias)
 
     def forward(self, x, frequencies, phases):
         return torch.sin(self.preactivation(x, frequencies, phases))
