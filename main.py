@@ -44,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_interval", type=int, default=10, help="steps between lines in metrics.jsonl")
     p.add_argument("--seed", type=int, default=0, help="base random seed (process r uses seed + r)")
     p.add_argument("--no_progress", action="store_true", help="hide the tqdm progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the FiLM-SIREN (needs a C++ compiler on CPU, Triton on GPU; eager otherwise)")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="CPU: keep freed activation memory for reuse (less kernel time, higher peak RSS)")
     return p.parse_args(argv)
 
 
@@ -56,7 +60,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        eval_freq=eval_freq, eval_dir=args.eval_dir, eval_metrics=args.eval_metrics,
                        load_dir=args.load_dir, set_step=args.set_step, max_steps=args.max_steps,
                        num_workers=args.num_workers, precision=args.precision, log_interval=args.log_interval,
-                       seed=args.seed, device=args.device, progress=not args.no_progress)
+                       seed=args.seed, device=args.device, progress=not args.no_progress, compile=args.compile,
+                       keep_freed_memory=args.keep_freed_memory)
 
 
 def _run(rank: int, world_size: int, config: TrainConfig, **kwargs) -> int:

@@ -30,7 +30,9 @@ from datasets import build_dataset
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import RenderOptions, build_generator
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
+from siren.siren import compile_field
 from utils.checkpoint import LATEST_NAME, load_checkpoint, save_checkpoint
+from utils.cpu_runtime import keep_freed_memory
 from utils.images import make_grid, save_image, to_uint8
 
 logger = logging.getLogger("mvcgan.train")
@@ -63,6 +65,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    compile: bool = False  # torch.compile the FiLM-SIREN (siren.compile_field); eager if no compiler
+    keep_freed_memory: bool = False  # CPU: malloc keeps freed blocks (utils/cpu_runtime.py): faster, more RSS
     curriculum_overrides: dict = field(default_factory=dict)
 
 
@@ -212,6 +216,8 @@ class Trainer:
         curriculums.validate_curriculum(self.curriculum, config.curriculum)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
+        if device.type == "cpu" and config.keep_freed_memory:
+            keep_freed_memory()  # large activations are reused, not re-faulted, every step
         torch.manual_seed(config.seed + rank)
         np.random.seed(config.seed + rank)
         random.seed(config.seed + rank)
@@ -223,6 +229,8 @@ class Trainer:
             for tensor in [*self.generator.parameters(), *self.discriminator.parameters()]:
                 dist.broadcast(tensor.data, src=0)
         self.emas = [EMA(self.generator, decay) for decay in EMA_DECAYS]
+        if config.compile:  # after the EMA copies, which stay eager
+            compile_field(self.generator.siren)
 
         betas = tuple(float(b) for b in meta0["betas"])
         if meta0.get("unique_lr", False):
