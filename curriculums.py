@@ -1,7 +1,8 @@
-"""Training curricula: every hyper-parameter of a run, in one plain dict per dataset (SPEC §8).
+"""Training curricula: every hyper-parameter of a run, in one plain dict per dataset (docs/METHOD.md §8).
 
 This is the file users edit: point `dataset_path` at your images and change numbers
 here. Entry points: `get_curriculum(name)` and `extract_metadata(curriculum, step)`.
+What every value means, and where the paper's tables come from, is in docs/METHOD.md §8.
 
 Format of a curriculum
 ----------------------
@@ -21,7 +22,7 @@ Format of a curriculum
 
 Not in here on purpose: `sample_interval`, `model_save_interval` and `eval_freq`
 are command-line flags of main.py. The NeRF density noise is max(0, 1 - step/5000)
-(SPEC §2); a curriculum may shorten it with `nerf_noise_steps` (Synthetic does).
+(docs/METHOD.md §2); a curriculum may shorten it with `nerf_noise_steps` (Synthetic does).
 """
 from __future__ import annotations
 
@@ -49,16 +50,17 @@ GLOBAL_KEYS = (
 # Keys some curricula set and the code reads with a default where they are absent.
 OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back")
 
-MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (SPEC §5)
+MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 
 
 # --------------------------------------------------------------------------- #
-# Real-data curricula (SPEC §8).
+# Real-data curricula (docs/METHOD.md §8).
 # --------------------------------------------------------------------------- #
 
 def _stage(*, batch_size, num_steps, output_size, gen_lr, disc_lr, pos_lambda, img_size=64, batch_split=4,
            reproj_lambda=1):
-    """One row of the SPEC §8 table. Keyword-only: img_size and output_size cannot be swapped by position."""
+    """One row of the docs/METHOD.md §8 table. Keyword-only: img_size and output_size cannot be swapped by
+    position."""
     return {"batch_size": batch_size, "num_steps": num_steps, "img_size": img_size, "output_size": output_size,
             "batch_split": batch_split, "gen_lr": gen_lr, "disc_lr": disc_lr, "pos_lambda": pos_lambda,
             "reproj_lambda": reproj_lambda}
@@ -75,7 +77,7 @@ FACE_GLOBALS = {
     "h_mean": math.pi * 0.5,
     "v_mean": math.pi * 0.5,
     "sample_dist": "gaussian",
-    "hierarchical_sample": False,  # the published code ignored this flag (SPEC §2)
+    "hierarchical_sample": False,  # the published code ignored this flag (docs/METHOD.md §2)
     # optimisation
     "fade_steps": 2000,
     "topk_interval": 2000,
@@ -155,13 +157,19 @@ Cat = {  # AFHQv2 cats
 # a laptop CPU. Same camera and pose distribution as the face curricula.
 # --------------------------------------------------------------------------- #
 
+# Why each value differs from the face curricula (measured with `fid_evaluation.py --metrics
+# synthetic`, docs/METHOD.md §8.1): the decoder's AdaIN removes the scale of the feature map, so
+# only the warp + mixup and the photometric loss ask the field for density, while the pose loss
+# pushes it down; at the faces' settings the field stays empty for the whole run.
 _SYNTHETIC_STAGE = _stage(batch_size=8, num_steps=12, img_size=16, output_size=16, batch_split=1,
-                          gen_lr=2e-4, disc_lr=4e-4, pos_lambda=15)
+                          gen_lr=2e-4, disc_lr=4e-4,
+                          pos_lambda=1,       # 15 dominates D's early loss and empties the field
+                          reproj_lambda=10)   # photometric consistency: the strongest pull toward density
 
 Synthetic = {
-    0:   dict(_SYNTHETIC_STAGE),
-    300: dict(_SYNTHETIC_STAGE, output_size=32),
-    600: {},  # end of training
+    0:    dict(_SYNTHETIC_STAGE),
+    1000: dict(_SYNTHETIC_STAGE, output_size=32),
+    1400: {},  # end of training
     **FACE_GLOBALS,
     "dataset_path": None,      # procedural: nothing to download
     "dataset": "Synthetic",
@@ -169,6 +177,9 @@ Synthetic = {
     "fade_steps": 100,
     "topk_interval": 100,
     "nerf_noise_steps": 300,   # density noise decays within the short run (5000 when absent)
+    "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
+    "max_mixup_ratio": 1.0,    # mixing in warped features needs a right depth: pulls density up
+    "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
     "hidden_dim": 64,
     "decoder_channels": (64, 64, 32, 16),
     "disc_width_factor": 0.25,
@@ -216,7 +227,7 @@ def extract_metadata(curriculum: Mapping, step: int) -> dict:
 def last_upsample_step(curriculum: Mapping, step: int) -> int:
     """Start of the stage active at `step` (0 before the first stage).
 
-    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (SPEC §7).
+    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (docs/METHOD.md §7).
     """
     start = _stage_start(curriculum, step)
     return 0 if start is None else start
@@ -245,7 +256,7 @@ def last_trained_step(curriculum: Mapping, step: int) -> int:
 
 
 def fade_alpha(curriculum: Mapping, step: int) -> float:
-    """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (SPEC §7)."""
+    """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (docs/METHOD.md §7)."""
     fade_steps = max(1, extract_metadata(curriculum, step).get("fade_steps", 1))
     return min(1.0, (step - last_upsample_step(curriculum, step)) / fade_steps)
 

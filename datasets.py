@@ -1,4 +1,4 @@
-"""Training data (SPEC §9): image folders (CelebAHQ, FFHQ, Cat) and procedural heads (Synthetic).
+"""Training data (docs/METHOD.md §9): image folders (CelebAHQ, FFHQ, Cat) and procedural heads (Synthetic).
 
 Entry points: `build_dataset(metadata, img_size, flip)` builds the dataset a
 curriculum names; `check_dataset(metadata)` is the cheap up-front check (run it
@@ -96,12 +96,12 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None) -> i
 # Image-folder datasets
 # --------------------------------------------------------------------------- #
 
-# The centre crop of each image dataset (SPEC §9); faces are first resized to a short side of 576.
+# The centre crop of each image dataset (docs/METHOD.md §9); faces are first resized to a short side of 576.
 CROP_SIZES = {"CelebAHQ": 512, "FFHQ": 512, "Cat": 472}
 
 
 def image_transform(dataset: str, img_size: int, flip: bool) -> v2.Compose:
-    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (SPEC §9)."""
+    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (docs/METHOD.md §9)."""
     if dataset in ("CelebAHQ", "FFHQ"):
         crop = [v2.Resize(576, antialias=True), v2.CenterCrop(CROP_SIZES[dataset])]
     elif dataset == "Cat":

@@ -1,4 +1,4 @@
-"""Evaluation of a trained generator: FID, KID and a multi-view consistency score (SPEC §10).
+"""Evaluation of a trained generator: FID, KID and a multi-view consistency score (docs/METHOD.md §10).
 
 Entry points:
 * `evaluate(generator, metadata, metrics=("fid",), ...)` -> dict of scores; the
@@ -15,7 +15,15 @@ Metrics (the registry is `METRICS`):
 * `mvc`: multi-view consistency. Two views of the same z, a yaw step apart; view b
   is warped into view a with view a's depth (`generators.warp.stereo_warp`) and the
   photometric error over valid pixels is reported (L1 on [0,1] images, and PSNR),
-  for the NeRF images and for the final upsampled images.
+  for the NeRF images and for the final upsampled images, with the fraction of
+  opaque NeRF pixels beside it (an empty NeRF is trivially "consistent").
+* `synthetic`: ground truth for a generator trained on the embedded `Synthetic`
+  heads, needing no download. At poses drawn from the training distribution it
+  compares generated heads with real heads at the same poses: silhouette IoU (NeRF
+  opacity > 0.5 against the true mask), depth error where both are foreground, and
+  KID on 16x16 pixels for appearance. It also reports the same scores for real
+  heads against other real heads (the ceiling) and for an untrained generator of
+  the same architecture (the floor), and how much of that gap the generator closes.
 
 Real images are the dataset's transform at the output size (no flip), written once
 as PNGs into a cache folder together with their Inception statistics. The
@@ -36,13 +44,15 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
+
+from utils.rendering_cli import CLIError, finite_float, load_model, run_cli
 
 # ----------------------------------------------------------------------------- #
 # Constants
@@ -53,9 +63,14 @@ INCEPTION_SIZE = 299                  # pytorch-fid resizes every input to this
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_HASH_PREFIX = "6726825d"  # sha256 prefix, checked by torch.hub on download
 DOWNLOAD_TIMEOUT_S = 15.0
-METRICS = ("fid", "kid", "mvc")       # names accepted by `evaluate` and --metrics
+METRICS = ("fid", "kid", "mvc", "synthetic")  # names accepted by `evaluate` and --metrics
 REALS_CACHE_ENV = "MVCGAN_CACHE_DIR"  # overrides ~/.cache/mvcgan as the cache root
 MVC_YAW_STEP = 0.3                    # radians between the two views of the mvc metric
+MVC_MIN_OPAQUE = 0.05                 # below this opaque-pixel fraction mvc says nothing about 3D
+OPACITY_THRESHOLD = 0.5               # a NeRF pixel is foreground when its opacity exceeds this
+SYNTHETIC_KID_SIZE = 16               # appearance is compared on 16x16 pixel vectors
+MIN_FID_SAMPLES = 2                   # a covariance needs two samples
+RECOMMENDED_FID_SAMPLES = 2048        # fewer: FID is strongly biased upwards (and the covariance singular)
 
 
 def default_device() -> str:
@@ -79,6 +94,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    # scipy's sqrtm never returns on NaN input (e.g. the covariance of fewer than two samples).
+    if not all(np.isfinite(x).all() for x in (mu1, sigma1, mu2, sigma2)):
+        raise ValueError("FID statistics are not finite (fewer than 2 images, or NaN/inf features)")
     return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
@@ -486,6 +504,7 @@ def multiview_consistency(generator, metadata: Mapping, num_samples: int = 256, 
     pose = PoseDistribution.from_metadata(metadata, evaluation=True)
     z = _latents(num_samples, generator.z_dim, metadata, seed)
     totals = {key: np.zeros(4) for key in ("nerf", "image")}  # sum |d|, sum d^2, valid values, all values
+    opaque_pixels = total_pixels = 0
 
     for start in range(0, num_samples, batch_size):
         z_batch = z[start:start + batch_size].to(device)
@@ -501,11 +520,152 @@ def multiview_consistency(generator, metadata: Mapping, num_samples: int = 256, 
             abs_sum, sq_sum, count, _ = _warp_errors(image_a, image_b, view_a.depth, cam_a, cam_b,
                                                      options.rays.fov)
             totals[key] += (abs_sum, sq_sum, count, image_a.numel())
+        opaque_pixels += int((view_a.opacity > OPACITY_THRESHOLD).sum())
+        total_pixels += view_a.opacity.numel()
 
     results = {}
     for key, (abs_sum, sq_sum, count, total) in totals.items():
         results[f"mvc_{key}_l1"], results[f"mvc_{key}_psnr"] = _scores(abs_sum, sq_sum, count)
         results[f"mvc_{key}_valid"] = float(count / total) if total else 0.0
+    results["mvc_nerf_opaque"] = opaque_pixels / max(total_pixels, 1)
+    if results["mvc_nerf_opaque"] < MVC_MIN_OPAQUE:
+        results["mvc_warning"] = (f"only {100 * results['mvc_nerf_opaque']:.1f}% of NeRF pixels are opaque "
+                                  f"(opacity > {OPACITY_THRESHOLD}): a nearly empty field is trivially "
+                                  f"consistent, so these mvc scores say nothing about 3D structure")
+    return results
+
+
+# ----------------------------------------------------------------------------- #
+# Ground truth for the embedded Synthetic heads
+# ----------------------------------------------------------------------------- #
+
+class HeadMaps(NamedTuple):
+    """What the synthetic metric compares, for n heads at n poses."""
+
+    mask: torch.Tensor   # (n, S, S) bool foreground
+    depth: torch.Tensor  # (n, S, S) distance along the unit ray
+    image: torch.Tensor  # (n, 3, R, R) in [0, 1]
+
+
+def _cat_maps(parts) -> HeadMaps:
+    return HeadMaps(*(torch.cat(fields) for fields in zip(*parts)))
+
+
+def real_head_maps(metadata: Mapping, yaw: torch.Tensor, pitch: torch.Tensor, first_index: int = 0) -> HeadMaps:
+    """Synthetic heads first_index, first_index + 1, ... rendered exactly at the given poses."""
+    from datasets import Synthetic
+
+    options = _render_options(metadata)
+    img_size, output_size = options.rays.img_size, options.output_size
+    dataset = Synthetic(img_size, metadata=metadata, length=first_index + len(yaw),
+                        seed=int(metadata.get("synthetic_seed", 0)))
+    parts = []
+    for offset, (y, p) in enumerate(zip(yaw.tolist(), pitch.tolist())):
+        view = dataset.render(first_index + offset, y, p)
+        image = view["image"] if output_size == img_size else \
+            dataset.render(first_index + offset, y, p, img_size=output_size)["image"]
+        parts.append(HeadMaps(view["mask"][None], view["depth"][None], (image[None] + 1) / 2))
+    return _cat_maps(parts)
+
+
+@torch.no_grad()
+def generated_head_maps(generator, metadata: Mapping, z: torch.Tensor, cam2world: torch.Tensor,
+                        psi: float = 1.0, batch_size: int = 16, max_batch_size: Optional[int] = None,
+                        alpha: float = 1.0, device="cpu") -> HeadMaps:
+    """Generated silhouettes (NeRF opacity > 0.5), depths and final images at the given cameras."""
+    options = _render_options(metadata)
+    parts = []
+    for start in range(0, z.shape[0], batch_size):
+        out = generator.staged_forward(z[start:start + batch_size].to(device), options, psi=psi,
+                                       cam2world=cam2world[start:start + batch_size].to(device), alpha=alpha,
+                                       **_staged_kwargs(max_batch_size))
+        parts.append(HeadMaps((out.opacity > OPACITY_THRESHOLD).cpu(), out.depth.float().cpu(),
+                              ((out.image.float().clamp(-1, 1) + 1) / 2).cpu()))
+    return _cat_maps(parts)
+
+
+def _pixel_features(images: torch.Tensor) -> np.ndarray:
+    """(n, 3, R, R) in [0, 1] -> (n, 3 * 16 * 16) antialiased 16x16 pixels in [-1, 1]."""
+    small = F.interpolate(images.float(), size=(SYNTHETIC_KID_SIZE, SYNTHETIC_KID_SIZE), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return (small * 2 - 1).flatten(1).numpy()
+
+
+def compare_head_maps(candidate: HeadMaps, reference: HeadMaps, seed: int = 0) -> dict:
+    """iou: silhouette IoU pooled over all pixels. depth_l1: mean |depth difference| where both
+    are foreground (NaN when they never are). depth_l1_fg: the same over every pixel of the
+    reference's foreground; the candidate's rendered depth counts there even where it is empty
+    (an empty ray renders at ray_end, like real background), so it is defined for any generator
+    and charges missing geometry. kid: pixel KID. opaque: candidate's foreground fraction."""
+    both = candidate.mask & reference.mask
+    union = candidate.mask | reference.mask
+    difference = (candidate.depth - reference.depth).abs()
+    kid_value, _ = kid(_pixel_features(candidate.image), _pixel_features(reference.image), num_subsets=50,
+                       seed=seed)
+    return {"iou": float(both.sum() / union.sum()) if union.any() else float("nan"),
+            "depth_l1": float(difference[both].mean()) if both.any() else float("nan"),
+            "depth_l1_fg": float(difference[reference.mask].mean()),
+            "kid": kid_value, "opaque": float(candidate.mask.float().mean())}
+
+
+def _gap_closed(value: float, floor: float, ceiling: float) -> float:
+    """(value - floor) / (ceiling - floor): 0 at the floor, 1 at the ceiling."""
+    if not all(math.isfinite(v) for v in (value, floor, ceiling)) or ceiling == floor:
+        return float("nan")
+    return (value - floor) / (ceiling - floor)
+
+
+_SYNTHETIC_CALIBRATION: dict = {}  # {key: (reference HeadMaps, ceiling and floor scores)}, one entry
+
+
+@torch.no_grad()
+def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: float = 1.0,
+                     batch_size: int = 16, max_batch_size: Optional[int] = None, seed: int = 0,
+                     alpha: float = 1.0, device="cpu") -> dict:
+    """The `synthetic` metric: `generator` against the true heads at training poses, calibrated.
+
+    Real heads 0..n-1 are rendered at n poses drawn (with `seed`) from the training pose
+    distribution. The generator renders n latents at the same poses. The same comparison
+    is made for real heads n..2n-1 (the ceiling: what a perfect generator of *other*
+    heads scores) and for an untrained generator of the same architecture (the floor).
+    Keys: synthetic_{iou,depth_l1,depth_l1_fg,kid,opaque}, the same with _ceiling and _floor,
+    and synthetic_{iou,depth,kid}_closed = share of the floor-to-ceiling gap the generator
+    closes (depth on depth_l1_fg: an untrained generator has no foreground for depth_l1).
+    synthetic_iou_fog is the IoU of a field opaque everywhere (the heads' area fraction).
+    """
+    from generators.cameras import PoseDistribution, cam2world_from_poses, sample_poses
+    from generators.generators import build_generator
+
+    yaw, pitch = sample_poses(num_samples, PoseDistribution.from_metadata(metadata, evaluation=True),
+                              generator=torch.Generator().manual_seed(seed + 1))
+    cam2world = cam2world_from_poses(yaw, pitch)  # (n, 4, 4)
+    z = _latents(num_samples, generator.z_dim, metadata, seed)
+    render = dict(psi=psi, batch_size=batch_size, max_batch_size=max_batch_size, alpha=alpha, device=device)
+    # The reference heads and the calibration depend only on the stage and the sampling, not on
+    # the generator's weights: compute them once per process (training evaluates repeatedly).
+    key = json.dumps([sorted((str(k), str(v)) for k, v in metadata.items()), num_samples, seed, psi, alpha])
+    if key not in _SYNTHETIC_CALIBRATION:
+        reference = real_head_maps(metadata, yaw, pitch)
+        with torch.random.fork_rng(devices=[]):  # the floor's init must not move the caller's RNG
+            torch.manual_seed(seed)
+            untrained = build_generator(metadata).to(device).eval()
+        _SYNTHETIC_CALIBRATION.clear()
+        _SYNTHETIC_CALIBRATION[key] = (reference, {
+            "_ceiling": compare_head_maps(real_head_maps(metadata, yaw, pitch, first_index=num_samples),
+                                          reference, seed),
+            "_floor": compare_head_maps(generated_head_maps(untrained, metadata, z, cam2world, **render),
+                                        reference, seed)})
+    reference, calibration = _SYNTHETIC_CALIBRATION[key]
+    scores = {"": compare_head_maps(generated_head_maps(generator, metadata, z, cam2world, **render), reference,
+                                    seed), **calibration}
+    results = {f"synthetic_{name}{suffix}": value for suffix, values in scores.items() for name, value in values.items()}
+    for name, key in (("iou", "iou"), ("depth", "depth_l1_fg"), ("kid", "kid")):
+        results[f"synthetic_{name}_closed"] = _gap_closed(scores[""][key], scores["_floor"][key],
+                                                           scores["_ceiling"][key])
+    # A field that is opaque everywhere already matches the heads' area this well: IoU near
+    # this value with synthetic_opaque near 1 means fog, not silhouettes.
+    results["synthetic_iou_fog"] = float(reference.mask.float().mean())
+    results["num_synthetic"] = int(num_samples)
     return results
 
 
@@ -528,10 +688,11 @@ def evaluate(generator, metadata: Mapping, metrics: Sequence[str] = ("fid",), nu
              num_fake: int = 2048, psi: float = 1.0, real_dir: Optional[str] = None,
              inception_weights: Optional[str] = None, device=None, batch_size: int = 32,
              max_batch_size: Optional[int] = None, seed: int = 0, inception=None, alpha: float = 1.0,
-             num_mvc: int = 256, mvc_yaw_step: float = MVC_YAW_STEP, num_workers: int = 0) -> dict:
+             num_mvc: int = 256, mvc_yaw_step: float = MVC_YAW_STEP, num_workers: int = 0,
+             num_synthetic: int = 256) -> dict:
     """Score `generator` (pass the EMA weights) at the stage described by `metadata`.
 
-    metrics: any of "fid", "kid", "mvc" (a tuple or a comma-separated string).
+    metrics: any of "fid", "kid", "mvc", "synthetic" (a tuple or a comma-separated string).
     Real images are prepared (once) at the stage's output_size; `inception` may be a
     model from `load_inception` to avoid reloading it. Returns a flat dict: the
     scores (fid, kid, kid_std, mvc_*) and what they depend on (psi, num_real,
@@ -560,6 +721,10 @@ def evaluate(generator, metadata: Mapping, metrics: Sequence[str] = ("fid",), nu
                 inception, device, total=num_fake, desc="inception (generated)")
             results.update(num_real=int(reals["features"].shape[0]), num_fake=int(fakes.shape[0]),
                            real_dir=str(folder))
+            if min(results["num_real"], results["num_fake"]) < MIN_FID_SAMPLES:
+                raise ValueError(f"FID/KID need at least {MIN_FID_SAMPLES} real and {MIN_FID_SAMPLES} generated "
+                                 f"images, got {results['num_real']} real (in {folder}) and "
+                                 f"{results['num_fake']} generated")
             if "fid" in metrics:
                 mu, sigma = feature_statistics(fakes)
                 results["fid"] = frechet_distance(mu, sigma, reals["mu"], reals["sigma"])
@@ -572,6 +737,13 @@ def evaluate(generator, metadata: Mapping, metrics: Sequence[str] = ("fid",), nu
                                                  max_batch_size=max_batch_size, seed=seed, alpha=alpha,
                                                  device=device))
             results.update(num_mvc=int(num_mvc), mvc_yaw_step=float(mvc_yaw_step))
+        if "synthetic" in metrics:
+            if metadata.get("dataset") != "Synthetic":
+                raise ValueError(f"the synthetic metric needs a generator trained on the Synthetic dataset, "
+                                 f"not {metadata.get('dataset')!r}")
+            results.update(synthetic_scores(generator, metadata, num_samples=num_synthetic, psi=psi,
+                                            batch_size=batch_size, max_batch_size=max_batch_size, seed=seed,
+                                            alpha=alpha, device=device))
     finally:
         generator.train(was_training)
     return results
@@ -598,9 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--path", required=True,
                         help="checkpoint file, or a run directory (its latest checkpoint is used)")
-    parser.add_argument("--num_real", type=int, default=8000, help="number of real images (cached as PNGs)")
-    parser.add_argument("--num_fake", type=int, default=2048, help="number of generated images for FID/KID")
-    parser.add_argument("--psi", type=float, default=1.0,
+    parser.add_argument("--num_real", type=int, default=8000,
+                        help=f"number of real images (cached as PNGs); at least {MIN_FID_SAMPLES} for fid/kid, "
+                             f"and below {RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
+    parser.add_argument("--num_fake", type=int, default=2048,
+                        help=f"number of generated images for FID/KID; at least {MIN_FID_SAMPLES}, and below "
+                             f"{RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
+    parser.add_argument("--psi", type=finite_float, default=1.0,
                         help="truncation psi (the published code used 0.6; recorded with the scores)")
     parser.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(METRICS)}")
     parser.add_argument("--real_dir", default=None,
@@ -616,8 +792,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "unset: the generator's default")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and poses")
     parser.add_argument("--num_mvc", type=int, default=256, help="number of latents for the mvc metric")
-    parser.add_argument("--mvc_yaw_step", type=float, default=MVC_YAW_STEP,
+    parser.add_argument("--mvc_yaw_step", type=finite_float, default=MVC_YAW_STEP,
                         help="yaw between the two mvc views, radians")
+    parser.add_argument("--num_synthetic", type=int, default=256,
+                        help="number of poses (real heads and latents) for the synthetic metric")
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data loader workers for preparing/reading real images")
     parser.add_argument("--no_ema", action="store_true", help="score the raw generator weights, not the EMA")
@@ -627,40 +805,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+def validate_args(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors exit with code 2 before anything is loaded; small FID sample counts warn."""
     try:
-        metrics = parse_metrics(args.metrics)
+        args.metrics = parse_metrics(args.metrics)
     except ValueError as error:
-        sys.exit(f"error: {error}")
-    if not Path(args.path).exists():
-        sys.exit(f"error: checkpoint not found: {args.path}")
+        parser.error(str(error))
+    for name in ("num_real", "num_fake", "num_workers"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ("batch_size", "num_mvc", "num_synthetic"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        parser.error(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
+    if {"fid", "kid"} & set(args.metrics):
+        for name in ("num_real", "num_fake"):
+            count = getattr(args, name)
+            if count < MIN_FID_SAMPLES:
+                parser.error(f"--{name} must be at least {MIN_FID_SAMPLES} for fid/kid (a covariance needs two "
+                             f"images), got {count}")
+            if count < RECOMMENDED_FID_SAMPLES:
+                print(f"warning: --{name} {count} is below {RECOMMENDED_FID_SAMPLES}: FID/KID are biased upwards "
+                      "with few images; compare only scores computed with the same counts", file=sys.stderr)
 
-    import curriculums
-    from utils.checkpoint import CheckpointError, load_generator
 
-    try:
-        generator, curriculum, step = load_generator(args.path, device=args.device, use_ema=not args.no_ema)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
-    trained_step = curriculums.last_trained_step(curriculum, step)
-    metadata = curriculums.extract_metadata(curriculum, trained_step)
-    alpha = curriculums.fade_alpha(curriculum, trained_step)
+def score_checkpoint(args) -> dict:
+    """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
+    model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
+    stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:
         inception = None
-        if "fid" in metrics or "kid" in metrics:
-            inception = load_inception(args.inception_weights, device=args.device,
+        if "fid" in args.metrics or "kid" in args.metrics:
+            inception = load_inception(args.inception_weights, device=model.device,
                                        random_init=args.random_inception)
-        results = evaluate(generator, metadata, metrics, num_real=args.num_real, num_fake=args.num_fake,
-                           psi=args.psi, real_dir=args.real_dir, device=args.device, batch_size=args.batch_size,
-                           max_batch_size=args.max_batch_size, seed=args.seed, inception=inception,
-                           alpha=alpha, num_mvc=args.num_mvc, mvc_yaw_step=args.mvc_yaw_step,
-                           num_workers=args.num_workers)
+        results = evaluate(model.generator, stage.metadata, args.metrics, num_real=args.num_real,
+                           num_fake=args.num_fake, psi=args.psi, real_dir=args.real_dir, device=model.device,
+                           batch_size=args.batch_size, max_batch_size=args.max_batch_size, seed=args.seed,
+                           inception=inception, alpha=stage.alpha, num_mvc=args.num_mvc,
+                           mvc_yaw_step=args.mvc_yaw_step, num_workers=args.num_workers,
+                           num_synthetic=args.num_synthetic)
     except InceptionWeightsMissing as error:
-        print(error, file=sys.stderr)
-        sys.exit(2)
-    record = {"step": int(step), "kind": "eval", **results, "ema": not args.no_ema,
-              "checkpoint": str(Path(args.path).resolve()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        raise CLIError(str(error)) from None
+    except ValueError as error:  # inputs that cannot be scored: too few images, another dataset's checkpoint
+        raise CLIError(str(error)) from None
+    if "mvc_warning" in results:
+        print(f"warning: {results['mvc_warning']}", file=sys.stderr)
+    record = {"step": int(model.step), "kind": "eval", **results, "ema": model.use_ema,
+              "checkpoint": str(Path(model.checkpoint_path).resolve()), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.random_inception:
         record["random_inception"] = True  # scores meaningless: mark them
     line = json.dumps(record)
@@ -670,6 +862,18 @@ def main(argv=None) -> dict:
         with open(run_dir / "metrics.jsonl", "a") as handle:
             handle.write(line + "\n")
     return record
+
+
+def main(argv=None) -> dict:
+    """Returns the printed record; exits with 2 for usage or input errors, 1 when the work fails."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    records = []
+    code = run_cli(lambda: records.append(score_checkpoint(args)))
+    if code:
+        sys.exit(code)
+    return records[0]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training losses: the photometric consistency loss (SPEC §7) and the GAN phases.
+"""Training losses: the photometric consistency loss (docs/METHOD.md §7) and the GAN phases.
 
 `photometric_loss(warped_aux_rgb, primary_rgb)` is the 0.85 SSIM + 0.15 L1 mix that
 ties the warped auxiliary view to the primary view; `MVCGANLoss` computes the
@@ -40,7 +40,7 @@ class PhotometricLoss(nn.Module):
     """0.85 * SSIM term + 0.15 * L1, averaged over channels, then over everything.
 
     Inputs are the [0, 1] NeRF RGB maps (n, 3, S, S). The published code maps these
-    [0, 1] values through (x + 1) / 2 first; we use them directly (SPEC §7).
+    [0, 1] values through (x + 1) / 2 first; we use them directly (docs/METHOD.md §7).
     """
 
     def __init__(self, ssim_weight: float = 0.85):
@@ -97,6 +97,9 @@ class MVCGANLoss:
         self.generator, self.discriminator = generator, discriminator
         self.scaler, self.autocast = scaler, autocast
         self.photometric = PhotometricLoss()
+        # `timer(name)` wraps each part of a phase; benchmarks/bench_step.py sets one that
+        # accumulates seconds per part. The default does nothing.
+        self.timer: Callable[[str], object] = lambda name: nullcontext()
 
     def _identity_penalty(self, pred_latent, z, pred_pose, true_pose, cfg: PhaseConfig):
         penalty = pred_pose.new_zeros(())
@@ -109,26 +112,28 @@ class MVCGANLoss:
     def accumulate_discriminator_gradients(self, real: torch.Tensor, render_options, cfg: PhaseConfig) -> dict:
         """softplus(D(fake)) + softplus(-D(real)) + R1 + pose/latent regression; one backward."""
         z = sample_z(real.shape[0], cfg.latent_dim, cfg.z_dist, real.device)
-        with torch.no_grad(), self.autocast():
+        with self.timer("d_generate"), torch.no_grad(), self.autocast():
             fakes = [self.generator(chunk, cfg.alpha, render_options) for chunk in z.tensor_split(cfg.batch_split)]
             fake_images = torch.cat([out.image for out in fakes]).float()
             fake_poses = torch.cat([out.pose for out in fakes]).float()
-        real = real.detach().requires_grad_(cfg.r1_lambda > 0)
-        with self.autocast():
-            real_logits, _, _ = self.discriminator(real, cfg.alpha)
-        r1 = real_logits.new_zeros(())
-        if cfg.r1_lambda > 0:
-            # Differentiate the scaled output so fp16 gradients do not underflow, then unscale.
-            (grad_real,) = torch.autograd.grad(self.scaler.scale(real_logits.sum()), real, create_graph=True)
-            grad_real = grad_real / self.scaler.get_scale()
+        with self.timer("d_real_r1"):
+            real = real.detach().requires_grad_(cfg.r1_lambda > 0)
             with self.autocast():
-                r1 = 0.5 * cfg.r1_lambda * grad_real.flatten(1).float().norm(2, dim=1).pow(2).mean()
-        with self.autocast():
+                real_logits, _, _ = self.discriminator(real, cfg.alpha)
+            r1 = real_logits.new_zeros(())
+            if cfg.r1_lambda > 0:
+                # Differentiate the scaled output so fp16 gradients do not underflow, then unscale.
+                (grad_real,) = torch.autograd.grad(self.scaler.scale(real_logits.sum()), real, create_graph=True)
+                grad_real = grad_real / self.scaler.get_scale()
+                with self.autocast():
+                    r1 = 0.5 * cfg.r1_lambda * grad_real.flatten(1).float().norm(2, dim=1).pow(2).mean()
+        with self.timer("d_fake_forward"), self.autocast():
             fake_logits, pred_latent, pred_pose = self.discriminator(fake_images, cfg.alpha)
             identity = self._identity_penalty(pred_latent.float(), z, pred_pose.float(), fake_poses, cfg)
             adversarial = F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
             loss = adversarial + r1 + identity
-        self.scaler.scale(loss).backward()
+        with self.timer("d_backward"):
+            self.scaler.scale(loss).backward()
         return {"d_loss": loss.detach(), "r1": r1.detach(), "d_pose": identity.detach(),
                 "real_logit": real_logits.detach().float().mean(), "fake_logit": fake_logits.detach().float().mean()}
 
@@ -139,19 +144,24 @@ class MVCGANLoss:
         for chunk in z.tensor_split(cfg.batch_split):
             share = chunk.shape[0] / batch_size
             with self.autocast():
-                out = self.generator(chunk, cfg.alpha, render_options)
-                logits, pred_latent, pred_pose = self.discriminator(out.image, cfg.alpha)
-                logits = logits.float()
-                k = math.ceil(cfg.topk_fraction * logits.shape[0])
-                top_logits = torch.topk(logits, k, dim=0).values
-                identity = self._identity_penalty(pred_latent.float(), chunk, pred_pose.float(), out.pose.float(), cfg)
-                photometric = out.image.new_zeros((), dtype=torch.float32)
-                if cfg.reproj_lambda > 0 and out.warped_aux_rgb is not None:
-                    photometric = self.photometric(out.warped_aux_rgb.float(), out.primary_rgb.float())
+                with self.timer("g_forward"):
+                    out = self.generator(chunk, cfg.alpha, render_options)
+                with self.timer("g_disc_forward"):
+                    logits, pred_latent, pred_pose = self.discriminator(out.image, cfg.alpha)
+                    logits = logits.float()
+                    k = math.ceil(cfg.topk_fraction * logits.shape[0])
+                    top_logits = torch.topk(logits, k, dim=0).values
+                    identity = self._identity_penalty(pred_latent.float(), chunk, pred_pose.float(),
+                                                      out.pose.float(), cfg)
+                with self.timer("photometric"):
+                    photometric = out.image.new_zeros((), dtype=torch.float32)
+                    if cfg.reproj_lambda > 0 and out.warped_aux_rgb is not None:
+                        photometric = self.photometric(out.warped_aux_rgb.float(), out.primary_rgb.float())
                 loss = F.softplus(-top_logits).mean() + identity + cfg.reproj_lambda * photometric
             # As published: each chunk's mean loss is backpropagated as is, so the accumulated
             # gradient is the sum over chunks (grad_clip was tuned for that).
-            self.scaler.scale(loss).backward()
+            with self.timer("g_backward"):
+                self.scaler.scale(loss).backward()
             totals["g_loss"] += loss.detach() * share
             totals["photometric"] += photometric.detach() * share
             totals["g_pose"] += identity.detach() * share

@@ -67,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_progress", action="store_true",
                    help="hide the tqdm progress bars (they are off anyway when stderr is not a terminal); "
                         "progress is logged every --log_interval steps instead")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the FiLM-SIREN (needs a C++ compiler on CPU, Triton on GPU; eager otherwise)")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="CPU: keep freed activation memory for reuse (less kernel time, higher peak RSS)")
     return p.parse_args(argv)
 
 
@@ -149,8 +153,9 @@ def config_from_args(args: argparse.Namespace, load_dir: Optional[str] = None,
                        eval_freq=eval_freq, eval_dir=args.eval_dir, eval_metrics=args.eval_metrics,
                        load_dir=load_dir, set_step=args.set_step, max_steps=args.max_steps,
                        num_workers=args.num_workers, precision=args.precision, log_interval=args.log_interval,
-                       seed=args.seed, device=args.device, progress=not args.no_progress,
-                       curriculum_overrides=overrides or {}, allow_curriculum_change=args.allow_curriculum_change)
+                       seed=args.seed, device=args.device, progress=not args.no_progress, compile=args.compile,
+                       keep_freed_memory=args.keep_freed_memory, curriculum_overrides=overrides or {},
+                       allow_curriculum_change=args.allow_curriculum_change)
 
 
 def prepare_run(args: argparse.Namespace, world_size: int) -> TrainConfig:

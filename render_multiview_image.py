@@ -1,11 +1,13 @@
-"""Render images, depth maps, videos, style mixes and interpolations from a checkpoint (SPEC §11).
+"""Render images, depth maps, videos, style mixes and interpolations from a checkpoint (docs/METHOD.md §11).
 
-    python render_multiview_image.py --path CKPT --output_dir render_dir --output_size 512 --curriculum FFHQ
+    python render_multiview_image.py --path CKPT --output_dir render_dir --curriculum FFHQ
 
 Default mode `multiview`: for each seed, one z rendered from 7 yaw offsets
 (+0.6, +0.5, +0.3, 0, -0.3, -0.5, -0.6) around the curriculum's mean pose, with the
 EMA weights, psi = 0.5, no NeRF noise, no auxiliary view and eval_last_back, saved as
-one row `image_{seed}.png`. `--depth` adds the colour-mapped depth of the same views
+one row `image_{seed}.png`. Sizes and samples per ray default to the stage the
+checkpoint was last trained in (`utils.rendering_cli.trained_stage`). `--depth` adds
+the colour-mapped depth of the same views with a near/far colour bar
 (`depth_{seed}.png`), `--video` a looping yaw/pitch sweep (`video_{seed}.gif`).
 `--mode style_mix` renders NeRF geometry from one seed with the decoder style of
 another; `--mode interpolate` walks between the codes of consecutive seeds.
@@ -23,11 +25,11 @@ import torch
 from tqdm import tqdm
 
 from generators.generators import RenderOptions, StagedOutput
-from utils.images import depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
+from utils.images import depth_legend, depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
-                                 latent_for_seed, load_model, render_options, run_cli)
+                                 decoder_alpha, finite_float, latent_for_seed, load_model, render_options, run_cli)
 
-MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (SPEC §11)
+MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
 VIDEO_PITCH_AMPLITUDE = 0.15  # radians: about one v_stddev of the face curricula
 
@@ -44,15 +46,17 @@ def _in_chunks(n: int, chunk: int):
 
 def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, options: RenderOptions,
                  psi: float, max_batch_size: int, batch_size: int = 8) -> StagedOutput:
-    """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time.
+    """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time,
+    with the decoder fade-in of the trained stage (`decoder_alpha`).
 
     Returns the StagedOutput of all views, on the CPU.
     """
+    alpha = decoder_alpha(model, options)
     parts = []
     for part in _in_chunks(cameras.shape[0], batch_size):
         cams = cameras[part]
         out = model.generator.staged_forward(z.expand(cams.shape[0], -1), options, psi=psi,
-                                             max_batch_size=max_batch_size, cam2world=cams, alpha=1.0)
+                                             max_batch_size=max_batch_size, cam2world=cams, alpha=alpha)
         parts.append(StagedOutput(*(t.cpu() for t in out)))
     return _cat_outputs(parts)
 
@@ -91,13 +95,15 @@ def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequen
     device = model.device
     z_style_all = torch.cat([latent_for_seed(model, s) for s in style_seeds])
     z_geometry = latent_for_seed(model, geometry_seed)
+    alpha = decoder_alpha(model, options)
     images = []
     for part in _in_chunks(len(style_seeds), batch_size):
         z_style = z_style_all[part]
         n = z_style.shape[0]
         out = model.generator.style_mix_forward(
             z_geometry.expand(n, -1), z_style, options, psi=psi,
-            cam2world=cameras_around_mean(options, [0.0] * n, device=device), max_batch_size=max_batch_size)
+            cam2world=cameras_around_mean(options, [0.0] * n, device=device), max_batch_size=max_batch_size,
+            alpha=alpha)
         images.append(to_uint8(out.image))
     return np.concatenate(images)
 
@@ -110,13 +116,14 @@ def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: 
     device = model.device
     z1, z2 = latent_for_seed(model, seed_a), latent_for_seed(model, seed_b)
     all_weights = torch.tensor([float(w) for w in weights], device=device)[:, None]  # (n, 1)
+    alpha = decoder_alpha(model, options)
     images = []
     for part in _in_chunks(len(weights), batch_size):
         w = all_weights[part]
         # A (n, 1) weight broadcasts the (1, .) codes of z1 and z2 into n interpolated codes.
         out = model.generator.interpolate_forward(
             z1, z2, w, options, psi=psi, cam2world=cameras_around_mean(options, [0.0] * w.shape[0], device=device),
-            max_batch_size=max_batch_size)
+            max_batch_size=max_batch_size, alpha=alpha)
         images.append(to_uint8(out.image))
     return np.concatenate(images)
 
@@ -130,8 +137,9 @@ def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: 
         written.append(save_image(make_row(to_uint8(out.image)), output_dir / f"image_{seed}.png"))
         if args.depth:
             # Depth lives at the NeRF resolution; nearest-upscaled so it lines up with the images.
-            depth = [resize(d, options.output_size) for d in depth_to_uint8(out.depth, near, far)]
-            written.append(save_image(make_row(depth), output_dir / f"depth_{seed}.png"))
+            depth = make_row([resize(d, options.output_size) for d in depth_to_uint8(out.depth, near, far)])
+            depth = np.concatenate([depth, depth_legend(depth.shape[1], near, far)])  # colour bar below
+            written.append(save_image(depth, output_dir / f"depth_{seed}.png"))
         if args.video:
             frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
                                          args.batch_size)
@@ -189,24 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random seeds of the latent codes z (one z per seed)")
     parser.add_argument("--style_seeds", type=int, nargs="+", default=None,
                         help="style_mix mode: seeds whose decoder style is used (default: --seeds)")
-    parser.add_argument("--image_size", type=int, default=64,
-                        help="resolution S of the NeRF feature map (the volume-rendered image)")
-    parser.add_argument("--output_size", type=int, default=512,
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="resolution S of the NeRF feature map (the volume-rendered image) (default: the "
+                             "img_size of the stage the checkpoint was last trained in)")
+    parser.add_argument("--output_size", type=int, default=None,
                         help="resolution of the output images: image_size * 2^n, n at most the number of "
-                             "decoder blocks (4)")
+                             "decoder blocks the checkpoint trained (default: image_size * 2^that number, "
+                             "i.e. the trained stage's output_size at its image_size)")
+    parser.add_argument("--allow_untrained_blocks", action="store_true",
+                        help="allow an --output_size that needs decoder blocks the checkpoint never trained "
+                             "(they give noise; a warning is printed)")
     parser.add_argument("--num_steps", type=int, default=None,
-                        help="depth samples per ray (default: the curriculum's stage-0 num_steps)")
+                        help="depth samples per ray (default: the trained stage's num_steps)")
     parser.add_argument("--lock_view_dependence", action="store_true",
                         help="feed the fixed view direction (0, 0, -1) to the colour branch, so colours do not "
                              "change with the camera")
     parser.add_argument("--depth", action="store_true",
-                        help="multiview mode: also write depth_{seed}.png, the colour-mapped depth of the same "
-                             "views (normalised over [ray_start, ray_end], red near, blue far)")
+                        help="multiview mode: also write depth_{seed}.png, the depth of the same views in the "
+                             "turbo colour map over [ray_start, ray_end] (dark red near, dark purple far), with "
+                             "a colour bar labelled near/far below the row")
     parser.add_argument("--video", action="store_true",
                         help="multiview: also write video_{seed}.gif, a looping yaw/pitch sweep; "
                              "interpolate: also write interp_{a}_{b}.gif, a -> b -> a")
     parser.add_argument("--num_frames", type=int, default=48, help="frames per GIF")
-    parser.add_argument("--fps", type=float, default=24.0, help="GIF frame rate")
+    parser.add_argument("--fps", type=finite_float, default=24.0, help="GIF frame rate")
     parser.add_argument("--num_interp", type=int, default=8,
                         help="interpolate mode: images per row of interp_{a}_{b}.png (seed a to seed b)")
     parser.add_argument("--batch_size", type=int, default=8,
@@ -232,12 +246,14 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
 def render(args) -> List[Path]:
     """Everything main() does after parsing: load, validate, render, write; returns the written paths."""
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
-    options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence)
+    options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence,
+                             args.allow_untrained_blocks)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = "EMA" if model.use_ema else "raw"
-    print(f"{model.checkpoint_path}: step {model.step}, curriculum {model.curriculum_name or '(unnamed)'}, "
-          f"{weights} weights, psi {args.psi}, {options.rays.img_size}px NeRF x {options.rays.num_steps} steps "
+    print(f"{model.checkpoint_path}: step {model.step} (trained {model.stage.img_size} -> "
+          f"{model.stage.output_size} px), curriculum {model.curriculum_name or '(unnamed)'}, {weights} weights, "
+          f"psi {args.psi}, {options.rays.img_size}px NeRF x {options.rays.num_steps} steps "
           f"-> {options.output_size}px on {model.device}")
     written = MODES[args.mode](model, options, args, output_dir)
     print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))

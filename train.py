@@ -1,4 +1,4 @@
-"""The MVCGAN training loop (SPEC §7): one process of a (possibly single-process) job.
+"""The MVCGAN training loop (docs/METHOD.md §7): one process of a (possibly single-process) job.
 
 `train(rank, world_size, config)` schedules the phases of `losses.MVCGANLoss`,
 averages gradients across processes, clips, steps the optimisers, keeps two EMAs,
@@ -32,8 +32,10 @@ from datasets import build_dataset
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import RenderOptions, build_generator
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
+from siren.siren import compile_field
 from utils.checkpoint import (LATEST_NAME, CheckpointError, load_checkpoint, remove_stale_temp_files,
                               resolve_checkpoint_path, save_checkpoint)
+from utils.cpu_runtime import keep_freed_memory
 from utils.images import make_grid, save_image, to_uint8
 
 logger = logging.getLogger("mvcgan.train")
@@ -66,6 +68,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    compile: bool = False  # torch.compile the FiLM-SIREN (siren.compile_field); eager if no compiler
+    keep_freed_memory: bool = False  # CPU: malloc keeps freed blocks (utils/cpu_runtime.py): faster, more RSS
     # curriculums.apply_overrides entries: 'KEY' / 'STAGE.KEY' values (main.py --set) or whole stages.
     curriculum_overrides: dict = field(default_factory=dict)
     allow_curriculum_change: bool = False  # resume a checkpoint of another curriculum on purpose
@@ -249,7 +253,9 @@ def checkpoint_mismatch(checkpoint_state: dict, generator: torch.nn.Module,
     """None if the checkpoint's weights fit the networks, else one line saying where they differ."""
     problems = []
     for key, module in (("generator", generator), ("discriminator", discriminator)):
-        saved, expected = checkpoint_state.get(key) or {}, module.state_dict()
+        if key not in checkpoint_state:  # an imported checkpoint may have no discriminator
+            continue
+        saved, expected = checkpoint_state[key], module.state_dict()
         for name in sorted(set(saved) | set(expected)):
             if name not in saved or name not in expected:
                 problems.append(f"{key}.{name} only in the {'model' if name in expected else 'checkpoint'}")
@@ -275,6 +281,8 @@ class Trainer:
         self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
+        if device.type == "cpu" and config.keep_freed_memory:
+            keep_freed_memory()  # large activations are reused, not re-faulted, every step
         torch.manual_seed(config.seed + rank)
         np.random.seed(config.seed + rank)
         random.seed(config.seed + rank)
@@ -284,6 +292,8 @@ class Trainer:
             for tensor in [*self.generator.parameters(), *self.discriminator.parameters()]:
                 dist.broadcast(tensor.data, src=0)
         self.emas = [EMA(self.generator, decay) for decay in EMA_DECAYS]
+        if config.compile:  # after the EMA copies, which stay eager
+            compile_field(self.generator.siren)
 
         betas = tuple(float(b) for b in meta0["betas"])
         if meta0.get("unique_lr", False):
@@ -366,14 +376,21 @@ class Trainer:
                            self.config.curriculum, state.get("curriculum_name"))
         self.last_good_checkpoint = resolve_checkpoint_path(load_dir)
         self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
+        if "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+        else:
+            logger.warning("%s has no discriminator: fine-tuning starts from a freshly initialised one", load_dir)
         for ema, key, updates in zip(self.emas, ("generator_ema", "generator_ema2"), state["ema_num_updates"]):
             ema.module.load_state_dict(state[key])
             ema.num_updates = int(updates)
+        self.step, self.epoch = int(state["step"]), int(state.get("epoch", 0))
+        if "optimizer_G" not in state:  # an imported checkpoint (import_checkpoint.py): weights and step only
+            logger.warning("%s has no optimiser, scaler or data-position state (an imported checkpoint): "
+                           "continuing the curriculum from step %d with fresh Adam moments", load_dir, self.step)
+            return
         self.optimizer_G.load_state_dict(state["optimizer_G"])
         self.optimizer_D.load_state_dict(state["optimizer_D"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["sampler"]["batch"])
         rng = state.get("rng") or []
         if state.get("world_size") == self.world_size and self.rank < len(rng):
@@ -400,7 +417,7 @@ class Trainer:
         return loader
 
     def random_flip(self, images: torch.Tensor) -> torch.Tensor:
-        """Flip each image horizontally with probability 1/2 (SPEC §9), drawn from a seed of
+        """Flip each image horizontally with probability 1/2 (docs/METHOD.md §9), drawn from a seed of
         (seed, rank, epoch, batch) rather than in the loader workers: their RNG states cannot be
         checkpointed, this seed is restored with the data position, so resuming stays exact."""
         seed = np.random.SeedSequence([self.config.seed, self.rank, self.epoch, self.batch_in_epoch])
@@ -429,6 +446,15 @@ class Trainer:
             z = torch.randn(NUM_GRID_IMAGES, ema.z_dim, generator=seeded, device=self.device)
             save_grid(ema.staged_forward(z, options, psi=0.7, alpha=alpha, generator=seeded).image, "random")
         self.generator.train()
+
+    def write_real_grid(self, dataset) -> None:
+        """Rank 0, once per run directory: `real.png`, a grid of training images, so the target is visible
+        next to the sample grids."""
+        path = self.output_dir / "real.png"
+        if path.exists():
+            return
+        images = torch.stack([dataset[i][0] for i in range(min(NUM_GRID_IMAGES, len(dataset)))])
+        save_image(make_grid(list(to_uint8(images)), GRID_ROW), path)
 
     def evaluate(self, metadata: dict) -> None:
         """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""
@@ -587,6 +613,8 @@ class Trainer:
                 key = self.loader_key(self.step)
                 if key != loader_key:
                     loader, loader_key = self.make_loader(metadata), key
+                    if self.is_main:
+                        self.write_real_grid(loader.dataset)
                     if bars:
                         stage_start = curriculums.last_upsample_step(self.curriculum, self.step)
                         stage_end = min(curriculums.next_upsample_step(self.curriculum, self.step) or final_step,

@@ -1,4 +1,4 @@
-"""The progressive CoordConv encoder-discriminator of pi-GAN/MVCGAN (SPEC §6).
+"""The progressive CoordConv encoder-discriminator of pi-GAN/MVCGAN (docs/METHOD.md §6).
 
 `CCSEncoderDiscriminator(img, alpha)` maps an image (B, 3, R, R), R in 2..1024,
 to a realness logit (B, 1), a predicted latent code (B, latent_dim) and a
@@ -95,7 +95,7 @@ class CCSEncoderDiscriminator(nn.Module):
             x = block(x)
             if i == 0 and alpha < 1:
                 # Fade in the new top resolution against the previous entry's adapter.
-                # (pi-GAN fades before the second block, so never at R = 4; SPEC: after the first.)
+                # (pi-GAN fades before the second block, so never at R = 4; docs/METHOD.md §6: after the first.)
                 low = F.interpolate(img, scale_factor=0.5, mode="nearest")
                 x = alpha * x + (1 - alpha) * self.from_rgb[entry + 1](low)
         out = self.final(x).flatten(1)  # (B, 1 + latent_dim + 2)

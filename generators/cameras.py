@@ -1,4 +1,4 @@
-"""Cameras and rays: the one "point sampler" of the project (SPEC §1).
+"""Cameras and rays: the one "point sampler" of the project (docs/METHOD.md §1).
 
 Everything that needs a camera (training, inference, style mixing, shape queries,
 the synthetic dataset, the stereo warp, evaluation) goes through these pure
@@ -30,7 +30,7 @@ class PoseDistribution:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping, evaluation: bool = False) -> "PoseDistribution":
-        """Read a curriculum's pose keys; `evaluation` prefers the *_eval overrides (SPEC §10)."""
+        """Read a curriculum's pose keys; `evaluation` prefers the *_eval overrides (docs/METHOD.md §10)."""
         def pick(key, default):
             if evaluation and f"{key}_eval" in metadata:
                 return metadata[f"{key}_eval"]

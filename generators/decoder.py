@@ -1,4 +1,4 @@
-"""The progressive 2D upsampler ("post neural renderer", SPEC §5).
+"""The progressive 2D upsampler ("post neural renderer", docs/METHOD.md §5).
 
 `Decoder` turns the low-resolution feature map produced by volume rendering
 (B, H, S, S) into an RGB image at `output_size` = S * 2^n, styled by the mapping

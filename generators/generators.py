@@ -1,4 +1,4 @@
-"""`ImplicitGenerator3d`: the MVCGAN generator (SPEC §4).
+"""`ImplicitGenerator3d`: the MVCGAN generator (docs/METHOD.md §4).
 
 Four seams, each its own module: cameras/rays (`cameras.py`, the point sampler),
 the FiLM-SIREN field (`siren/`, the point embedder), volume integration
@@ -88,6 +88,7 @@ class RenderedView(NamedTuple):
     features: torch.Tensor   # (n, H, S, S)
     depth: torch.Tensor      # (n, S, S) distance along the unit ray
     cam2world: torch.Tensor  # (n, 4, 4)
+    opacity: torch.Tensor    # (n, S, S) accumulated opacity before last_back (see `integrate`)
 
 
 class GeneratorOutput(NamedTuple):
@@ -102,6 +103,7 @@ class StagedOutput(NamedTuple):
     depth: torch.Tensor      # (B, S, S)
     nerf_rgb: torch.Tensor   # (B, 3, S, S) in [0, 1]
     cam2world: torch.Tensor  # (B, 4, 4)
+    opacity: torch.Tensor    # (B, S, S) NeRF opacity in [0, 1]: > 0.5 is the generated silhouette
 
 
 class ImplicitGenerator3d(nn.Module):
@@ -194,7 +196,7 @@ class ImplicitGenerator3d(nn.Module):
         # (n, S*S, C) -> (n, C, S, S)
         to_map = lambda x: x.reshape(n, size, size, -1).permute(0, 3, 1, 2)
         return RenderedView(to_map(result.rgb), to_map(result.features), result.depth.reshape(n, size, size),
-                            cam2world)
+                            cam2world, result.opacity.reshape(n, size, size))
 
     def forward(self, z: torch.Tensor, alpha: float, options: RenderOptions,
                 generator: Optional[torch.Generator] = None) -> GeneratorOutput:
@@ -228,7 +230,7 @@ class ImplicitGenerator3d(nn.Module):
         view = self.render_view(codes, cam2world.to(codes.style.device), options, jitter=False,
                                 max_batch_size=max_batch_size, generator=generator)
         image = self.decoder(view.features, codes.style, options.output_size, alpha)
-        return StagedOutput(image, view.depth, view.rgb, view.cam2world)
+        return StagedOutput(image, view.depth, view.rgb, view.cam2world, view.opacity)
 
     @torch.no_grad()
     def staged_forward(self, z: torch.Tensor, options: RenderOptions, psi: float = 1.0,
@@ -257,16 +259,26 @@ class ImplicitGenerator3d(nn.Module):
                      max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
         """Raw density on a resolution^3 cube grid spanning [-half_extent, half_extent]^3.
 
-        Returns (n, resolution, resolution, resolution) indexed [x, y, z].
+        Returns (n, resolution, resolution, resolution) indexed [x, y, z]. Points are made
+        and queried a chunk at a time and only the density is kept, so memory is the
+        output (4 bytes per voxel and latent) plus one chunk.
         """
         codes = self.truncated_mapping(z, psi)
         n, device = z.shape[0], z.device
         axis = torch.linspace(-half_extent, half_extent, resolution, device=device)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
-        points = grid.expand(n, -1, 3)
-        directions = torch.zeros_like(points)
-        directions[..., 2] = -1
-        _, sigma, _ = self._query_field(codes, points, directions, max_batch_size)
+        num_points = resolution ** 3
+        chunk = num_points if max_batch_size is None else max(1, max_batch_size // n)
+        sigma = torch.empty(n, num_points, device=device)
+        for start in range(0, num_points, chunk):
+            index = torch.arange(start, min(num_points, start + chunk), device=device)
+            # flat index -> (x, y, z) grid indices, z fastest: the [x, y, z] memory layout
+            points = torch.stack([axis[index // resolution ** 2], axis[index // resolution % resolution],
+                                  axis[index % resolution]], dim=-1)                       # (m, 3)
+            directions = torch.zeros_like(points)
+            directions[:, 2] = -1
+            _, sigma_chunk, _ = self.siren(points.expand(n, -1, 3), codes.frequencies, codes.phases,
+                                           directions.expand(n, -1, 3))
+            sigma[:, start:start + index.shape[0]] = sigma_chunk                             # (n, m)
         return sigma.reshape(n, resolution, resolution, resolution)
 
 

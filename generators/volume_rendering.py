@@ -1,4 +1,4 @@
-"""Volume integration ("point integrator", SPEC §2) and importance sampling.
+"""Volume integration ("point integrator", docs/METHOD.md §2) and importance sampling.
 
 `integrate` turns per-sample colours, densities, features and depths into per-ray
 colour, feature, depth and weights. `importance_depths` draws extra depth samples
@@ -33,6 +33,7 @@ class Integrated(NamedTuple):
     features: Optional[torch.Tensor]   # (n, R, C) or None
     depth: torch.Tensor                # (n, R)
     weights: torch.Tensor              # (n, R, N)
+    opacity: torch.Tensor              # (n, R) 1 - transmittance through [ray_start, ray_end]
 
 
 def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
@@ -59,6 +60,9 @@ def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
     shifted = torch.cat([torch.ones_like(alphas[..., :1]), 1 - alphas + 1e-10], dim=-1)
     transmittance = torch.cumprod(shifted, dim=-1)[..., :-1]
     weights = alphas * transmittance  # (n, R, N)
+    # How opaque the ray is inside the sampled range: the last interval (delta 1e10) is
+    # left out, since it turns any positive density at the far end into full opacity.
+    opacity = 1 - transmittance[..., -1]
     weights_total = weights.sum(dim=-1)
     if options.last_back:
         weights = torch.cat([weights[..., :-1], weights[..., -1:] + (1 - weights_total)[..., None]], dim=-1)
@@ -68,7 +72,7 @@ def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
     depth = (weights * depths).sum(dim=-1)
     if options.white_back:
         colour = colour + (1 - weights_total)[..., None]
-    return Integrated(colour, feature, depth, weights)
+    return Integrated(colour, feature, depth, weights, opacity)
 
 
 def importance_depths(depths: torch.Tensor, weights: torch.Tensor, num_samples: int,

@@ -1,4 +1,4 @@
-"""Stereo warp and stereo mixup: the MVCGAN core (SPEC §4 steps 4-5).
+"""Stereo warp and stereo mixup: the MVCGAN core (docs/METHOD.md §4 steps 4-5).
 
 `stereo_warp` resamples any per-pixel map of the auxiliary view (features, RGB)
 into the primary view, using the primary view's rendered depth and both cameras.
@@ -32,7 +32,7 @@ def warp_grid(primary_depth: torch.Tensor, primary_cam2world: torch.Tensor,
     points_cam = unproject_depth(primary_depth, fov)             # (n, S*S, 3)
     points_world = to_world(primary_cam2world, points_cam)       # (n, S*S, 3)
     # The published code divides by the per-pixel ray norm here instead of the
-    # focal length; we use the exact pinhole projection (SPEC §4).
+    # focal length; we use the exact pinhole projection (docs/METHOD.md §4).
     grid, z = project_to_camera(points_world, aux_cam2world, fov)  # (n, S*S, 2), (n, S*S)
     grid = grid.reshape(n, size, size, 2)
     inside = (grid.abs() <= 1 + 1e-6).all(dim=-1) & (z.reshape(n, size, size) < 0)

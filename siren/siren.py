@@ -1,4 +1,4 @@
-"""The radiance field ("point embedder", SPEC §3): FiLM-conditioned SIREN + mapping network.
+"""The radiance field ("point embedder", docs/METHOD.md §3): FiLM-conditioned SIREN + mapping network.
 
 `SPATIALSIRENBASELINE` is what the curricula use; `TALLSIREN` is the same network
 without the box warp. Both own their `mapping_network`, which maps z to the FiLM
@@ -29,6 +29,40 @@ def first_layer_film_sine_init(linear: nn.Linear) -> None:
         linear.weight.uniform_(-bound, bound)
 
 
+class SineThenLinear(torch.autograd.Function):
+    """z_out = sin(z_in) @ weight^T + bias, per sample; keeps only z_in for backward.
+
+    z_in (n, M, in) is the previous layer's pre-activation, weight (n, out, in), bias
+    (n, 1, out) or (n, M, out). Autograd on `baddbmm(bias, sin(z_in), weight^T)` would
+    keep both z_in (for the sine's cosine) and sin(z_in) (for the weight gradient): two
+    (n, M, in) tensors per layer, the bulk of a training step's memory. This keeps z_in
+    only and recomputes the sine in backward (one cheap element-wise pass), and does the
+    backward's element-wise work in place on two buffers. Under autocast the forward's
+    matmul runs in half precision; backward then does its matmuls in the gradient's dtype,
+    as autograd's own baddbmm backward would.
+    """
+
+    @staticmethod
+    def forward(ctx, z_in, weight, bias):
+        ctx.save_for_backward(z_in, weight)
+        ctx.bias_shape = bias.shape
+        return torch.baddbmm(bias, torch.sin(z_in), weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        z_in, weight = ctx.saved_tensors
+        weight = weight.to(grad.dtype)
+        grad_z = grad_weight = grad_bias = None
+        x = torch.sin(z_in).to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad.transpose(1, 2), x)  # (n, out, in)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(1, keepdim=True) if ctx.bias_shape[1] == 1 else grad
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.bmm(grad, weight).mul_(torch.cos(z_in, out=x))  # d sin(z) = cos(z) dz
+        return grad_z, grad_weight, grad_bias
+
+
 class FiLMLayer(nn.Module):
     """sin(gamma * (W x + b) + beta), gamma and beta per sample: (n, H)."""
 
@@ -36,13 +70,27 @@ class FiLMLayer(nn.Module):
         super().__init__()
         self.layer = nn.Linear(input_dim, hidden_dim)
 
-    def forward(self, x, frequencies, phases):
-        # x (n, M, in); frequencies, phases (n, H). gamma*(Wx + b) + beta is computed as
-        # (gamma*W) x + (gamma*b + beta): one batched matmul instead of two full-size
-        # elementwise passes over (n, M, H), forward and backward.
+    def modulated(self, frequencies, phases):
+        """gamma*(Wx + b) + beta as (gamma*W) x + (gamma*b + beta): one batched matmul instead
+        of two full-size element-wise passes over (n, M, H). Returns weight (n, H, in) and
+        bias (n, 1, H)."""
         weight = frequencies[:, :, None] * self.layer.weight     # (n, H, in)
         bias = frequencies * self.layer.bias + phases             # (n, H)
-        return torch.sin(torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2)))
+        return weight, bias[:, None, :]
+
+    def preactivation(self, x, frequencies, phases):
+        """gamma * (W x + b) + beta for x (n, M, in)."""
+        weight, bias = self.modulated(frequencies, phases)
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
+
+    def preactivation_after_sine(self, z_in, frequencies, phases):
+        """The pre-activation of this layer applied to sin(z_in), where z_in is the previous
+        layer's pre-activation."""
+        weight, bias = self.modulated(frequencies, phases)
+        return SineThenLinear.apply(z_in, weight, bias)
+
+    def forward(self, x, frequencies, phases):
+        return torch.sin(self.preactivation(x, frequencies, phases))
 
 
 class CustomMappingNetwork(nn.Module):
@@ -109,13 +157,22 @@ class SPATIALSIRENBASELINE(nn.Module):
         """
         frequencies = frequencies * 15 + 30
         hidden = self.hidden_dim
-        x = self.gridwarper(points)
-        for index, layer in enumerate(self.network):
-            x = layer(x, frequencies[..., index * hidden:(index + 1) * hidden],
-                      phases[..., index * hidden:(index + 1) * hidden])
-        sigma = self.final_layer(x)[..., 0]
-        features = self.color_layer_sine(torch.cat([ray_directions, x], dim=-1),
-                                         frequencies[..., -hidden:], phases[..., -hidden:])
+        film = lambda index: (frequencies[..., index * hidden:(index + 1) * hidden],
+                              phases[..., index * hidden:(index + 1) * hidden])
+        # Every layer passes on its pre-activation z; the next applies sin(z) inside
+        # `SineThenLinear`, so backward keeps one (n, M, H) tensor per layer, not two.
+        z = self.network[0].preactivation(self.gridwarper(points), *film(0))
+        for index, layer in enumerate(self.network[1:], start=1):
+            z = layer.preactivation_after_sine(z, *film(index))
+        n = z.shape[0]
+        final = self.final_layer
+        sigma = SineThenLinear.apply(z, final.weight.expand(n, -1, -1), final.bias.expand(n, 1, -1))[..., 0]
+        # The colour layer's input is cat([ray_directions, sin(z)]): its weight's first three
+        # columns act on the directions (a small matmul), the rest on sin(z).
+        colour = self.color_layer_sine
+        weight, bias = colour.modulated(frequencies[..., -hidden:], phases[..., -hidden:])
+        direction_term = torch.baddbmm(bias, ray_directions, weight[:, :, :3].transpose(1, 2))
+        features = torch.sin(SineThenLinear.apply(z, weight[:, :, 3:], direction_term))
         rgb = torch.sigmoid(self.color_layer_linear(features))
         return rgb, sigma, features
 
@@ -124,6 +181,26 @@ class TALLSIREN(SPATIALSIRENBASELINE):
     """SPATIALSIRENBASELINE without the box warp (points are used as given)."""
 
     box_warp = False
+
+
+def compile_field(field: nn.Module) -> bool:
+    """torch.compile `field` in place (its state dict keys do not change); True if it was.
+
+    Inductor fuses the FiLM-SIREN's element-wise work (sine, FiLM, sigmoid) into the
+    kernels around the matmuls. It needs a C++ compiler on CPU and Triton on CUDA; where
+    either is missing, or compilation fails later, the field runs eagerly, with a warning.
+    """
+    import shutil
+    import warnings
+
+    device = next(field.parameters()).device
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        warnings.warn("--compile: no C++ compiler found; the FiLM-SIREN runs eagerly")
+        return False
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True  # a failed compilation falls back to eager
+    field.compile()
+    return True
 
 
 SIRENS = {"SPATIALSIRENBASELINE": SPATIALSIRENBASELINE, "TALLSIREN": TALLSIREN}

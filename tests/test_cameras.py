@@ -1,4 +1,4 @@
-"""Tests for cameras, poses and rays (SPEC §1)."""
+"""Tests for cameras, poses and rays (docs/METHOD.md §1)."""
 import math
 
 import pytest

@@ -34,8 +34,9 @@ def test_truncated_and_pickled_module_checkpoints_are_rejected(tmp_path):
         load_checkpoint(truncated)
     pickled = tmp_path / "module.pth"
     torch.save(torch.nn.Linear(2, 2), pickled)  # what the published code wrote
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not an MVCGAN checkpoint") as caught:
         load_checkpoint(pickled)
+    assert "weights_only" not in str(caught.value)  # never advise loading it unsafely
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match="no checkpoint.pth"):

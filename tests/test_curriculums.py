@@ -1,4 +1,4 @@
-"""Curricula: stage logic, SPEC §8 values and validation."""
+"""Curricula: stage logic, docs/METHOD.md §8 values and validation."""
 import math
 
 import pytest
@@ -10,8 +10,8 @@ from curriculums import (extract_metadata, get_curriculum, is_final_stage, last_
 STAGE_COLUMNS = ("batch_size", "num_steps", "img_size", "output_size", "batch_split",
                  "gen_lr", "disc_lr", "pos_lambda", "reproj_lambda")
 
-# SPEC §8 table, row by row.
-SPEC_TABLE = [
+# docs/METHOD.md §8 table, row by row.
+METHOD_TABLE = [
     ("CelebAHQ", 0, (56, 16, 64, 64, 4, 6e-5, 2e-4, 15, 1)),
     ("CelebAHQ", 25000, (52, 16, 64, 128, 4, 5e-5, 2e-4, 15, 1)),
     ("CelebAHQ", 50000, (44, 16, 64, 256, 4, 3e-5, 1e-4, 0, 1)),
@@ -27,7 +27,7 @@ SPEC_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("name,step,values", SPEC_TABLE)
+@pytest.mark.parametrize("name,step,values", METHOD_TABLE)
 def test_spec_table(name, step, values):
     stage = get_curriculum(name)[step]
     assert tuple(stage[k] for k in STAGE_COLUMNS) == values

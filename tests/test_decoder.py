@@ -1,4 +1,4 @@
-"""Tests for the progressive 2D upsampler (SPEC §5)."""
+"""Tests for the progressive 2D upsampler (docs/METHOD.md §5)."""
 import math
 
 import pytest
@@ -103,7 +103,7 @@ def test_equalized_conv_runtime_scaling():
         conv.weight.mul_(3)  # the scale is applied at run time, so edits to the weight show through
     x = torch.randn(2, 16, 7, 7)
     c = math.sqrt(2 / (16 * 9))
-    # The published layer computes c * (W x + b): the bias is scaled by c too (SPEC §5).
+    # The published layer computes c * (W x + b): the bias is scaled by c too (docs/METHOD.md §5).
     ref = c * F.conv2d(x, conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(conv(x), ref)
     assert conv(x).shape == (2, 32, 7, 7)

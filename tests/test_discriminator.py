@@ -1,4 +1,4 @@
-"""Tests for the CoordConv encoder-discriminator (SPEC §6)."""
+"""Tests for the CoordConv encoder-discriminator (docs/METHOD.md §6)."""
 import math
 
 import pytest
@@ -116,7 +116,7 @@ def test_autocast():
 
 
 def test_block_coordconv_weights_are_kaiming_as_published():
-    """SPEC §6: both CoordConvs of a residual block are Kaiming-normal (a=0.2, fan_in);
+    """docs/METHOD.md §6: both CoordConvs of a residual block are Kaiming-normal (a=0.2, fan_in);
     the default init would give 0.41x this standard deviation. The projection keeps the default."""
     torch.manual_seed(0)
     block = ResidualCCBlock(128, 256)

@@ -1,6 +1,5 @@
 """Tests for extract_shapes.py: marching cubes on analytic densities, the PLY writer, the CLI."""
 import re
-import warnings
 
 import numpy as np
 import pytest
@@ -52,21 +51,15 @@ def test_sphere_mesh():
     assert signed_volume(mesh.vertices, mesh.faces) == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
 
 
-def test_level_outside_range_falls_back_to_mean():
+def test_level_outside_the_density_range_is_refused():
+    """No silent fall-back to another level (the mean of a nearly empty field meshes its noise)."""
     density, _ = sphere_density(16, 0.24, 0.08)
-    with pytest.warns(UserWarning, match="outside the density range"):
-        mesh = es.extract_mesh(density, level=1e6, cube_size=0.24)
-    assert mesh.level == pytest.approx(float(density.astype(np.float32).mean()), rel=1e-5)
-    assert len(mesh.faces) > 0
+    low, high = float(density.min()), float(density.max())
+    with pytest.raises(ValueError, match=re.escape(f"range [{low:g}, {high:g}]")):
+        es.extract_mesh(density, level=1e6, cube_size=0.24)
     with pytest.raises(ValueError, match="constant"):
         es.extract_mesh(np.ones((8, 8, 8)), level=0.5, cube_size=0.24)
-
-
-def test_level_inside_range_no_warning():
-    density, _ = sphere_density(16, 0.24, 0.08)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert es.choose_level(density, 0.0) == 0.0
+    assert es.check_level(density, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -89,15 +82,15 @@ def test_default_cube_size():
     assert es.default_cube_size({"ray_start": 0.8, "ray_end": 1.2}) == pytest.approx(0.4)
 
 
-def test_cli_end_to_end(tmp_path, tiny_checkpoint, capsys):
+def test_cli_end_to_end(tmp_path, tiny_checkpoint):
     out = tmp_path / "shapes"
-    # A random generator's density need not reach any fixed level: an absurd level forces the
-    # fall-back to the volume's mean, which always has a surface.
+    # A random generator's density need not reach the default level: use the volume's median.
+    model = es.load_model(tiny_checkpoint, device="cpu")
+    level = float(np.median(es.density_volume(model, 0, 16, 0.3, psi=0.5, max_batch_size=10_000)))
     code = es.main(["--path", str(tiny_checkpoint.parent), "--output_dir", str(out), "--seeds", "0",
-                    "--voxel_resolution", "16", "--level", "1e9", "--save_npy", "--device", "cpu",
+                    "--voxel_resolution", "16", "--level", str(level), "--save_npy", "--device", "cpu",
                     "--cube_size", "0.3"])
     assert code == 0
-    assert "using the mean density" in capsys.readouterr().err
     density = np.load(out / "density_0.npy")
     assert density.shape == (16, 16, 16) and density.dtype == np.float32
     header, nv, nf, body = parse_ply(out / "shape_0.ply")
@@ -122,6 +115,35 @@ def test_cli_matches_library(tmp_path, tiny_checkpoint):
         vertices, _ = es.read_ply(out / "shape_2.ply")
         expected = es.extract_mesh(density, level, 0.24).vertices
         np.testing.assert_allclose(vertices, expected, atol=1e-5)
+
+
+def test_cli_skips_a_seed_whose_volume_misses_the_level(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "shapes"
+    code = es.main(["--path", str(tiny_checkpoint), "--output_dir", str(out), "--seeds", "0", "--device", "cpu",
+                    "--voxel_resolution", "8", "--level", "1e9"])
+    assert code == 1  # the work failed for that seed
+    err = capsys.readouterr().err
+    assert "seed 0: no mesh written: level 1e+09 is outside this volume's density range [" in err
+    assert "no mesh for seed(s) 0" in err
+    assert not (out / "shape_0.ply").exists()
+
+
+def test_cli_refuses_a_resolution_that_does_not_fit(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(es, "available_memory_bytes", lambda: 2 ** 30)  # 1 GiB free
+    code = es.main(["--path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "s"), "--device", "cpu",
+                    "--voxel_resolution", "1024"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --voxel_resolution 1024 needs about 16.0 GiB") and "1.0 GiB is available" in err
+    assert "use --voxel_resolution 406 or less" in err  # (2^30 / 16 bytes per voxel)^(1/3)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flag", [["--level", "nan"], ["--cube_size", "inf"], ["--psi", "nan"]])
+def test_cli_rejects_non_finite_floats(tmp_path, tiny_checkpoint, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        es.main(["--path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "s"), *flag])
+    assert exit_info.value.code == 2
 
 
 def test_cli_missing_checkpoint(tmp_path, capsys):

@@ -254,6 +254,68 @@ def test_multiview_consistency_of_a_generator(tiny_generator, metadata):
     assert "fid" not in results
 
 
+def _dense(generator):
+    """A copy of `generator` whose field is opaque everywhere (density bias +100)."""
+    import copy
+
+    dense = copy.deepcopy(generator)
+    with torch.no_grad():
+        dense.siren.final_layer.bias.fill_(100.0)
+    return dense
+
+
+def test_mvc_reports_the_opaque_fraction_and_warns_for_an_empty_field(tiny_generator, metadata):
+    empty = fe.multiview_consistency(tiny_generator, metadata, num_samples=2, batch_size=2)
+    assert empty["mvc_nerf_opaque"] < fe.MVC_MIN_OPAQUE  # an untrained field is empty...
+    assert "say nothing" in empty["mvc_warning"]          # ...and the output says what that means
+    dense = fe.multiview_consistency(_dense(tiny_generator), metadata, num_samples=2, batch_size=2)
+    assert dense["mvc_nerf_opaque"] == 1.0 and "mvc_warning" not in dense
+
+
+# --------------------------------------------------------------------------- #
+# Ground truth for Synthetic
+# --------------------------------------------------------------------------- #
+
+def test_head_map_comparison_on_known_cases(metadata):
+    yaw = torch.full((6,), math.pi / 2)
+    pitch = torch.full((6,), math.pi / 2)
+    real = fe.real_head_maps(metadata, yaw, pitch)
+    assert real.mask.shape == (6, 16, 16) and real.image.shape == (6, 3, 16, 16)
+    assert 0.1 < real.mask.float().mean() < 0.6  # a head, not an empty or a full frame
+    same = fe.compare_head_maps(real, real)
+    assert same["iou"] == 1.0 and same["depth_l1"] == 0.0 and same["depth_l1_fg"] == 0.0
+    # A candidate shifted by one pixel: IoU drops, and the depth error where both agree grows.
+    shifted = fe.HeadMaps(real.mask.roll(1, dims=-1), real.depth.roll(1, dims=-1), real.image)
+    moved = fe.compare_head_maps(shifted, real)
+    assert 0.5 < moved["iou"] < 1.0 and moved["depth_l1"] > 0 and moved["depth_l1_fg"] > moved["depth_l1"]
+    # An empty candidate (background at ray_end everywhere): IoU 0, no common foreground.
+    empty = fe.HeadMaps(torch.zeros_like(real.mask), torch.full_like(real.depth, metadata["ray_end"]),
+                        real.image)
+    nothing = fe.compare_head_maps(empty, real)
+    assert nothing["iou"] == 0.0 and math.isnan(nothing["depth_l1"]) and nothing["depth_l1_fg"] > 0.1
+    assert fe._gap_closed(0.5, 0.0, 1.0) == 0.5 and fe._gap_closed(0.02, 0.1, 0.0) == pytest.approx(0.8)
+
+
+def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(tiny_generator, metadata):
+    results = fe.evaluate(tiny_generator, metadata, metrics=("synthetic",), num_synthetic=48, device="cpu")
+    # Real heads against other real heads: same silhouettes to within identity, depth within ~1 cm.
+    assert results["synthetic_iou_ceiling"] > 0.75 and results["synthetic_iou_floor"] < 0.1
+    assert results["synthetic_depth_l1_fg_ceiling"] < 0.3 * results["synthetic_depth_l1_fg_floor"]
+    assert results["synthetic_kid_ceiling"] < 0.2 * results["synthetic_kid_floor"]
+    # The floor is an untrained generator with the seed-0 init: the same weights as tiny_generator.
+    assert results["synthetic_iou_closed"] == 0.0 and results["synthetic_depth_closed"] == 0.0
+    # A field that is opaque everywhere covers every head (IoU = head area) but is no closer in depth.
+    dense = fe.synthetic_scores(_dense(tiny_generator), metadata, num_samples=48)
+    assert dense["synthetic_opaque"] == 1.0
+    assert 0.1 < dense["synthetic_iou"] < 0.6
+    assert dense["synthetic_iou"] == pytest.approx(dense["synthetic_iou_fog"])  # fog scores exactly the fog IoU
+
+
+def test_synthetic_metric_needs_a_synthetic_curriculum(tiny_generator, metadata):
+    with pytest.raises(ValueError, match="Synthetic"):
+        fe.evaluate(tiny_generator, {**metadata, "dataset": "FFHQ"}, metrics=("synthetic",), num_synthetic=4)
+
+
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
@@ -281,17 +343,54 @@ def test_cli_prints_json_and_appends_to_run_metrics(run_dir, capsys):
     assert [json.loads(line) for line in lines] == [parsed]
 
 
-def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
+def test_cli_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
+    """Exit code 2, like render_multiview_image.py and extract_shapes.py for the same mistake."""
     with pytest.raises(SystemExit) as caught:
         fe.main(["--path", str(tmp_path / "missing.pth"), "--device", "cpu"])
-    assert "checkpoint not found" in str(caught.value.code)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "checkpoint not found" in err
+
+
+def test_cli_png_is_not_a_checkpoint(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(tmp_path / "photo.png"), "--metrics", "mvc", "--device", "cpu"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint" in err and "PNG" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("flags", [["--num_fake", "0"], ["--num_fake", "1"], ["--num_real", "0"],
+                                   ["--num_fake", "-5"], ["--num_real", "-1", "--metrics", "mvc"],
+                                   ["--psi", "nan"], ["--mvc_yaw_step", "inf"], ["--num_mvc", "0"]])
+def test_cli_rejects_bad_counts_and_non_finite_floats(run_dir, flags, capsys):
+    """Before the fix, 0 or 1 images hung forever inside the covariance's matrix square root."""
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(run_dir), "--device", "cpu", *flags])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "Traceback" not in err
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_frechet_distance_refuses_non_finite_statistics():
+    """The covariance of a single sample is NaN; scipy's sqrtm never returns on it."""
+    features = np.ones((1, 4))
+    mu, sigma = fe.feature_statistics(features)  # sigma NaN (and a numpy warning)
+    with pytest.raises(ValueError, match="not finite"):
+        fe.frechet_distance(mu, sigma, np.zeros(4), np.eye(4))
 
 
 def test_cli_missing_weights_exits_with_code_2(run_dir, offline_hub, capsys):
     with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu"])
+        fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu", "--num_fake", "100"])
     assert caught.value.code == 2
-    assert fe.FID_WEIGHTS_FILENAME in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fe.FID_WEIGHTS_FILENAME in err
+    assert "--num_fake 100 is below 2048" in err  # small counts are allowed, with a warning
     assert not (run_dir / "metrics.jsonl").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tests for the MVCGAN generator (SPEC §4): training forward, inference, truncation, queries."""
+"""Tests for the MVCGAN generator (docs/METHOD.md §4): training forward, inference, truncation, queries."""
 import copy
 import math
 

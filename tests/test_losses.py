@@ -1,4 +1,4 @@
-"""Tests for the photometric consistency loss (SPEC §7)."""
+"""Tests for the photometric consistency loss (docs/METHOD.md §7)."""
 import numpy as np
 import pytest
 import torch

@@ -9,15 +9,33 @@ from PIL import Image
 
 import render_multiview_image as rmi
 from curriculums import get_curriculum
-from utils.images import depth_to_uint8, make_grid, save_gif, to_uint8, turbo
-from utils.rendering_cli import CLIError, check_curriculum, latent_for_seed, load_model, render_options
+from utils.checkpoint import save_checkpoint
+from utils.images import depth_legend, depth_to_uint8, make_grid, save_gif, to_uint8, turbo
+from utils.rendering_cli import (CLIError, check_curriculum, decoder_alpha, latent_for_seed, load_model,
+                                 render_options, trained_stage)
 
 SMALL = ["--image_size", "8", "--output_size", "16", "--num_steps", "4", "--device", "cpu"]
+SYNTHETIC_UPSAMPLE_STEP = 300  # Synthetic's second stage: 16 -> 32 px, one decoder block
 
 
-def run(tmp_path, checkpoint, *extra):
+def checkpoint_at(folder, generator, step):
+    path = folder / "checkpoint.pth"
+    state = generator.state_dict()
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "curriculum": get_curriculum("Synthetic"),
+                           "curriculum_name": "Synthetic", "step": step})
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, tiny_generator):
+    """The tiny generator saved in Synthetic's 16 -> 32 px stage after its fade-in: one trained decoder block."""
+    fade_steps = get_curriculum("Synthetic")["fade_steps"]
+    return checkpoint_at(tmp_path_factory.mktemp("stage1"), tiny_generator, SYNTHETIC_UPSAMPLE_STEP + fade_steps)
+
+
+def run(tmp_path, checkpoint, *extra, sizes=SMALL):
     out = tmp_path / "render"
-    code = rmi.main(["--path", str(checkpoint), "--output_dir", str(out), *SMALL, *extra])
+    code = rmi.main(["--path", str(checkpoint), "--output_dir", str(out), *sizes, *extra])
     return code, out
 
 
@@ -27,26 +45,28 @@ def frames_of(path):
 
 
 # ----------------------------------------------------------------------- CLI
-def test_multiview_depth_video(tmp_path, tiny_checkpoint, capsys):
-    code, out = run(tmp_path, tiny_checkpoint, "--seeds", "3", "--depth", "--video", "--num_frames", "5",
+def test_multiview_depth_video(tmp_path, trained_checkpoint, capsys):
+    code, out = run(tmp_path, trained_checkpoint, "--seeds", "3", "--depth", "--video", "--num_frames", "5",
                     "--curriculum", "Synthetic")
     assert code == 0
     with Image.open(out / "image_3.png") as im:
         assert im.size == (7 * 16, 16) and im.mode == "RGB"
+    legend = depth_legend(7 * 16, 0.88, 1.12)
     with Image.open(out / "depth_3.png") as im:
-        assert im.size == (7 * 16, 16)
+        assert im.size == (7 * 16, 16 + legend.shape[0])  # the row, then the colour bar
+        np.testing.assert_array_equal(np.asarray(im)[16:], legend)
     assert frames_of(out / "video_3.gif") == (5, (16, 16))
     assert str(out) in capsys.readouterr().out
 
 
-def test_run_directory_and_raw_weights(tmp_path, tiny_checkpoint):
-    code, out = run(tmp_path, tiny_checkpoint.parent, "--seeds", "0", "1", "--no_ema", "--lock_view_dependence")
+def test_run_directory_and_raw_weights(tmp_path, trained_checkpoint):
+    code, out = run(tmp_path, trained_checkpoint.parent, "--seeds", "0", "1", "--no_ema", "--lock_view_dependence")
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["image_0.png", "image_1.png"]
 
 
-def test_style_mix(tmp_path, tiny_checkpoint):
-    code, out = run(tmp_path, tiny_checkpoint, "--mode", "style_mix", "--seeds", "0", "1",
+def test_style_mix(tmp_path, trained_checkpoint):
+    code, out = run(tmp_path, trained_checkpoint, "--mode", "style_mix", "--seeds", "0", "1",
                     "--style_seeds", "2", "3", "4")
     assert code == 0
     for seed in (0, 1):
@@ -56,8 +76,8 @@ def test_style_mix(tmp_path, tiny_checkpoint):
         assert im.size == (3 * 16, 2 * 16)
 
 
-def test_interpolate(tmp_path, tiny_checkpoint):
-    code, out = run(tmp_path, tiny_checkpoint, "--mode", "interpolate", "--seeds", "0", "1", "2",
+def test_interpolate(tmp_path, trained_checkpoint):
+    code, out = run(tmp_path, trained_checkpoint, "--mode", "interpolate", "--seeds", "0", "1", "2",
                     "--num_interp", "4", "--video", "--num_frames", "4")
     assert code == 0
     for a, b in ((0, 1), (1, 2)):
@@ -66,8 +86,8 @@ def test_interpolate(tmp_path, tiny_checkpoint):
         assert frames_of(out / f"interp_{a}_{b}.gif") == (4, (16, 16))  # weights 0, .5, 1, .5
 
 
-def test_interpolate_needs_two_seeds(tmp_path, tiny_checkpoint, capsys):
-    code, _ = run(tmp_path, tiny_checkpoint, "--mode", "interpolate", "--seeds", "0")
+def test_interpolate_needs_two_seeds(tmp_path, trained_checkpoint, capsys):
+    code, _ = run(tmp_path, trained_checkpoint, "--mode", "interpolate", "--seeds", "0")
     assert code == 2
     assert "two --seeds" in capsys.readouterr().err
 
@@ -92,7 +112,83 @@ def test_corrupt_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     code, _ = run(tmp_path, bad)
     assert code == 2
-    assert "not a readable MVCGAN checkpoint" in capsys.readouterr().err
+    assert "is not a checkpoint" in capsys.readouterr().err
+
+
+def test_image_passed_as_checkpoint(tmp_path, capsys):
+    """torch's own message advises weights_only=False, which would run a pickle's code: never repeat it."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    code, _ = run(tmp_path, tmp_path / "photo.png")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "is not a checkpoint: it is a PNG image" in err
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_pickled_module_is_refused_without_unsafe_advice(tmp_path, capsys):
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # what the published code saved
+    code, _ = run(tmp_path, tmp_path / "module.pth")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not an MVCGAN checkpoint" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("flag", [["--psi", "nan"], ["--psi", "inf"], ["--fps", "nan"]])
+def test_non_finite_floats_are_usage_errors(tmp_path, tiny_checkpoint, capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, tiny_checkpoint, *flag)
+    assert exit_info.value.code == 2
+    assert f"argument {flag[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step, size", [(0, 16), (SYNTHETIC_UPSAMPLE_STEP + 100, 32), (600, 32)])
+def test_sizes_default_to_the_trained_stage(tmp_path, tiny_generator, capsys, step, size):
+    """No size flags: the NeRF size, output size and samples per ray of the stage the checkpoint was last
+    trained in (at the final, empty stage: the one before it), not 64 -> 512."""
+    checkpoint = checkpoint_at(tmp_path, tiny_generator, step)
+    code, out = run(tmp_path, checkpoint, "--seeds", "0", sizes=["--device", "cpu"])
+    assert code == 0
+    with Image.open(out / "image_0.png") as im:
+        assert im.size == (7 * size, size)
+    assert f"16px NeRF x 12 steps -> {size}px" in capsys.readouterr().out
+
+
+def test_untrained_decoder_blocks_are_refused_unless_asked_for(tmp_path, tiny_checkpoint, capsys):
+    """The step-0 checkpoint trained no decoder block: 8 -> 16 px would run an untrained one."""
+    code, out = run(tmp_path, tiny_checkpoint, "--seeds", "0")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "untrained" in err and "--output_size 8 or less" in err and "--allow_untrained_blocks" in err
+    assert not out.exists()
+    code, out = run(tmp_path, tiny_checkpoint, "--seeds", "0", "--allow_untrained_blocks")
+    assert code == 0 and (out / "image_0.png").exists()
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_a_checkpoint_mid_fade_renders_with_its_fade_in(tiny_checkpoint, tiny_generator, tmp_path):
+    """At the first step of the 16 -> 32 stage the new block has weight 0: the image is the upsampled
+    16 px one, as in training, unless fewer blocks are asked for."""
+    model = load_model(checkpoint_at(tmp_path, tiny_generator, SYNTHETIC_UPSAMPLE_STEP), device="cpu")
+    assert model.stage.alpha == 0.0 and model.stage.decoder_blocks == 1
+    options = render_options(model, num_steps=4)
+    assert options.output_size == 32 and decoder_alpha(model, options) == 0.0
+    assert decoder_alpha(model, render_options(model, 16, 16, num_steps=4)) == 1.0
+    out = rmi.render_multiview(model, 1, options, psi=0.5, max_batch_size=10_000, yaw_offsets=[0.0])
+    expected = model.generator.staged_forward(latent_for_seed(model, 1), options, psi=0.5, alpha=0.0,
+                                              cam2world=out.cam2world)
+    torch.testing.assert_close(out.image, expected.image)
+    faded_in = model.generator.staged_forward(latent_for_seed(model, 1), options, psi=0.5, alpha=1.0,
+                                              cam2world=out.cam2world)
+    assert not torch.allclose(out.image, faded_in.image)
+
+
+def test_trained_stage_of_official_checkpoints():
+    """Past step 100k the paper's curricula train 64 -> 512 px: 512 is the default there, as published."""
+    stage = trained_stage(get_curriculum("FFHQ"), 150_000)
+    assert (stage.img_size, stage.output_size, stage.num_steps, stage.decoder_blocks) == (64, 512, 16, 3)
+    assert stage.alpha == 1.0
+    assert trained_stage(get_curriculum("FFHQ"), 200_000).output_size == 512  # saved at the end
+    assert trained_stage(get_curriculum("FFHQ"), 30_000).output_size == 128
 
 
 def test_curriculum_mismatch(tmp_path, tiny_checkpoint, capsys):
@@ -132,8 +228,8 @@ def test_every_flag_has_help():
 
 # ------------------------------------------------------------- render helpers
 @pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint):
-    return load_model(tiny_checkpoint, device="cpu")
+def tiny_model(trained_checkpoint):
+    return load_model(trained_checkpoint, device="cpu")
 
 
 def test_modes_agree_at_the_frontal_pose(tiny_model):

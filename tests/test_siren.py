@@ -1,4 +1,4 @@
-"""Tests for the FiLM-SIREN radiance field and its mapping network (SPEC §3)."""
+"""Tests for the FiLM-SIREN radiance field and its mapping network (docs/METHOD.md §3)."""
 import math
 
 import pytest
@@ -163,10 +163,28 @@ def test_film_layer_frequency():
     freq, phase = torch.randn(2, 4), torch.randn(2, 4)
     expected = torch.sin(freq[:, None] * film.layer(x) + phase[:, None])
     assert torch.allclose(film(x, freq, phase), expected, atol=1e-6)
-    # the SIREN applies gamma = 15 * raw + 30 before the layer: check layer 0 via a hook
+    # the SIREN applies gamma = 15 * raw + 30 before the layer: record layer 0's frequencies
     s = small_siren(hidden=4)
     seen = {}
-    s.network[0].register_forward_hook(lambda mod, inp, out: seen.update(inp=inp, out=out))
+    modulated = s.network[0].modulated
+
+    def recording(freq, phase):
+        seen["freq"] = freq
+        return modulated(freq, phase)
+
+    s.network[0].modulated = recording
     raw = torch.randn(2, 36)
     s(torch.randn(2, 5, 3) * 0.1, raw, torch.randn(2, 36), torch.randn(2, 5, 3))
-    assert torch.allclose(seen["inp"][1], raw[:, :4] * 15 + 30)
+    assert torch.allclose(seen["freq"], raw[:, :4] * 15 + 30)
+
+
+def test_compile_field_without_a_compiler_warns_and_stays_eager(monkeypatch):
+    import shutil
+
+    from siren.siren import compile_field
+
+    s = small_siren(hidden=4)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert compile_field(s) is False
+    assert s._compiled_call_impl is None  # nn.Module.compile was not applied

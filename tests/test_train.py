@@ -63,6 +63,9 @@ def test_training_runs_through_a_stage_change_and_ends_cleanly(tmp_path):
     assert records[3]["alpha"] == 0 and records[4]["alpha"] == 0.5  # fade restarts at the stage change
     for suffix in ("fixed", "tilted", "fixed_ema", "tilted_ema", "random"):
         assert (run / f"6_{suffix}.png").is_file()
+    # The training images, written once (at the first stage's size): 20 images, 5 per row.
+    from PIL import Image
+    assert Image.open(run / "real.png").size == (5 * 8, 4 * 8)
     options = json.loads((run / "options.json").read_text())
     assert options["modules"]["generator"]["parameters"] > 0
     # Training changed the weights and the EMA lags behind them.

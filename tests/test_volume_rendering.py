@@ -1,4 +1,4 @@
-"""Tests for volume integration and importance sampling (SPEC §2)."""
+"""Tests for volume integration and importance sampling (docs/METHOD.md §2)."""
 import math
 
 import pytest

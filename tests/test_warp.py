@@ -1,4 +1,4 @@
-"""Tests for the stereo warp and stereo mixup (SPEC §4 steps 4-5)."""
+"""Tests for the stereo warp and stereo mixup (docs/METHOD.md §4 steps 4-5)."""
 import math
 
 import pytest

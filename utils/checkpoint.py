@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
@@ -170,12 +171,37 @@ def upgrade_state(state: dict) -> dict:
     return state
 
 
+# File signatures of things users pass by mistake, to say what the file is instead.
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                  b"ply": "a PLY mesh", b"\x93NUMPY": "a NumPy array", b"{": "a JSON file"}
+_TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; its legacy pickle format
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """Why `path` could not be loaded, in words: never torch's advice to load it with
+    weights_only=False, which would run whatever code a pickle holds."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for signature, kind in _OTHER_FORMATS.items():
+        if head.startswith(signature):
+            return CheckpointError(f"{path} is not a checkpoint: it is {kind}")
+    if not head.startswith(_TORCH_SIGNATURES):
+        return CheckpointError(f"{path} is not a checkpoint: it was not written by torch.save")
+    if isinstance(error, pickle.UnpicklingError):
+        return CheckpointError(f"{path} is a PyTorch file but not an MVCGAN checkpoint: it holds pickled Python "
+                               "objects (the published code pickled whole modules), which are never loaded "
+                               "because unpickling can run arbitrary code; use a checkpoint written by this "
+                               "project's main.py")
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return CheckpointError(f"{path} is not a readable MVCGAN checkpoint (truncated or corrupt: {reason})")
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = resolve_checkpoint_path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated files, pickles of whole modules, other formats
-        raise CheckpointError(f"{path} is not a readable MVCGAN checkpoint ({type(error).__name__}: {error})") from error
+        raise _unreadable(path, error) from None
     if not isinstance(state, dict) or "generator" not in state or "curriculum" not in state:
         raise CheckpointError(f"{path} is not an MVCGAN checkpoint (missing generator/curriculum state)")
     verify_checksum(state, path)

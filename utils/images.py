@@ -4,7 +4,7 @@ grids, a depth colormap, animated GIFs.
 Everything here works on plain numpy uint8 arrays (H, W, 3) once a tensor has gone
 through `to_uint8`, so the scripts never touch PIL directly except through
 `save_image` / `save_gif`. Entry points: `to_uint8`, `depth_to_uint8`, `turbo`,
-`make_grid`, `save_image`, `save_gif`.
+`depth_legend`, `make_grid`, `save_image`, `save_gif`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # Polynomial fit of Google's "turbo" colormap (A. Mikhailov / R. Du, 2019): coefficients
 # of 1, x, ..., x^5 for R, G, B. Max error against the table is a few percent.
@@ -47,12 +47,29 @@ def turbo(x: np.ndarray) -> np.ndarray:
 def depth_to_uint8(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
     """Colour-mapped depth: (B, H, W) or (H, W) tensor -> uint8 (..., H, W, 3).
 
-    Depth is normalised over [near, far] (the ray range) and clamped; near is warm
-    (red), far is cold (blue), so the same colour means the same depth in every view.
+    Depth is normalised over [near, far] (the ray range) and clamped, so the same colour
+    means the same depth in every view. Turbo colour map: near is its dark-red end, far its
+    dark-purple end (through yellow, green and blue); `depth_legend` draws the scale.
     """
     d = depth.detach().float().cpu().numpy()
     closeness = 1.0 - (d - near) / (far - near)
     return turbo(closeness)
+
+
+def depth_legend(width: int, near: float, far: float, bar_height: int = 8) -> np.ndarray:
+    """A uint8 (bar_height + text, width, 3) strip to put under depth images: the colour bar of
+    `depth_to_uint8` from near (left) to far (right), and the labels "near <near>" and "far <far>"."""
+    font = ImageFont.load_default()
+    left, right = f"near {near:g}", f"far {far:g}"
+    text_height = font.getbbox("near far 0123456789")[3] + 2
+    bar = turbo(1.0 - np.linspace(0.0, 1.0, width))                           # (width, 3): near -> far
+    strip = Image.new("RGB", (width, bar_height + text_height), (255, 255, 255))
+    strip.paste(Image.fromarray(np.ascontiguousarray(np.broadcast_to(bar, (bar_height, width, 3)))), (0, 0))
+    draw = ImageDraw.Draw(strip)
+    draw.text((1, bar_height + 1), left, fill=(0, 0, 0), font=font)
+    draw.text((max(1, width - 1 - draw.textlength(right, font=font)), bar_height + 1), right, fill=(0, 0, 0),
+              font=font)
+    return np.asarray(strip)
 
 
 def resize(image: np.ndarray, size: int, nearest: bool = True) -> np.ndarray:

@@ -4,21 +4,24 @@
 trained generator into pictures or meshes) use these instead of copies of them:
 the common command-line flags (`add_model_arguments`), loading a checkpoint with
 its curriculum and checking it against a `--curriculum` the user named
-(`load_model`), inference `RenderOptions` with a validated output size
-(`render_options`), seeded latents (`latent_for_seed`), camera poses around the
-curriculum's mean pose, and turning expected user errors into a one-line message
-and exit code 2 (`run_cli`).
+(`load_model`), the stage the weights were last trained in (`trained_stage`),
+inference `RenderOptions` that default to that stage and refuse untrained decoder
+blocks (`render_options`), seeded latents (`latent_for_seed`), camera poses around
+the curriculum's mean pose, argparse types that reject NaN and infinities
+(`finite_float`), and the exit-code convention of every CLI (`run_cli`):
+0 success, 2 a usage or input error (one `error: ...` line), 1 a failure during the work.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from curriculums import extract_metadata, get_curriculum
+from curriculums import extract_metadata, fade_alpha, get_curriculum, last_trained_step
 from generators.cameras import cam2world_from_poses
 from generators.generators import ImplicitGenerator3d, RenderOptions, sample_z
 from utils.checkpoint import CheckpointError, load_checkpoint, load_generator, resolve_checkpoint_path
@@ -36,6 +39,36 @@ class CLIError(RuntimeError):
     """A user error a script reports as one line (no traceback) with exit code 2."""
 
 
+@dataclass(frozen=True)
+class TrainedStage:
+    """The curriculum stage a checkpoint's weights were last trained in: what the CLIs default to.
+
+    A checkpoint saved at the final (empty) stage was trained in the stage before it
+    (`curriculums.last_trained_step`). Decoder blocks beyond `decoder_blocks` never
+    saw a gradient: rendering through them gives noise.
+    """
+
+    step: int          # the step whose stage describes the weights
+    img_size: int      # NeRF resolution S
+    output_size: int   # decoder output resolution
+    num_steps: int     # depth samples per ray
+    alpha: float       # the decoder's fade-in of its newest block at `step`
+    metadata: dict     # extract_metadata(curriculum, step)
+
+    @property
+    def decoder_blocks(self) -> int:
+        """Trained 2x decoder blocks: log2(output_size / img_size)."""
+        return int(round(math.log2(self.output_size / self.img_size)))
+
+
+def trained_stage(curriculum: dict, step: int) -> TrainedStage:
+    """The TrainedStage of weights saved at `step` of `curriculum`."""
+    trained_step = last_trained_step(curriculum, step)
+    metadata = extract_metadata(curriculum, trained_step)
+    return TrainedStage(trained_step, int(metadata["img_size"]), int(metadata["output_size"]),
+                        int(metadata["num_steps"]), float(fade_alpha(curriculum, trained_step)), metadata)
+
+
 @dataclass
 class LoadedModel:
     """A generator ready for inference and what it came with."""
@@ -43,8 +76,9 @@ class LoadedModel:
     generator: ImplicitGenerator3d
     curriculum: dict          # the checkpoint's own copy (the one the weights were trained with)
     curriculum_name: Optional[str]
-    metadata: dict            # extract_metadata(curriculum, 0): stage 0 plus the globals
-    step: int
+    metadata: dict            # the trained stage's values plus the globals (stage.metadata)
+    step: int                 # the step the checkpoint was saved at
+    stage: TrainedStage
     checkpoint_path: str
     device: torch.device
     use_ema: bool
@@ -71,7 +105,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "it is checked to agree with the checkpoint's")
     parser.add_argument("--no_ema", action="store_true",
                         help="use the raw generator weights instead of the EMA weights")
-    parser.add_argument("--psi", type=float, default=0.5,
+    parser.add_argument("--psi", type=finite_float, default=0.5,
                         help="truncation: codes = mean + psi * (codes - mean); 1 disables it")
     parser.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
                         help="at most this many 3D points go through the SIREN at once; lower it if "
@@ -146,26 +180,77 @@ def load_model(path, curriculum_name: Optional[str] = None, use_ema: bool = True
         print(f"note: {checkpoint_path} has no EMA weights; using the raw generator", file=sys.stderr)
     generator, curriculum, step = load_generator(checkpoint_path, device=device, use_ema=use_ema, state=state)
     del state  # optimiser states and the discriminator are not needed
-    return LoadedModel(generator, curriculum, checkpoint_name, extract_metadata(curriculum, 0), step,
-                       str(checkpoint_path), device, ema)
+    stage = trained_stage(curriculum, step)
+    return LoadedModel(generator, curriculum, checkpoint_name, stage.metadata, step, stage, str(checkpoint_path),
+                       device, ema)
 
 
-def render_options(model: LoadedModel, image_size: int, output_size: int, num_steps: Optional[int] = None,
-                   lock_view_dependence: bool = False) -> RenderOptions:
-    """Inference options (eval_last_back, no NeRF noise, stage 0's num_steps unless given).
+def render_options(model: LoadedModel, image_size: Optional[int] = None, output_size: Optional[int] = None,
+                   num_steps: Optional[int] = None, lock_view_dependence: bool = False,
+                   allow_untrained_blocks: bool = False) -> RenderOptions:
+    """Inference options (eval_last_back, no NeRF noise) that default to the checkpoint's trained stage.
 
-    Raises CLIError unless output_size = image_size * 2^n with n <= the decoder's block count.
+    image_size and num_steps default to the stage's; output_size to image_size * 2^(trained decoder
+    blocks), which at the stage's image size is its output size. Raises CLIError unless output_size =
+    image_size * 2^n with n <= the decoder's block count, and when n exceeds the trained blocks unless
+    `allow_untrained_blocks` (then it prints a warning).
     """
+    stage = model.stage
+    image_size = stage.img_size if image_size is None else image_size
     if image_size < 1:
         raise CLIError(f"--image_size must be positive, got {image_size}")
+    if output_size is None:
+        output_size = image_size * 2 ** stage.decoder_blocks
     if num_steps is not None and num_steps < 2:
         raise CLIError(f"--num_steps must be at least 2, got {num_steps}")
     try:
-        model.generator.decoder.num_blocks(image_size, output_size)
+        blocks = model.generator.decoder.num_blocks(image_size, output_size)
     except ValueError as error:
         raise CLIError(f"--output_size {output_size} with --image_size {image_size}: {error}") from None
+    if blocks > stage.decoder_blocks:
+        untrained = (f"--output_size {output_size} from a {image_size} px NeRF needs {blocks} decoder block(s), "
+                     f"but the checkpoint (step {model.step}) trained {stage.decoder_blocks} ({stage.img_size} -> "
+                     f"{stage.output_size} px); untrained blocks turn the image into noise")
+        if not allow_untrained_blocks:
+            raise CLIError(f"{untrained}. Use --output_size {image_size * 2 ** stage.decoder_blocks} or less, "
+                           "or pass --allow_untrained_blocks")
+        print(f"warning: {untrained}", file=sys.stderr)
     return RenderOptions.from_metadata(model.metadata, evaluation=True, img_size=image_size, num_steps=num_steps,
                                        output_size=output_size, lock_view_dependence=lock_view_dependence)
+
+
+def decoder_alpha(model: LoadedModel, options: RenderOptions) -> float:
+    """The fade-in to render with: the trained stage's alpha when `options` use exactly its decoder
+    blocks (its newest block may still be fading in), 1 when they use fewer (those finished fading)."""
+    blocks = model.generator.decoder.num_blocks(options.rays.img_size, options.output_size)
+    return model.stage.alpha if blocks == model.stage.decoder_blocks else 1.0
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither NaN nor infinite (argparse's float accepts both)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), else psutil when installed, else None (unknown)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 # ---------------------------------------------------------------- latents, poses
@@ -189,11 +274,25 @@ def cameras_around_mean(options: RenderOptions, yaw_offsets: Sequence[float] = (
 
 
 # ------------------------------------------------------------------------ main
+USAGE_ERROR = 2  # bad flags, missing or unreadable inputs: nothing was done
+WORK_FAILED = 1  # the inputs were fine but the work itself failed
+
+
 def run_cli(body: Callable[[], None]) -> int:
-    """Run a script's body; expected user errors become `error: ...` on stderr and exit code 2."""
+    """Run a script's body and return its exit code (the convention of every CLI of the project).
+
+    Usage and input errors (CLIError, CheckpointError) print one `error: ...` line and return 2;
+    running out of memory prints one line with the flags that help and returns 1 (a failure
+    during the work, as is anything else, which keeps its traceback: Python exits with 1).
+    """
     try:
         body()
     except (CheckpointError, CLIError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: out of memory ({reason}); lower --max_batch_size or --batch_size, or use a smaller "
+              "resolution", file=sys.stderr)
+        return WORK_FAILED
     return 0
