@@ -148,7 +148,7 @@ def test_validation_structure_errors():
         validate_curriculum(c)
 
     c = get_curriculum("Synthetic")
-    c[600] = {"batch_size": 8}
+    c[stage_boundaries(c)[-1]] = {"batch_size": 8}
     with pytest.raises(ValueError, match="last stage must be empty"):
         validate_curriculum(c)
 

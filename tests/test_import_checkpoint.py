@@ -1,6 +1,6 @@
 """Importing the published MVCGAN checkpoints (utils/published.py, import_checkpoint.py).
 
-The fixture `../shared/fixtures/published_mvcgan/` was written by the published code's own
+The fixture `shared/fixtures/published_mvcgan/` (beside the checkout, not in it) was written by the published code's own
 classes and `torch.save`, with `expected.pt` the published renderer's output for it (see its
 README). All on the CPU, nothing downloaded, no pickled code run.
 """
@@ -109,7 +109,7 @@ def test_equalized_conv_keeps_the_published_bias_convention(published_factor):
         {"decoder.conv0.module.bias": factor})
     ours = EqualizedConv2d(4, 6, 3, padding=1)
     ours.load_state_dict({"weight": state["decoder.base.conv.weight"], "bias": state["decoder.base.conv.bias"]})
-    if published_factor == "as published":  # SPEC §5: the published bias maps over unchanged
+    if published_factor == "as published":  # docs/METHOD.md §5: the published bias maps over unchanged
         assert torch.equal(ours.bias, bias)
     x = torch.randn(2, 4, 5, 5)
     with torch.no_grad():

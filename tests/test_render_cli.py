@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 
 import render_multiview_image as rmi
-from curriculums import get_curriculum
+from curriculums import get_curriculum, stage_boundaries
 from utils.checkpoint import save_checkpoint
 from utils.images import depth_legend, depth_to_uint8, make_grid, save_gif, to_uint8, turbo
 from utils.rendering_cli import (CLIError, check_curriculum, decoder_alpha, latent_for_seed, load_model,
                                  render_options, trained_stage)
 
 SMALL = ["--image_size", "8", "--output_size", "16", "--num_steps", "4", "--device", "cpu"]
-SYNTHETIC_UPSAMPLE_STEP = 300  # Synthetic's second stage: 16 -> 32 px, one decoder block
+# Synthetic's second stage (16 -> 32 px, one decoder block) and its final, empty stage.
+SYNTHETIC_UPSAMPLE_STEP, SYNTHETIC_END = stage_boundaries(get_curriculum("Synthetic"))[1:3]
 
 
 def checkpoint_at(folder, generator, step):
@@ -141,7 +142,7 @@ def test_non_finite_floats_are_usage_errors(tmp_path, tiny_checkpoint, capsys, f
     assert f"argument {flag[0]}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("step, size", [(0, 16), (SYNTHETIC_UPSAMPLE_STEP + 100, 32), (600, 32)])
+@pytest.mark.parametrize("step, size", [(0, 16), (SYNTHETIC_UPSAMPLE_STEP + 100, 32), (SYNTHETIC_END, 32)])
 def test_sizes_default_to_the_trained_stage(tmp_path, tiny_generator, capsys, step, size):
     """No size flags: the NeRF size, output size and samples per ray of the stage the checkpoint was last
     trained in (at the final, empty stage: the one before it), not 64 -> 512."""

@@ -1,4 +1,4 @@
-"""The optimised training step computes what the straightforward one computes (SPEC §3, §7).
+"""The optimised training step computes what the straightforward one computes (docs/METHOD.md §3, §7).
 
 The FiLM-SIREN's memory-saving backward (`SineThenLinear`: recomputed sines, in-place
 element-wise work, the colour layer's input split into direction and feature terms) is
@@ -15,7 +15,7 @@ from train import TrainConfig, Trainer
 
 
 def reference_field(self, points, frequencies, phases, ray_directions):
-    """SPEC §3 as written: x <- sin(gamma (W x + b) + beta) for 8 layers, plain autograd."""
+    """docs/METHOD.md §3 as written: x <- sin(gamma (W x + b) + beta) for 8 layers, plain autograd."""
     frequencies = frequencies * 15 + 30
     hidden = self.hidden_dim
     x = self.gridwarper(points)

@@ -7,7 +7,7 @@ pickle names: module classes become inert `Record`s (their `_modules`, `_paramet
 `_buffers` and other attributes as plain data), tensors are rebuilt from the archive's
 storages on the CPU, and any other global is refused by name.
 
-`import_published` maps the records to a checkpoint of this project (state dicts, SPEC §3,
+`import_published` maps the records to a checkpoint of this project (state dicts, docs/METHOD.md §3,
 §5, §6), reading every width from the shapes. Entry points: `find_published_files`,
 `import_published`, `read_published`; `import_checkpoint.py` is the command line.
 """
@@ -223,7 +223,7 @@ def read_published(path) -> Any:
 # --------------------------------------------------------------------------- #
 
 # Published parameter name -> ours (first matching rule wins); None drops the parameter.
-# The published 2D decoder (`generators.refinegan.GNet`) is our `Decoder` (SPEC §5):
+# The published 2D decoder (`generators.refinegan.GNet`) is our `Decoder` (docs/METHOD.md §5):
 # adain00 / conv0 + adain01 are its input AdaIN and base styled conv, scaleLayers[i]
 # = [conv, AdaIN, conv, AdaIN] its up-blocks, toRGBLayers its ToRGBs. Its 10 noise
 # modules (a 1x1 weight each) are built but never used by the published forward.
@@ -244,7 +244,7 @@ GENERATOR_NAME_RULES = (
     (r"decoder\.toRGBLayers\.(\d+)\.conv\.module\.(weight|bias)", r"decoder.to_rgb.\1.\2"),
 )
 
-# `discriminators.sgdiscriminators.CCSEncoderDiscriminator` -> ours (SPEC §6).
+# `discriminators.sgdiscriminators.CCSEncoderDiscriminator` -> ours (docs/METHOD.md §6).
 DISCRIMINATOR_NAME_RULES = (
     (r"layers\.(\d+)\.network\.0\.conv\.(weight|bias)", r"blocks.\1.conv1.conv.\2"),
     (r"layers\.(\d+)\.network\.2\.conv\.(weight|bias)", r"blocks.\1.conv2.conv.\2"),
@@ -293,7 +293,7 @@ def equalized_conv_factors(generator: Record) -> Dict[str, float]:
 def convert_generator_parameters(named: List[Tuple[str, torch.Tensor]], conv_factors: Dict[str, float]) -> dict:
     """Our generator state dict from the published `named_parameters()` (or EMA shadows under those names).
 
-    Both EqualizedConv2d layers compute c * (W x + b) (SPEC §5), ours with c = sqrt(2 / fan_in):
+    Both EqualizedConv2d layers compute c * (W x + b) (docs/METHOD.md §5), ours with c = sqrt(2 / fan_in):
     W and b map over unchanged when the published factor is that c, as the published code sets
     it; any other factor (a learning-rate multiplier) is folded into W and b.
     """
