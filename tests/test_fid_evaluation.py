@@ -309,6 +309,10 @@ def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_
     assert dense["synthetic_opaque"] == 1.0
     assert 0.1 < dense["synthetic_iou"] < 0.6
     assert dense["synthetic_iou"] == pytest.approx(dense["synthetic_iou_fog"])  # fog scores exactly the fog IoU
+    # The best flat wall is far better than the untrained field, but real heads agree in depth
+    # better than it where both are foreground: shape, not only distance.
+    assert results["synthetic_depth_l1_ceiling"] < dense["synthetic_depth_l1_plane"] \
+        < 0.5 * results["synthetic_depth_l1_fg_floor"]
 
 
 def test_synthetic_metric_needs_a_synthetic_curriculum(tiny_generator, metadata):
