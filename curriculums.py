@@ -48,7 +48,8 @@ GLOBAL_KEYS = (
 )
 
 # Keys some curricula set and the code reads with a default where they are absent.
-OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back")
+OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back",
+                 "h_stddev_eval", "v_stddev_eval", "sample_dist_eval")
 
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 

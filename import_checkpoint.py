@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema2", default=None,
                    help="the published ema2.pth (decay 0.9999); without one, it starts from the raw weights")
     p.add_argument("--discriminator", default=None,
-                   help="the published discriminator.pth (needed to fine-tune; rendering does without)")
+                   help="the published discriminator.pth (fine-tuning without it starts from a fresh discriminator; rendering does without)")
     p.add_argument("--curriculum", required=True, choices=sorted(curriculums.CURRICULA),
                    help="the curriculum the weights were trained with (CelebAHQ, FFHQ or Cat for the official "
                         "ones); its camera and stages are used, the widths come from the weights")

@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="steps between numbered checkpoints checkpoint_{step:06d}.pth (0: never)")
     p.add_argument("--eval_freq", type=int, default=None,
                    help="steps between FID evaluations with the EMA weights (0: off; default 5000, off for Synthetic)")
-    p.add_argument("--eval_metrics", default="fid", help="comma-separated metrics for evaluations: fid,kid,mvc")
+    p.add_argument("--eval_metrics", default="fid", help="comma-separated metrics for evaluations: fid,kid,mvc,synthetic (synthetic: Synthetic runs only)")
     p.add_argument("--eval_dir", default=None, help="cache folder for the real images and statistics of the evaluation")
     p.add_argument("--load_dir", default=None, help="resume from this run directory's checkpoint.pth (or a checkpoint file)")
     p.add_argument("--resume", choices=["never", "auto"], default="never",
@@ -103,7 +103,9 @@ def check_output_dir(output_dir) -> None:
 def checkpoint_to_resume(args: argparse.Namespace) -> Optional[str]:
     """The run directory or file to resume from, or None for a fresh start."""
     if args.resume == "auto" and (Path(args.output_dir) / LATEST_NAME).is_file():
-        return args.output_dir  # a requeued job: continue where this run stopped
+        # A requeued job continues where this run stopped; --set_step was meant for its first start.
+        args.set_step = None
+        return args.output_dir
     if args.load_dir:
         resolve_checkpoint_path(args.load_dir)
     return args.load_dir
@@ -120,6 +122,17 @@ def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: 
             raise DatasetError(f"the dataset has {items} images: fewer than one batch of {batch_size} per process "
                                f"({world_size} processes) in stage {stage}; add images or lower it with "
                                f"--set {stage}.batch_size=N")
+
+
+def check_eval_metrics(config: TrainConfig, curriculum: dict) -> None:
+    """--eval_metrics names known metrics that apply to this curriculum (else the first evaluation,
+    thousands of steps in, would be the first to find out)."""
+    from fid_evaluation import parse_metrics
+
+    metrics = parse_metrics(config.eval_metrics)
+    dataset = curriculums.extract_metadata(curriculum, 0).get("dataset")
+    if config.eval_freq and "synthetic" in metrics and dataset != "Synthetic":
+        raise ValueError(f"--eval_metrics synthetic needs the Synthetic dataset, not {dataset!r}")
 
 
 def check_checkpoint_fits(checkpoint_state: dict, curriculum: dict, load_dir: str) -> None:
@@ -170,6 +183,7 @@ def prepare_run(args: argparse.Namespace, world_size: int) -> TrainConfig:
     config = config_from_args(args, load_dir, overrides)
     curriculum, config.curriculum_overrides = run_curriculum(config, checkpoint_state)
     check_dataset_size(curriculum, args.curriculum, world_size, args.max_steps)
+    check_eval_metrics(config, curriculum)
     if checkpoint_state is not None:
         check_checkpoint_fits(checkpoint_state, curriculum, load_dir)
     return config

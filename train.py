@@ -113,13 +113,6 @@ class EMA:
         ema_params = list(self.module.parameters())
         torch._foreach_lerp_(ema_params, [p.detach() for p in module.parameters()], 1 - decay)
 
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.num_updates = int(state["num_updates"])
-
 
 def average_gradients(module: torch.nn.Module, world_size: int) -> None:
     """All-reduce the gradients of every parameter that has one (one flat buffer)."""
@@ -276,7 +269,9 @@ class Trainer:
         self.is_main = rank == 0
         self.output_dir = Path(config.output_dir)
         # Read first: a resumed run applies the curriculum overrides recorded in its checkpoint.
-        self.resume_state = load_checkpoint(config.load_dir, map_location=device) if config.load_dir else None
+        # On the CPU: load_state_dict moves weights and optimiser state to each parameter's device, and the
+        # RNG states must stay CPU tensors (torch.set_rng_state refuses CUDA ones).
+        self.resume_state = load_checkpoint(config.load_dir, map_location="cpu") if config.load_dir else None
         self.curriculum, overrides = run_curriculum(config, self.resume_state)
         self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
@@ -366,7 +361,7 @@ class Trainer:
         return True
 
     def load(self, load_dir) -> None:
-        state = self.resume_state if self.resume_state is not None else load_checkpoint(load_dir, map_location=self.device)
+        state = self.resume_state if self.resume_state is not None else load_checkpoint(load_dir, map_location="cpu")
         self.resume_state = None
         mismatch = checkpoint_mismatch(state, self.generator, self.discriminator)
         if mismatch:
@@ -468,7 +463,7 @@ class Trainer:
                                              real_dir=self.config.eval_dir, device=self.device,
                                              inception=self._inception,
                                              alpha=curriculums.fade_alpha(self.curriculum, self.step - 1))
-        except fid_evaluation.InceptionWeightsMissing as error:
+        except (fid_evaluation.InceptionWeightsMissing, ValueError) as error:  # e.g. too few real images
             logger.error("evaluation disabled for this run: %s", error)
             self.config.eval_freq = 0
             return

@@ -196,3 +196,10 @@ def test_overrides_set_globals_and_stage_values():
     assert curriculums.parse_override("0.gen_lr=2e-4") == ("0.gen_lr", 2e-4)
     assert curriculums.parse_override("betas=(0.0, 0.99)") == ("betas", (0.0, 0.99))
     assert curriculums.parse_override("dataset_path=/data/a b.png") == ("dataset_path", "/data/a b.png")
+
+
+def test_evaluation_pose_keys_can_be_set():
+    """The *_eval keys are read by the camera module (docs/METHOD.md §10): --set must accept them."""
+    c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"h_stddev_eval": 0.1, "sample_dist_eval": "normal"})
+    assert extract_metadata(c, 0)["h_stddev_eval"] == 0.1
+    validate_curriculum(c, "FFHQ")

@@ -64,6 +64,7 @@ def _busy_port():
     (["--set", "0.bach_size=4"], "unknown key 'bach_size'"),
     (["--set", "7.batch_size=4"], "no stage 7"),
     (["--set", "0.img_size=3"], "output_size (8) must be img_size (3)"),
+    (["--eval_metrics", "fid,kdi"], "unknown metrics ['kdi']"),
 ])
 def test_bad_flags_fail_before_anything_starts(tmp_path, capsys, extra, message):
     code, err = run_main(tiny_argv(tmp_path / "run", *extra), capsys)
@@ -132,6 +133,9 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
     assert load_checkpoint(run)["step"] == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # step 2 continued step 1, not a fresh start
+    # --set_step belongs to the job's first start: a requeue continues, it does not rewind.
+    assert main.main(tiny_argv(run, "--resume", "auto", "--set_step", "0", "--max_steps", "3")) == 0
+    assert load_checkpoint(run)["step"] == 3
 
 
 def signal_during_training(tmp_path, *extra, send):
