@@ -43,6 +43,9 @@ logger = logging.getLogger("mvcgan.train")
 EMA_DECAYS = (0.999, 0.9999)
 NERF_NOISE_STEPS = 5000
 MAX_NONFINITE_STEPS = 10
+# With an fp16 loss scaler an overflow is routine (the scaler halves its scale and skips the
+# step); this many in a row means the gradients are NaN for good, not too large.
+MAX_OVERFLOW_STEPS = 30
 NUM_GRID_IMAGES = 20
 GRID_ROW = 5
 
@@ -491,13 +494,20 @@ class Trainer:
         The step is skipped on every rank when the loss or the gradient norm is non-finite on
         any rank: a NaN gradient can come with a finite loss, and clipping would spread it
         to every weight. With fp16, GradScaler skips overflowed gradients itself and lowers
-        its scale: an overflow is routine there, not a failure, so it is left to the scaler.
+        its scale: the step is left to the scaler and only reported as skipped.
         """
         average_gradients(module, self.world_size)
         self.scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
         finite_loss = bool(torch.isfinite(torch.as_tensor(loss_value, dtype=torch.float32)).item())
-        finite_grad = bool(torch.isfinite(norm).item()) or self.scaler.is_enabled()
+        finite_grad = bool(torch.isfinite(norm).item())
+        if self.scaler.is_enabled():
+            # The scaler skips the step itself when the (all-reduced, so same on every rank)
+            # gradients overflowed; report the skip so that a streak of them is seen and stops
+            # the run (MAX_OVERFLOW_STEPS), instead of a run that silently never updates.
+            self.scaler.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
+            return finite_grad, float(norm)
         stepped = not all_ranks_agree(not (finite_loss and finite_grad), self.device, self.world_size)
         if stepped:
             self.scaler.step(optimizer)
@@ -632,9 +642,10 @@ class Trainer:
                     if self.is_main:
                         self.after_step(stats, metadata, started, total_bar, stage_bar)
                     self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
-                    if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
+                    limit = MAX_OVERFLOW_STEPS if self.scaler.is_enabled() else MAX_NONFINITE_STEPS
+                    if self.nonfinite_streak >= limit:
                         raise FloatingPointError(
-                            f"{MAX_NONFINITE_STEPS} consecutive steps had non-finite losses or gradients (last at "
+                            f"{limit} consecutive steps had non-finite losses or gradients (last at "
                             f"step {self.step}); stopping. Last good checkpoint: "
                             f"{self.last_good_checkpoint or 'none was written'}; try a lower learning rate "
                             f"or --precision bf16/fp32.")

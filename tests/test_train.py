@@ -293,3 +293,29 @@ def test_skipped_file_warning_is_not_repeated_every_epoch_with_workers(tmp_path)
         handler.close()
     warnings = log.read_text().count("Skipping unreadable image")
     assert 1 <= warnings <= 2, warnings  # at most once per worker, not once per epoch
+
+
+def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_path, monkeypatch):
+    """With a loss scaler (fp16 on CUDA; a CPU GradScaler here) a NaN gradient is the scaler's to skip, and it
+    lowers its scale; the step is still reported as skipped, and MAX_OVERFLOW_STEPS in a row stop the run."""
+    import losses
+    import train as train_module
+
+    monkeypatch.setattr(train_module, "MAX_OVERFLOW_STEPS", 3)
+    original = losses.MVCGANLoss.accumulate_generator_gradients
+
+    def nan_gradient(self, *args, **kwargs):
+        stats = original(self, *args, **kwargs)
+        next(p for p in self.generator.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(losses.MVCGANLoss, "accumulate_generator_gradients", nan_gradient)
+    trainer = Trainer(0, 1, tiny_config(tmp_path, "fp16", max_steps=5), torch.device("cpu"))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.loss.scaler = trainer.scaler
+    before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="3 consecutive steps"):
+        trainer.run()
+    assert trainer.step == 3 and trainer.scaler.get_scale() < 1024.0
+    for key, value in before.items():  # the generator never took a NaN step
+        assert torch.equal(value, trainer.generator.state_dict()[key]), key
