@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from benchmarks.common import add_size_arguments, apply_threads  # noqa: E402
 from curriculums import extract_metadata, get_curriculum  # noqa: E402
 from generators.generators import RenderOptions, build_generator  # noqa: E402
 from losses import photometric_loss  # noqa: E402
@@ -26,18 +27,11 @@ from losses import photometric_loss  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--curriculum", default="FFHQ", help="curriculum whose stage-0 metadata and widths are used")
-    p.add_argument("--batch_size", type=int, default=2, help="latents per forward")
-    p.add_argument("--img_size", type=int, default=64, help="NeRF resolution S")
-    p.add_argument("--output_size", type=int, default=64, help="decoder output size")
-    p.add_argument("--num_steps", type=int, default=16, help="samples per ray")
+    add_size_arguments(p, batch_help="latents per forward")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype on CUDA")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     metadata = extract_metadata(get_curriculum(args.curriculum), 0)
     generator = build_generator(metadata).to(device)

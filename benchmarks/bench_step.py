@@ -34,23 +34,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import curriculums  # noqa: E402
+from benchmarks.common import add_size_arguments, apply_threads  # noqa: E402
 from train import TrainConfig, Trainer  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--curriculum", default="FFHQ", help="curriculum whose stage-0 metadata and widths are used")
-    p.add_argument("--batch_size", type=int, default=2, help="images per step (per process)")
+    add_size_arguments(p, batch_help="images per step (per process)")
     p.add_argument("--batch_split", type=int, default=1, help="chunks each phase's batch is split into")
-    p.add_argument("--img_size", type=int, default=64, help="NeRF resolution S")
-    p.add_argument("--num_steps", type=int, default=16, help="samples per ray")
-    p.add_argument("--output_size", type=int, default=64, help="decoder output size")
     p.add_argument("--step", type=int, default=2000,
                    help="training step the trainer thinks it is at (2000: fade-in done, alpha 1)")
     p.add_argument("--iterations", type=int, default=2,
                    help="timed steps after one warm-up step; 0 times the warm-up step itself (memory curves)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp32",
                    help="autocast dtype on CUDA (CPU always runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the FiLM-SIREN (TrainConfig.compile)")
@@ -58,8 +53,7 @@ def main(argv=None):
                    help="CPU: malloc keeps freed blocks (TrainConfig.keep_freed_memory): less kernel time, more RSS")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device = torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
