@@ -1,0 +1,38 @@
+"""The timing scripts run and print what the README quotes (tiny sizes; the measurements are benchmarks)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_demo  # noqa: E402
+import bench_step  # noqa: E402
+from curriculums import get_curriculum  # noqa: E402
+from utils.checkpoint import save_checkpoint  # noqa: E402
+
+
+def test_bench_step_prints_one_json_line_with_the_breakdown(capsys):
+    bench_step.main(["--curriculum", "Synthetic", "--img_size", "8", "--num_steps", "4", "--output_size", "8",
+                     "--iterations", "1", "--threads", "1"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["sec_per_step_best"] > 0 and record["peak_rss_gb"] > 0
+    for part in ("d_generate", "d_real_r1", "d_backward", "g_forward", "g_backward", "optimizer_ema"):
+        assert record["parts_s"][part] >= 0, part
+    assert all(math.isfinite(v) for v in record["first_step_losses"].values())
+
+
+def test_bench_demo_scores_numbered_checkpoints_in_step_order(tmp_path, tiny_generator, capsys):
+    state = tiny_generator.state_dict()
+    for step in (1000, 200):  # written out of order: the table must still be in step order
+        save_checkpoint(tmp_path / f"checkpoint_{step:06d}.pth",
+                        {"generator": state, "generator_ema": state, "curriculum": get_curriculum("Synthetic"),
+                         "curriculum_name": "Synthetic", "step": step})
+    rows = bench_demo.score(tmp_path, started=None, num_samples=8)
+    assert [row["step"] for row in rows] == [200, 1000]
+    assert rows[0]["iou_ceiling"] > 0.5 and rows[0]["iou_closed"] == 0.0  # untrained = the floor
+    bench_demo.print_table(rows)
+    assert "ceiling (real vs real)" in capsys.readouterr().out
