@@ -50,9 +50,9 @@ def train(args) -> float:
 
 
 def score(run_dir: Path, started: float | None, num_samples: int) -> list:
-    import curriculums
     import fid_evaluation
     from utils.checkpoint import load_generator
+    from utils.rendering_cli import trained_stage
 
     options_path = run_dir / "options.json"
     if started is None and options_path.exists():
@@ -63,10 +63,9 @@ def score(run_dir: Path, started: float | None, num_samples: int) -> list:
         raise SystemExit(f"error: no numbered checkpoints in {run_dir}")
     for path in checkpoints:
         generator, curriculum, step = load_generator(path)
-        trained = curriculums.last_trained_step(curriculum, step)
-        results = fid_evaluation.synthetic_scores(
-            generator, curriculums.extract_metadata(curriculum, trained), num_samples=num_samples,
-            alpha=curriculums.fade_alpha(curriculum, trained))
+        stage = trained_stage(curriculum, step)
+        results = fid_evaluation.synthetic_scores(generator, stage.metadata, num_samples=num_samples,
+                                                  alpha=stage.alpha)
         row = {"step": step, "minutes": round((path.stat().st_mtime - started) / 60, 2) if started else None,
                **{k[len("synthetic_"):]: v for k, v in results.items() if k.startswith("synthetic_")}}
         rows.append(row)

@@ -190,8 +190,8 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
     if isinstance(error, pickle.UnpicklingError):
         return CheckpointError(f"{path} is a PyTorch file but not an MVCGAN checkpoint: it holds pickled Python "
                                "objects (the published code pickled whole modules), which are never loaded "
-                               "because unpickling can run arbitrary code; use a checkpoint written by this "
-                               "project's main.py")
+                               "because unpickling can run arbitrary code; convert a published MVCGAN "
+                               "checkpoint with import_checkpoint.py, which reads it without running it")
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return CheckpointError(f"{path} is not a readable MVCGAN checkpoint (truncated or corrupt: {reason})")
 
