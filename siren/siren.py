@@ -29,6 +29,20 @@ def first_layer_film_sine_init(linear: nn.Linear) -> None:
         linear.weight.uniform_(-bound, bound)
 
 
+# Rows of a (rows, width) block that the CPU path of `SineThenLinear` works on at once:
+# 2**20 float32 elements (4 MB). Temporaries of this size come from malloc's heap and are
+# reused block after block; a whole-tensor temporary (~130 MB at the paper's size) is mmap'd
+# fresh each time, and the kernel's page faults and zeroing of those temporaries were a third
+# of a CPU training step.
+BLOCK_ELEMENTS = 2 ** 20
+
+
+def row_blocks(rows: int, width: int):
+    """(start, stop) pairs covering `rows` in blocks of at most BLOCK_ELEMENTS elements."""
+    step = max(1, BLOCK_ELEMENTS // max(1, width))
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
 class SineThenLinear(torch.autograd.Function):
     """z_out = sin(z_in) @ weight^T + bias, per sample; keeps only z_in for backward.
 
@@ -36,31 +50,68 @@ class SineThenLinear(torch.autograd.Function):
     (n, 1, out) or (n, M, out). Autograd on `baddbmm(bias, sin(z_in), weight^T)` would
     keep both z_in (for the sine's cosine) and sin(z_in) (for the weight gradient): two
     (n, M, in) tensors per layer, the bulk of a training step's memory. This keeps z_in
-    only and recomputes the sine in backward (one cheap element-wise pass), and does the
-    backward's element-wise work in place on two buffers. Under autocast the forward's
-    matmul runs in half precision; backward then does its matmuls in the gradient's dtype,
-    as autograd's own baddbmm backward would.
+    only and recomputes the sine in backward (one cheap element-wise pass).
+
+    On CPU both passes go through z_in in row blocks (`row_blocks`): the sines are
+    block-sized temporaries and the matmuls write straight into the one full-size result
+    (z_out, or the gradient of z_in), so no other (n, M, .) tensor is ever allocated.
+    With `overwrite_input` (for a z_in that no other operation uses) backward writes the
+    gradient of z_in over z_in itself, block by block once the block's sine and cosine are
+    taken: no (n, M, in) allocation at all. A second backward through the same graph then
+    fails loudly (autograd sees the saved z_in modified) instead of using wrong values.
+    Elsewhere (CUDA, where the caching allocator reuses memory anyway) it is one batched
+    matmul; under autocast that matmul runs in half precision and backward does its
+    matmuls in the gradient's dtype, as autograd's own baddbmm backward would.
     """
 
     @staticmethod
-    def forward(ctx, z_in, weight, bias):
+    def forward(ctx, z_in, weight, bias, overwrite_input=False):
         ctx.save_for_backward(z_in, weight)
         ctx.bias_shape = bias.shape
-        return torch.baddbmm(bias, torch.sin(z_in), weight.transpose(1, 2))
+        ctx.overwrite_input = overwrite_input
+        if z_in.device.type != "cpu":
+            return torch.baddbmm(bias, torch.sin(z_in), weight.transpose(1, 2))
+        n, rows, width = z_in.shape
+        out = z_in.new_empty((n, rows, weight.shape[1]))
+        for sample in range(n):
+            weight_t = weight[sample].t()  # (in, out)
+            for start, stop in row_blocks(rows, width):
+                sample_bias = bias[sample] if bias.shape[1] == 1 else bias[sample, start:stop]
+                torch.addmm(sample_bias, torch.sin(z_in[sample, start:stop]), weight_t,
+                            out=out[sample, start:stop])
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         z_in, weight = ctx.saved_tensors
         weight = weight.to(grad.dtype)
         grad_z = grad_weight = grad_bias = None
-        x = torch.sin(z_in).to(grad.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.bmm(grad.transpose(1, 2), x)  # (n, out, in)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(1, keepdim=True) if ctx.bias_shape[1] == 1 else grad
+        if z_in.device.type != "cpu":
+            x = torch.sin(z_in).to(grad.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.bmm(grad.transpose(1, 2), x)  # (n, out, in)
+            if ctx.needs_input_grad[0]:
+                grad_z = torch.bmm(grad, weight).mul_(torch.cos(z_in, out=x))  # d sin(z) = cos(z) dz
+            return grad_z, grad_weight, grad_bias, None
+        n, rows, width = z_in.shape
         if ctx.needs_input_grad[0]:
-            grad_z = torch.bmm(grad, weight).mul_(torch.cos(z_in, out=x))  # d sin(z) = cos(z) dz
-        return grad_z, grad_weight, grad_bias
+            grad_z = z_in if ctx.overwrite_input else torch.empty_like(z_in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight.new_zeros(weight.shape)  # (n, out, in), summed over the blocks
+        for sample in range(n):
+            for start, stop in row_blocks(rows, width):
+                block_grad = grad[sample, start:stop]                   # (rows, out)
+                block_z = z_in[sample, start:stop]                      # (rows, in)
+                x = torch.sin(block_z)
+                if ctx.needs_input_grad[1]:
+                    grad_weight[sample].addmm_(block_grad.t(), x)
+                if ctx.needs_input_grad[0]:
+                    derivative = torch.cos(block_z, out=x)  # d sin(z) = cos(z) dz
+                    block = torch.mm(block_grad, weight[sample], out=grad_z[sample, start:stop])
+                    block.mul_(derivative)
+        return grad_z, grad_weight, grad_bias, None
 
 
 class FiLMLayer(nn.Module):
@@ -83,11 +134,11 @@ class FiLMLayer(nn.Module):
         weight, bias = self.modulated(frequencies, phases)
         return torch.baddbmm(bias, x, weight.transpose(1, 2))
 
-    def preactivation_after_sine(self, z_in, frequencies, phases):
+    def preactivation_after_sine(self, z_in, frequencies, phases, overwrite_input: bool = False):
         """The pre-activation of this layer applied to sin(z_in), where z_in is the previous
-        layer's pre-activation."""
+        layer's pre-activation (`overwrite_input`: see SineThenLinear)."""
         weight, bias = self.modulated(frequencies, phases)
-        return SineThenLinear.apply(z_in, weight, bias)
+        return SineThenLinear.apply(z_in, weight, bias, overwrite_input)
 
     def forward(self, x, frequencies, phases):
         return torch.sin(self.preactivation(x, frequencies, phases))
@@ -163,7 +214,8 @@ class SPATIALSIRENBASELINE(nn.Module):
         # `SineThenLinear`, so backward keeps one (n, M, H) tensor per layer, not two.
         z = self.network[0].preactivation(self.gridwarper(points), *film(0))
         for index, layer in enumerate(self.network[1:], start=1):
-            z = layer.preactivation_after_sine(z, *film(index))
+            # Each of these z feeds only the next layer; the last one feeds two heads.
+            z = layer.preactivation_after_sine(z, *film(index), overwrite_input=True)
         n = z.shape[0]
         final = self.final_layer
         sigma = SineThenLinear.apply(z, final.weight.expand(n, -1, -1), final.bias.expand(n, 1, -1))[..., 0]

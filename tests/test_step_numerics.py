@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from siren.siren import SPATIALSIRENBASELINE
+import siren.siren as siren_module
+from siren.siren import SPATIALSIRENBASELINE, SineThenLinear
 from train import TrainConfig, Trainer
 
 
@@ -32,7 +33,10 @@ def reference_field(self, points, frequencies, phases, ray_directions):
     return torch.sigmoid(self.color_layer_linear(features)), sigma, features
 
 
-def test_field_and_its_gradients_match_the_formula():
+@pytest.mark.parametrize("block_elements", [2 ** 20, 16 * 7])
+def test_field_and_its_gradients_match_the_formula(monkeypatch, block_elements):
+    # 16 * 7: the CPU path's row blocks are 7 rows of the 50, the last one partial.
+    monkeypatch.setattr(siren_module, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
     field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double()
     g = torch.Generator().manual_seed(1)
@@ -57,6 +61,43 @@ def test_field_and_its_gradients_match_the_formula():
             assert grad is None
         else:
             torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_a_second_backward_through_an_overwritten_input_fails_loudly():
+    """`overwrite_input` writes dL/dz_in over z_in: a retained graph must refuse to reuse it."""
+    g = torch.Generator().manual_seed(0)
+    z_in = torch.randn(1, 10, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, 1, 3, dtype=torch.float64)
+    hidden = z_in * 2  # a private intermediate, as z is inside the field
+    out = SineThenLinear.apply(hidden, weight, bias, True)
+    (grad,) = torch.autograd.grad(out.sum(), z_in, retain_graph=True)
+    expected = 2 * torch.cos(2 * z_in) * weight.sum(1, keepdim=True)
+    torch.testing.assert_close(grad, expected.detach())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out.sum(), z_in)
+
+
+def test_no_grad_rendering_in_chunks_matches_one_pass(monkeypatch):
+    """Without grad the CPU field runs depth-first over small chunks of points."""
+    from generators.generators import ImplicitGenerator3d, RenderOptions
+    import curriculums
+    import generators.generators as generators_module
+
+    torch.manual_seed(0)
+    generator = ImplicitGenerator3d(z_dim=16, hidden_dim=16, decoder_channels=(16, 16, 16, 16)).eval()
+    metadata = dict(curriculums.extract_metadata(curriculums.get_curriculum("Synthetic"), 0), img_size=8,
+                    num_steps=5, output_size=8)
+    options = RenderOptions.from_metadata(metadata, evaluation=True)
+    z = torch.randn(2, 16)
+    outputs = []
+    for block_elements in (16 * 50, 2 ** 30):  # chunks of 25 points per sample (of 320), or one pass
+        monkeypatch.setattr(generators_module, "BLOCK_ELEMENTS", block_elements)
+        with torch.no_grad():
+            outputs.append(generator.staged_forward(z, options, generator=torch.Generator().manual_seed(3)))
+    chunked, whole = outputs
+    torch.testing.assert_close(chunked.image, whole.image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked.depth, whole.depth, rtol=1e-5, atol=1e-6)
 
 
 TINY = {0: dict(batch_size=2, num_steps=6, img_size=8, output_size=16, batch_split=1, gen_lr=2e-4,
