@@ -631,9 +631,10 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     Keys: synthetic_{iou,depth_l1,depth_l1_fg,kid,opaque}, the same with _ceiling and _floor,
     and synthetic_{iou,depth,kid}_closed = share of the floor-to-ceiling gap the generator
     closes (depth on depth_l1_fg: an untrained generator has no foreground for depth_l1).
-    Two trivial baselines say what a score does not prove: synthetic_iou_fog is the IoU of a
-    field opaque everywhere (the heads' area fraction), synthetic_depth_l1_plane the depth error
-    of a flat wall at the best single depth.
+    Trivial baselines say what a score does not prove: synthetic_iou_fog is the IoU of a
+    field opaque everywhere (the heads' area fraction), synthetic_iou_blob that of one fixed
+    silhouette for every head and pose (the pixels that most heads cover), and
+    synthetic_depth_l1_plane the depth error of a flat wall at the best single depth.
     """
     from generators.cameras import PoseDistribution, cam2world_from_poses, sample_poses
     from generators.generators import build_generator
@@ -667,6 +668,10 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     # A field that is opaque everywhere already matches the heads' area this well: IoU near
     # this value with synthetic_opaque near 1 means fog, not silhouettes.
     results["synthetic_iou_fog"] = float(reference.mask.float().mean())
+    # One blob where most heads are, whatever the head and pose: silhouettes that do not beat
+    # this follow neither the head nor the camera.
+    blob = (reference.mask.float().mean(0) > 0.5).expand_as(reference.mask)
+    results["synthetic_iou_blob"] = float((blob & reference.mask).sum() / (blob | reference.mask).sum())
     # Likewise a flat wall at the best single depth (the median of the true foreground depths):
     # depth_l1_fg near or above this means no head shape in the depth, only its distance.
     foreground_depth = reference.depth[reference.mask]

@@ -16,6 +16,9 @@ machine `cpu_s_per_step_median`, the process's CPU seconds, is the steadier numb
 per-part breakdown of the median step (`MVCGANLoss.timer` parts; `optimizer_ema` is
 the rest: clipping, optimiser steps, EMAs), peak memory (`peak_rss_gb`: the process's
 maximum RSS on CPU; `cuda_max_allocated_gb` on CUDA) and the losses of the first step.
+`--count_fresh_pages` runs one more step that counts the bytes of operator outputs of
+32 MB or more (`fresh_page_gb_per_step`): on CPU, glibc gives each such block new pages
+from the kernel (page faults and zeroing), which is what the CPU path tries to avoid.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
@@ -36,6 +41,30 @@ import torch  # noqa: E402
 import curriculums  # noqa: E402
 from benchmarks.common import add_size_arguments, apply_threads  # noqa: E402
 from train import TrainConfig, Trainer  # noqa: E402
+
+
+MMAP_THRESHOLD_BYTES = 32 * 2 ** 20  # glibc's largest dynamic mmap threshold on 64-bit
+
+
+class FreshAllocationCounter(TorchDispatchMode):
+    """Sums the bytes of operator outputs of at least `threshold` bytes that do not share
+    storage with an input (views, in-place and out= results are not new memory)."""
+
+    def __init__(self, threshold: int = MMAP_THRESHOLD_BYTES):
+        super().__init__()
+        self.threshold, self.total = threshold, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat = [*args, *kwargs.values()]
+        inputs = {t.untyped_storage().data_ptr() for a in flat
+                  for t in (a if isinstance(a, (list, tuple)) else [a]) if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in (out if isinstance(out, (list, tuple)) else [out]):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                nbytes = t.untyped_storage().nbytes()
+                self.total += nbytes if nbytes >= self.threshold else 0
+        return out
 
 
 def main(argv=None):
@@ -51,6 +80,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the FiLM-SIREN (TrainConfig.compile)")
     p.add_argument("--keep_freed_memory", action="store_true",
                    help="CPU: malloc keeps freed blocks (TrainConfig.keep_freed_memory): less kernel time, more RSS")
+    p.add_argument("--count_fresh_pages", action="store_true",
+                   help="one more step counting outputs of >= 32 MB (new pages on CPU); slower")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     apply_threads(args)
@@ -103,6 +134,10 @@ def main(argv=None):
     result = {"sec_per_step_best": round(steps[0][0], 3), "sec_per_step_median": round(median_total, 3),
               "cpu_s_per_step_median": round(median_cpu, 3), "parts_s": median_parts,
               "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
+    if args.count_fresh_pages:
+        with FreshAllocationCounter() as counter:
+            trainer.train_step(real, metadata)
+        result["fresh_page_gb_per_step"] = round(counter.total / 2 ** 30, 3)
     if device.type == "cuda":
         result["cuda_max_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
     result.update(first_step_losses={k: round(v, 6) for k, v in first_stats.items()}, **vars(args),

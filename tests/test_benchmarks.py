@@ -9,6 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import torch  # noqa: E402
+
 import bench_demo  # noqa: E402
 import bench_step  # noqa: E402
 from curriculums import get_curriculum  # noqa: E402
@@ -23,6 +25,17 @@ def test_bench_step_prints_one_json_line_with_the_breakdown(capsys):
     for part in ("d_generate", "d_real_r1", "d_backward", "g_forward", "g_backward", "optimizer_ema"):
         assert record["parts_s"][part] >= 0, part
     assert all(math.isfinite(v) for v in record["first_step_losses"].values())
+
+
+def test_fresh_allocation_counter_counts_new_large_outputs_only():
+    x = torch.zeros(1000)  # 4000 bytes
+    with bench_step.FreshAllocationCounter(threshold=4000) as counter:
+        y = x + 1            # new: counted
+        x.add_(1)            # in place: not new memory
+        x.view(10, 100)      # a view: not new memory
+        torch.sin(x, out=y)  # out=: not new memory
+        x[:10] * 2           # new, but under the threshold
+    assert counter.total == 4000
 
 
 def test_bench_demo_scores_numbered_checkpoints_in_step_order(tmp_path, tiny_generator, capsys):

@@ -2,12 +2,13 @@
 
 `keep_freed_memory()` stops glibc's malloc from handing large freed blocks back to
 the kernel. By default every allocation above 32 MB (each SIREN activation at the
-paper's size is ~130 MB) gets fresh pages from mmap and returns them on free, so
-every training step pays the page faults and zeroing of gigabytes again: at batch 2,
-64x64 NeRF, 16 samples that was ~35 s of kernel time per 2.3 steps. Served from the
-heap and kept there, the memory is reused from step to step. The cost: the heap
-fragments and never shrinks, so the peak RSS grows (measured at that size: kernel time
-12.7 -> 5.5 s over three steps, peak RSS 4.0 -> 5.6 GB). Hence opt-in
+paper's size is ~130 MB) gets fresh pages from mmap and returns them on free, so each
+such tensor costs page faults and zeroing again every step. The field already avoids
+whole-tensor temporaries on CPU (`siren.siren.BLOCK_ELEMENTS`), which brought the fresh
+pages from 18 to 5 GB per step at batch 2, 64x64 NeRF, 16 samples; what is left are
+tensors the step needs (saved activations, their gradients). Served from the heap and
+kept there, those are reused from step to step too. The cost: the heap fragments and
+never shrinks, so the peak RSS grows (README, "Speed", has the numbers). Hence opt-in
 (`TrainConfig.keep_freed_memory`, `bench_step.py --keep_freed_memory`).
 """
 from __future__ import annotations
