@@ -35,6 +35,9 @@ def first_layer_film_sine_init(linear: nn.Linear) -> None:
 # fresh each time, and the kernel's page faults and zeroing of those temporaries were a third
 # of a CPU training step.
 BLOCK_ELEMENTS = 2 ** 20
+# Devices whose field runs its heads through `FieldHeads`; elsewhere (CUDA) autograd composes
+# them from `SineThenLinear`, sin and Linear, and the caching allocator reuses the temporaries.
+FUSED_HEADS_DEVICES = {"cpu"}
 
 
 def row_blocks(rows: int, width: int):
@@ -112,6 +115,84 @@ class SineThenLinear(torch.autograd.Function):
                     block = torch.mm(block_grad, weight[sample], out=grad_z[sample, start:stop])
                     block.mul_(derivative)
         return grad_z, grad_weight, grad_bias, None
+
+
+class FieldHeads(torch.autograd.Function):
+    """The field's three heads on the last pre-activation z (n, M, H), on CPU, in row blocks:
+
+        x = sin(z)
+        sigma = x @ sigma_weight^T + sigma_bias                                   (n, M, 1)
+        features = sin(x @ colour_weight^T + directions @ direction_weight^T + colour_bias)  (n, M, H)
+        rgb_logit = features @ rgb_weight^T + rgb_bias                            (n, M, 3)
+
+    colour_weight (n, H, H), direction_weight (n, H, 3) and colour_bias (n, 1, H) are the
+    colour layer's FiLM-modulated weight split into its feature and direction columns;
+    sigma and rgb weights are the plain linear heads'. The same formulas as autograd through
+    `SineThenLinear` + sin + Linear, but with every (n, M, H) temporary of that composition
+    gone: z feeds two heads and features two consumers (the rgb head and the integral), and
+    autograd sums those gradients in fresh full-size tensors; the direction term, the
+    cosine and the product are three more. Here backward works block by block, writes the
+    colour pre-activation's gradient over the saved pre-activation and z's gradient over z
+    (z must be private to the field, as `overwrite_input` in `SineThenLinear`). The only
+    full-size tensors are the two the step needs: the pre-activation (saved) and features.
+    """
+
+    @staticmethod
+    def forward(ctx, z, directions, colour_weight, direction_weight, colour_bias, sigma_weight, sigma_bias,
+                rgb_weight, rgb_bias):
+        n, rows, width = z.shape
+        preactivation = z.new_empty((n, rows, colour_weight.shape[1]))
+        features = torch.empty_like(preactivation)
+        sigma = z.new_empty((n, rows, 1))
+        rgb_logit = z.new_empty((n, rows, rgb_weight.shape[0]))
+        for sample in range(n):
+            for start, stop in row_blocks(rows, width):
+                x = torch.sin(z[sample, start:stop])
+                pre = torch.addmm(colour_bias[sample], x, colour_weight[sample].t(),
+                                  out=preactivation[sample, start:stop])
+                pre.addmm_(directions[sample, start:stop], direction_weight[sample].t())
+                torch.addmm(sigma_bias, x, sigma_weight.t(), out=sigma[sample, start:stop])
+                block_features = torch.sin(pre, out=features[sample, start:stop])
+                torch.addmm(rgb_bias, block_features, rgb_weight.t(), out=rgb_logit[sample, start:stop])
+        ctx.save_for_backward(z, directions, colour_weight, direction_weight, sigma_weight, rgb_weight)
+        ctx.preactivation = preactivation  # private: backward overwrites it with its gradient
+        return sigma, features, rgb_logit
+
+    @staticmethod
+    def backward(ctx, grad_sigma, grad_features, grad_rgb_logit):
+        z, directions, colour_weight, direction_weight, sigma_weight, rgb_weight = ctx.saved_tensors
+        preactivation = ctx.preactivation
+        n, rows, width = z.shape
+        grads = dict(colour_weight=torch.zeros_like(colour_weight), direction_weight=torch.zeros_like(direction_weight),
+                     colour_bias=colour_weight.new_zeros((n, 1, colour_weight.shape[1])),
+                     sigma_weight=torch.zeros_like(sigma_weight), sigma_bias=sigma_weight.new_zeros(1),
+                     rgb_weight=torch.zeros_like(rgb_weight), rgb_bias=rgb_weight.new_zeros(rgb_weight.shape[0]))
+        grad_directions = torch.empty_like(directions) if ctx.needs_input_grad[1] else None
+        for sample in range(n):
+            for start, stop in row_blocks(rows, width):
+                rgb_block, sigma_block = grad_rgb_logit[sample, start:stop], grad_sigma[sample, start:stop]
+                pre = preactivation[sample, start:stop]
+                block_features = torch.sin(pre)
+                grads["rgb_weight"].addmm_(rgb_block.t(), block_features)
+                grads["rgb_bias"] += rgb_block.sum(0)
+                # dL/dfeatures from both consumers, then d sin(pre) = cos(pre) dpre, over pre
+                grad_pre = torch.addmm(grad_features[sample, start:stop], rgb_block, rgb_weight,
+                                       out=block_features)
+                grad_pre = pre.cos_().mul_(grad_pre)
+                x = torch.sin(z[sample, start:stop])
+                grads["colour_weight"][sample].addmm_(grad_pre.t(), x)
+                grads["direction_weight"][sample].addmm_(grad_pre.t(), directions[sample, start:stop])
+                grads["colour_bias"][sample] += grad_pre.sum(0)
+                grads["sigma_weight"].addmm_(sigma_block.t(), x)
+                grads["sigma_bias"] += sigma_block.sum(0)
+                if grad_directions is not None:
+                    torch.mm(grad_pre, direction_weight[sample], out=grad_directions[sample, start:stop])
+                # dL/dx from both heads, then d sin(z) = cos(z) dz, over z
+                grad_x = torch.mm(grad_pre, colour_weight[sample], out=x).addmm_(sigma_block, sigma_weight)
+                block_z = z[sample, start:stop]
+                block_z.cos_().mul_(grad_x)
+        return (z, grad_directions, grads["colour_weight"], grads["direction_weight"], grads["colour_bias"],
+                grads["sigma_weight"], grads["sigma_bias"], grads["rgb_weight"], grads["rgb_bias"])
 
 
 class FiLMLayer(nn.Module):
@@ -214,15 +295,20 @@ class SPATIALSIRENBASELINE(nn.Module):
         # `SineThenLinear`, so backward keeps one (n, M, H) tensor per layer, not two.
         z = self.network[0].preactivation(self.gridwarper(points), *film(0))
         for index, layer in enumerate(self.network[1:], start=1):
-            # Each of these z feeds only the next layer; the last one feeds two heads.
+            # Each of these z feeds only the next layer; the last one feeds the heads.
             z = layer.preactivation_after_sine(z, *film(index), overwrite_input=True)
+        colour = self.color_layer_sine
+        weight, bias = colour.modulated(frequencies[..., -hidden:], phases[..., -hidden:])
+        if z.device.type in FUSED_HEADS_DEVICES:
+            sigma, features, rgb_logit = FieldHeads.apply(
+                z, ray_directions, weight[:, :, 3:], weight[:, :, :3], bias, self.final_layer.weight,
+                self.final_layer.bias, self.color_layer_linear.weight, self.color_layer_linear.bias)
+            return torch.sigmoid(rgb_logit), sigma[..., 0], features
         n = z.shape[0]
         final = self.final_layer
         sigma = SineThenLinear.apply(z, final.weight.expand(n, -1, -1), final.bias.expand(n, 1, -1))[..., 0]
         # The colour layer's input is cat([ray_directions, sin(z)]): its weight's first three
         # columns act on the directions (a small matmul), the rest on sin(z).
-        colour = self.color_layer_sine
-        weight, bias = colour.modulated(frequencies[..., -hidden:], phases[..., -hidden:])
         direction_term = torch.baddbmm(bias, ray_directions, weight[:, :, :3].transpose(1, 2))
         features = torch.sin(SineThenLinear.apply(z, weight[:, :, 3:], direction_term))
         rgb = torch.sigmoid(self.color_layer_linear(features))

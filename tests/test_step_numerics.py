@@ -33,19 +33,23 @@ def reference_field(self, points, frequencies, phases, ray_directions):
     return torch.sigmoid(self.color_layer_linear(features)), sigma, features
 
 
+@pytest.mark.parametrize("fused_heads", [True, False], ids=["FieldHeads", "composed_heads"])
 @pytest.mark.parametrize("block_elements", [2 ** 20, 16 * 7])
-def test_field_and_its_gradients_match_the_formula(monkeypatch, block_elements):
+def test_field_and_its_gradients_match_the_formula(monkeypatch, block_elements, fused_heads):
     # 16 * 7: the CPU path's row blocks are 7 rows of the 50, the last one partial.
     monkeypatch.setattr(siren_module, "BLOCK_ELEMENTS", block_elements)
+    # the heads as CPU runs them (FieldHeads) and as CUDA does (autograd over SineThenLinear)
+    monkeypatch.setattr(siren_module, "FUSED_HEADS_DEVICES", {"cpu"} if fused_heads else set())
     torch.manual_seed(0)
     field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double()
     g = torch.Generator().manual_seed(1)
     points = (torch.randn(2, 50, 3, generator=g, dtype=torch.float64) * 0.1).requires_grad_()
     dirs = torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1)
+    dirs.requires_grad_()
     freq = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
     phase = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
     weights = [torch.randn(2, 50, c, generator=g, dtype=torch.float64) for c in (3, 1, 16)]
-    inputs = [points, freq, phase, *field.parameters()]
+    inputs = [points, dirs, freq, phase, *field.parameters()]
 
     def outputs_and_grads(forward):
         rgb, sigma, features = forward(field, points, freq, phase, dirs)
