@@ -1,8 +1,9 @@
 """The optimised training step computes what the straightforward one computes (docs/METHOD.md §3, §7).
 
 The FiLM-SIREN's memory-saving backward (`SineThenLinear`: recomputed sines, in-place
-element-wise work, the colour layer's input split into direction and feature terms) is
-compared against the plain autograd formula, and a whole `Trainer.train_step` (both
+element-wise work, the colour layer's input split into direction and feature terms; the
+CPU's `FieldHeads`, and CUDA's composition of the heads) is compared against the plain
+autograd formula, and a whole `Trainer.train_step` (both
 phases, R1, photometric loss, optimiser steps, EMAs) against one that uses the formula.
 """
 from __future__ import annotations
