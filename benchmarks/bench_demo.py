@@ -61,8 +61,12 @@ def score(run_dir: Path, started: float | None, num_samples: int) -> list:
     checkpoints = sorted(run_dir.glob("checkpoint_*.pth"), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
     if not checkpoints:
         raise SystemExit(f"error: no numbered checkpoints in {run_dir}")
+    if (run_dir / "checkpoint.pth").exists():  # the end of the run, when not a multiple of --every
+        checkpoints.append(run_dir / "checkpoint.pth")
     for path in checkpoints:
         generator, curriculum, step = load_generator(path)
+        if rows and step <= rows[-1]["step"]:
+            continue
         stage = trained_stage(curriculum, step)
         results = fid_evaluation.synthetic_scores(generator, stage.metadata, num_samples=num_samples,
                                                   alpha=stage.alpha)
