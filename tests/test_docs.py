@@ -1,6 +1,7 @@
 """The project's documents: the method reference ships with the repository and every
 citation of it points at a section that exists."""
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -8,8 +9,16 @@ METHOD = ROOT / "docs" / "METHOD.md"
 
 
 def project_files():
-    for path in ROOT.rglob("*"):
-        if path.suffix in (".py", ".md", ".txt") and ".git" not in path.parts and "_cache" not in str(path):
+    """The repository's files: tracked or not ignored (run outputs under ignored folders, such
+    as notes in runs/, are not the project's); every file when git is not available."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        paths = [ROOT / name for name in listed]
+    except (OSError, subprocess.CalledProcessError):
+        paths = [path for path in ROOT.rglob("*") if ".git" not in path.parts and "_cache" not in str(path)]
+    for path in paths:
+        if path.suffix in (".py", ".md", ".txt") and path.is_file():
             yield path
 
 
