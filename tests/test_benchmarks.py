@@ -40,17 +40,18 @@ def test_fresh_allocation_counter_counts_new_large_outputs_only():
 
 def test_bench_demo_scores_numbered_checkpoints_in_step_order(tmp_path, tiny_generator, capsys):
     state = tiny_generator.state_dict()
+
+    def write(name, step):
+        save_checkpoint(tmp_path / name, {"generator": state, "generator_ema": state, "step": step,
+                                          "curriculum": get_curriculum("Synthetic"), "curriculum_name": "Synthetic"})
+
     # written out of order: the table must still be in step order; the run's last checkpoint
     # (step 1400, not a multiple of the interval) is scored too, a duplicate of 1000 is not
     for name, step in (("checkpoint_001000.pth", 1000), ("checkpoint_000200.pth", 200), ("checkpoint.pth", 1400)):
-        save_checkpoint(tmp_path / name,
-                        {"generator": state, "generator_ema": state, "curriculum": get_curriculum("Synthetic"),
-                         "curriculum_name": "Synthetic", "step": step})
+        write(name, step)
     rows = bench_demo.score(tmp_path, started=None, num_samples=8)
     assert [row["step"] for row in rows] == [200, 1000, 1400]
-    save_checkpoint(tmp_path / "checkpoint.pth",
-                    {"generator": state, "generator_ema": state, "curriculum": get_curriculum("Synthetic"),
-                     "curriculum_name": "Synthetic", "step": 1000})
+    write("checkpoint.pth", 1000)
     assert [row["step"] for row in bench_demo.score(tmp_path, started=None, num_samples=8)] == [200, 1000]
     assert rows[0]["iou_ceiling"] > 0.5 and rows[0]["iou_closed"] == 0.0  # untrained = the floor
     bench_demo.print_table(rows)

@@ -6,9 +6,9 @@ paper's size is ~130 MB) gets fresh pages from mmap and returns them on free, so
 such tensor costs page faults and zeroing again every step. The field already avoids
 whole-tensor temporaries on CPU (`siren.siren.BLOCK_ELEMENTS`, `siren.siren.FieldHeads`),
 which brought the fresh pages from 18 to 3 GB per step at batch 2, 64x64 NeRF, 16 samples;
-what is left are tensors the step needs (the activations saved for backward). Served from the heap and
-kept there, those are reused from step to step too. The cost: the heap fragments and
-never shrinks, so the peak RSS grows (README, "Speed", has the numbers). Hence opt-in
+what is left are tensors the step needs (the activations saved for backward). Served from
+the heap and kept there, those are reused from step to step too. The cost: the heap
+fragments and never shrinks, so the peak RSS grows (README, "Speed", has the numbers). Hence opt-in
 (`TrainConfig.keep_freed_memory`, `bench_step.py --keep_freed_memory`).
 """
 from __future__ import annotations
