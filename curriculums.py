@@ -49,6 +49,7 @@ GLOBAL_KEYS = (
 
 # Keys some curricula set and the code reads with a default where they are absent.
 OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back",
+                 "sphere_prior_radius", "sphere_prior_density",
                  "h_stddev_eval", "v_stddev_eval", "sample_dist_eval")
 
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
@@ -181,6 +182,11 @@ Synthetic = {
     "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
     "max_mixup_ratio": 1.0,    # mixing in warped features needs a right depth: pulls density up
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
+    # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
+    # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
+    "sphere_prior_radius": 0.075,
+    "sphere_prior_density": 300,
+    "last_back": True,
     "hidden_dim": 64,
     "decoder_channels": (64, 64, 32, 16),
     "disc_width_factor": 0.25,

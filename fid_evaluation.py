@@ -627,14 +627,17 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     Real heads 0..n-1 are rendered at n poses drawn (with `seed`) from the training pose
     distribution. The generator renders n latents at the same poses. The same comparison
     is made for real heads n..2n-1 (the ceiling: what a perfect generator of *other*
-    heads scores) and for an untrained generator of the same architecture (the floor).
+    heads scores) and for an untrained generator of the same architecture without a sphere
+    prior (the floor: a field that has learned nothing and is given nothing).
     Keys: synthetic_{iou,depth_l1,depth_l1_fg,kid,opaque}, the same with _ceiling and _floor,
     and synthetic_{iou,depth,kid}_closed = share of the floor-to-ceiling gap the generator
     closes (depth on depth_l1_fg: an untrained generator has no foreground for depth_l1).
     Trivial baselines say what a score does not prove: synthetic_iou_fog is the IoU of a
     field opaque everywhere (the heads' area fraction), synthetic_iou_blob that of one fixed
     silhouette for every head and pose (the pixels that most heads cover), and
-    synthetic_depth_l1_plane the depth error of a flat wall at the best single depth.
+    synthetic_depth_l1_plane the depth error of a flat wall at the best single depth. When
+    the curriculum gives the field a sphere prior, the same scores with _prior are those of
+    the untrained generator with it: what the prior alone gives, before any training.
     """
     from generators.cameras import PoseDistribution, cam2world_from_poses, sample_poses
     from generators.generators import build_generator
@@ -651,13 +654,19 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
         reference = real_head_maps(metadata, yaw, pitch)
         with torch.random.fork_rng(devices=[]):  # the floor's init must not move the caller's RNG
             torch.manual_seed(seed)
-            untrained = build_generator(metadata).to(device).eval()
-        _SYNTHETIC_CALIBRATION.clear()
-        _SYNTHETIC_CALIBRATION[key] = (reference, {
+            untrained = build_generator(dict(metadata, sphere_prior_density=0.0)).to(device).eval()
+        calibration = {
             "_ceiling": compare_head_maps(real_head_maps(metadata, yaw, pitch, first_index=num_samples),
                                           reference, seed),
             "_floor": compare_head_maps(generated_head_maps(untrained, metadata, z, cam2world, **render),
-                                        reference, seed)})
+                                        reference, seed)}
+        with_prior = build_generator(metadata)
+        if with_prior.sphere_prior_radius and with_prior.sphere_prior_density:
+            with_prior.load_state_dict(untrained.state_dict())
+            calibration["_prior"] = compare_head_maps(
+                generated_head_maps(with_prior.to(device).eval(), metadata, z, cam2world, **render), reference, seed)
+        _SYNTHETIC_CALIBRATION.clear()
+        _SYNTHETIC_CALIBRATION[key] = (reference, calibration)
     reference, calibration = _SYNTHETIC_CALIBRATION[key]
     scores = {"": compare_head_maps(generated_head_maps(generator, metadata, z, cam2world, **render), reference,
                                     seed), **calibration}

@@ -35,7 +35,7 @@ from losses import MVCGANLoss, PhaseConfig, topk_fraction
 from siren.siren import compile_field
 from utils.checkpoint import (LATEST_NAME, CheckpointError, load_checkpoint, remove_stale_temp_files,
                               resolve_checkpoint_path, save_checkpoint)
-from utils.cpu_runtime import keep_freed_memory
+from utils.cpu_runtime import flush_denormals, keep_freed_memory
 from utils.images import make_grid, save_image, to_uint8
 
 logger = logging.getLogger("mvcgan.train")
@@ -279,8 +279,10 @@ class Trainer:
         self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
-        if device.type == "cpu" and config.keep_freed_memory:
-            keep_freed_memory()  # large activations are reused, not re-faulted, every step
+        if device.type == "cpu":
+            flush_denormals()  # transmittance behind dense surfaces: subnormal floats are slow
+            if config.keep_freed_memory:
+                keep_freed_memory()  # large activations are reused, not re-faulted, every step
         torch.manual_seed(config.seed + rank)
         np.random.seed(config.seed + rank)
         random.seed(config.seed + rank)

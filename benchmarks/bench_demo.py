@@ -83,6 +83,9 @@ def print_table(rows: list) -> None:
           "kid {kid_ceiling:.4f}".format(**first))
     print("floor (untrained):      iou {iou_floor:.3f}  depth_l1_fg {depth_l1_fg_floor:.4f}  "
           "kid {kid_floor:.4f}".format(**first))
+    if "iou_prior" in first:
+        print("sphere prior alone:     iou {iou_prior:.3f}  depth_l1_fg {depth_l1_fg_prior:.4f}  "
+              "kid {kid_prior:.4f}  (the untrained generator with the curriculum's prior)".format(**first))
     print("trivial baselines:      iou {iou_fog:.3f} (opaque everywhere), {iou_blob:.3f} (one fixed blob)  "
           "depth_l1_fg {depth_l1_plane:.4f} (a flat wall at the best depth)".format(**first))
     print(" ".join(f"{c:>12}" for c in COLUMNS))

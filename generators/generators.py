@@ -108,11 +108,17 @@ class StagedOutput(NamedTuple):
 
 class ImplicitGenerator3d(nn.Module):
     def __init__(self, siren: str = "SPATIALSIRENBASELINE", z_dim: int = 256, hidden_dim: int = 256,
-                 decoder_channels=(256, 256, 128, 64)):
+                 decoder_channels=(256, 256, 128, 64), sphere_prior_radius: float = 0.0,
+                 sphere_prior_density: float = 0.0):
         super().__init__()
         if siren not in SIRENS:
             raise ValueError(f"unknown model {siren!r}; available: {sorted(SIRENS)}")
+        if sphere_prior_radius < 0 or sphere_prior_density < 0:
+            raise ValueError(f"sphere_prior_radius and sphere_prior_density must be >= 0, got "
+                             f"{sphere_prior_radius} and {sphere_prior_density}")
         self.z_dim, self.hidden_dim = z_dim, hidden_dim
+        # Not in the published code (docs/METHOD.md §4): off (0) for the published curricula.
+        self.sphere_prior_radius, self.sphere_prior_density = float(sphere_prior_radius), float(sphere_prior_density)
         self.siren = SIRENS[siren](z_dim=z_dim, hidden_dim=hidden_dim)
         self.decoder = Decoder(in_channels=hidden_dim, style_dim=self.siren.mapping_network.output_layer.in_features,
                                channels=tuple(decoder_channels))
@@ -146,9 +152,19 @@ class ImplicitGenerator3d(nn.Module):
         return self.average_codes().lerp(codes, psi)
 
     # --------------------------------------------------------------- rendering
+    def _with_prior(self, sigma: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Raw density (n, M) plus the sphere prior at points (n, M, 3):
+        sphere_prior_density * (1 - |x| / sphere_prior_radius), positive inside the sphere and
+        negative outside. A fixed term, not a parameter: the field learns the difference from a
+        sphere instead of starting from (and settling in) an opaque wall (docs/METHOD.md §4)."""
+        if not self.sphere_prior_radius or not self.sphere_prior_density:
+            return sigma
+        distance = torch.linalg.vector_norm(points, dim=-1)
+        return sigma + self.sphere_prior_density * (1 - distance / self.sphere_prior_radius)
+
     def _query_field(self, codes: LatentCodes, points, directions, max_batch_size: Optional[int]):
-        """SIREN on points (n, M, 3) with directions (n, M, 3); chunked so that at most
-        `max_batch_size` points go through the network at once."""
+        """SIREN on points (n, M, 3) with directions (n, M, 3), plus the sphere prior on the
+        density; chunked so that at most `max_batch_size` points go through the network at once."""
         n, num_points = points.shape[:2]
         if points.device.type == "cpu" and not torch.is_grad_enabled():
             # Nothing is kept for backward, so run every layer on one small chunk at a time:
@@ -157,11 +173,13 @@ class ImplicitGenerator3d(nn.Module):
             cpu_chunk = max(1, BLOCK_ELEMENTS // self.siren.hidden_dim)
             max_batch_size = min(max_batch_size or cpu_chunk, cpu_chunk)
         if max_batch_size is None or n * num_points <= max_batch_size:
-            return self.siren(points, codes.frequencies, codes.phases, directions)
-        chunk = max(1, max_batch_size // n)
-        outs = [self.siren(points[:, i:i + chunk], codes.frequencies, codes.phases, directions[:, i:i + chunk])
-                for i in range(0, num_points, chunk)]
-        return tuple(torch.cat(parts, dim=1) for parts in zip(*outs))
+            rgb, sigma, feats = self.siren(points, codes.frequencies, codes.phases, directions)
+        else:
+            chunk = max(1, max_batch_size // n)
+            outs = [self.siren(points[:, i:i + chunk], codes.frequencies, codes.phases, directions[:, i:i + chunk])
+                    for i in range(0, num_points, chunk)]
+            rgb, sigma, feats = (torch.cat(parts, dim=1) for parts in zip(*outs))
+        return rgb, self._with_prior(sigma, points), feats
 
     def render_view(self, codes: LatentCodes, cam2world: torch.Tensor, options: RenderOptions,
                     jitter: bool, max_batch_size: Optional[int] = None,
@@ -263,7 +281,8 @@ class ImplicitGenerator3d(nn.Module):
     @torch.no_grad()
     def density_grid(self, z: torch.Tensor, resolution: int, psi: float = 1.0, half_extent: float = 0.12,
                      max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
-        """Raw density on a resolution^3 cube grid spanning [-half_extent, half_extent]^3.
+        """Raw density (the sphere prior included) on a resolution^3 cube grid spanning
+        [-half_extent, half_extent]^3.
 
         Returns (n, resolution, resolution, resolution) indexed [x, y, z]. Points are made
         and queried a chunk at a time and only the density is kept, so memory is the
@@ -284,16 +303,18 @@ class ImplicitGenerator3d(nn.Module):
             directions[:, 2] = -1
             _, sigma_chunk, _ = self.siren(points.expand(n, -1, 3), codes.frequencies, codes.phases,
                                            directions.expand(n, -1, 3))
-            sigma[:, start:start + index.shape[0]] = sigma_chunk                             # (n, m)
+            sigma[:, start:start + index.shape[0]] = self._with_prior(sigma_chunk, points.expand(n, -1, 3))  # (n, m)
         return sigma.reshape(n, resolution, resolution, resolution)
 
 
 def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
-    """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels)."""
+    """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels, sphere prior)."""
     generator_name = metadata.get("generator", "ImplicitGenerator3d")
     if generator_name != "ImplicitGenerator3d":
         raise ValueError(f"unknown generator {generator_name!r}; available: ['ImplicitGenerator3d']")
     return ImplicitGenerator3d(siren=metadata.get("model", "SPATIALSIRENBASELINE"),
                                z_dim=int(metadata.get("latent_dim", 256)),
                                hidden_dim=int(metadata.get("hidden_dim", 256)),
-                               decoder_channels=tuple(metadata.get("decoder_channels", (256, 256, 128, 64))))
+                               decoder_channels=tuple(metadata.get("decoder_channels", (256, 256, 128, 64))),
+                               sphere_prior_radius=float(metadata.get("sphere_prior_radius", 0.0)),
+                               sphere_prior_density=float(metadata.get("sphere_prior_density", 0.0)))

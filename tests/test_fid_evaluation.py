@@ -31,6 +31,13 @@ def tiny_generator(metadata):
     return build_generator(metadata).eval()
 
 
+@pytest.fixture(scope="module")
+def plain_generator(metadata):
+    """The same untrained weights without Synthetic's sphere prior: an empty field."""
+    torch.manual_seed(0)
+    return build_generator(dict(metadata, sphere_prior_density=0.0)).eval()
+
+
 class FirstChannels(torch.nn.Module):
     """An Inception whose pool features are cut to the first `dims` channels.
 
@@ -264,11 +271,11 @@ def _dense(generator):
     return dense
 
 
-def test_mvc_reports_the_opaque_fraction_and_warns_for_an_empty_field(tiny_generator, metadata):
-    empty = fe.multiview_consistency(tiny_generator, metadata, num_samples=2, batch_size=2)
+def test_mvc_reports_the_opaque_fraction_and_warns_for_an_empty_field(plain_generator, metadata):
+    empty = fe.multiview_consistency(plain_generator, metadata, num_samples=2, batch_size=2)
     assert empty["mvc_nerf_opaque"] < fe.MVC_MIN_OPAQUE  # an untrained field is empty...
     assert "say nothing" in empty["mvc_warning"]          # ...and the output says what that means
-    dense = fe.multiview_consistency(_dense(tiny_generator), metadata, num_samples=2, batch_size=2)
+    dense = fe.multiview_consistency(_dense(plain_generator), metadata, num_samples=2, batch_size=2)
     assert dense["mvc_nerf_opaque"] == 1.0 and "mvc_warning" not in dense
 
 
@@ -296,16 +303,27 @@ def test_head_map_comparison_on_known_cases(metadata):
     assert fe._gap_closed(0.5, 0.0, 1.0) == 0.5 and fe._gap_closed(0.02, 0.1, 0.0) == pytest.approx(0.8)
 
 
-def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(tiny_generator, metadata):
-    results = fe.evaluate(tiny_generator, metadata, metrics=("synthetic",), num_synthetic=48, device="cpu")
+def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(
+        plain_generator, tiny_generator, metadata):
+    results = fe.evaluate(plain_generator, metadata, metrics=("synthetic",), num_synthetic=48, device="cpu")
     # Real heads against other real heads: same silhouettes to within identity, depth within ~1 cm.
     assert results["synthetic_iou_ceiling"] > 0.75 and results["synthetic_iou_floor"] < 0.1
     assert results["synthetic_depth_l1_fg_ceiling"] < 0.3 * results["synthetic_depth_l1_fg_floor"]
     assert results["synthetic_kid_ceiling"] < 0.2 * results["synthetic_kid_floor"]
-    # The floor is an untrained generator with the seed-0 init: the same weights as tiny_generator.
+    # The floor is an untrained generator with the seed-0 init and no prior: plain_generator's weights.
     assert results["synthetic_iou_closed"] == 0.0 and results["synthetic_depth_closed"] == 0.0
+    # Synthetic's sphere prior alone, untrained, already draws a head-sized silhouette at the right
+    # depth: reported as its own baseline (_prior), which the untrained generator with it scores.
+    with_prior = fe.synthetic_scores(tiny_generator, metadata, num_samples=48)
+    for name in ("iou", "depth_l1_fg", "kid"):
+        assert with_prior[f"synthetic_{name}"] == with_prior[f"synthetic_{name}_prior"]
+        assert with_prior[f"synthetic_{name}_floor"] == results[f"synthetic_{name}_floor"]
+    assert with_prior["synthetic_iou_prior"] > 0.6 and with_prior["synthetic_iou_closed"] > 0.6
+    assert with_prior["synthetic_depth_l1_fg_prior"] < 0.5 * results["synthetic_depth_l1_fg_floor"]
+    no_prior = fe.synthetic_scores(plain_generator, dict(metadata, sphere_prior_density=0.0), num_samples=4)
+    assert "synthetic_iou_prior" not in no_prior  # a curriculum without a prior has no prior baseline
     # A field that is opaque everywhere covers every head (IoU = head area) but is no closer in depth.
-    dense = fe.synthetic_scores(_dense(tiny_generator), metadata, num_samples=48)
+    dense = fe.synthetic_scores(_dense(plain_generator), metadata, num_samples=48)
     assert dense["synthetic_opaque"] == 1.0
     assert 0.1 < dense["synthetic_iou"] < 0.6
     assert dense["synthetic_iou"] == pytest.approx(dense["synthetic_iou_fog"])  # fog scores exactly the fog IoU

@@ -347,3 +347,64 @@ def test_density_grid(gen):
         _, sigma, _ = gen.siren(point, codes.frequencies, codes.phases, torch.randn(2, 1, 3))
     assert torch.allclose(grid[:, i, j, k], sigma[:, 0], atol=1e-5)
     assert not torch.allclose(grid[:, i, j, k], grid[:, k, j, i], atol=1e-6)
+
+
+# ---------------------------------------------------------------- sphere prior
+def prior_generator(radius=0.075, density=100.0):
+    torch.manual_seed(0)
+    return build_generator(dict(latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
+                                sphere_prior_radius=radius, sphere_prior_density=density))
+
+
+def test_sphere_prior_adds_to_the_density_everywhere_the_field_is_queried():
+    plain, with_prior = prior_generator(density=0.0), prior_generator()
+    assert (with_prior.sphere_prior_radius, with_prior.sphere_prior_density) == (0.075, 100.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), with_prior.state_dict().values()))
+    z = zs()
+    # density_grid (meshes): prior = 100 * (1 - |x| / 0.075) on top of the same network
+    axis = torch.linspace(-0.12, 0.12, 5)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)          # (5, 5, 5, 3)
+    expected_prior = 100.0 * (1 - points.norm(dim=-1) / 0.075)
+    difference = with_prior.density_grid(z, 5) - plain.density_grid(z, 5)
+    assert torch.allclose(difference, expected_prior.expand_as(difference), atol=1e-4)
+    assert expected_prior[2, 2, 2] == 100.0 and expected_prior[0, 0, 0] < -100.0
+    # rendering: the same prior inside _query_field, chunked or not, with or without autograd
+    codes = with_prior.mapping(z)
+    query_points = torch.rand(2, 7, 3) * 0.24 - 0.12
+    directions = torch.nn.functional.normalize(torch.randn(2, 7, 3), dim=-1)
+    expected = 100.0 * (1 - query_points.norm(dim=-1) / 0.075)
+    with torch.no_grad():
+        base = plain._query_field(codes, query_points, directions, None)[1]
+        chunked = with_prior._query_field(codes, query_points, directions, 4)[1]
+    whole = with_prior._query_field(codes, query_points, directions, None)[1]
+    assert torch.allclose(whole - base, expected, atol=1e-4) and torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_sphere_prior_gives_an_untrained_field_a_sphere_silhouette_and_depth():
+    # Without it an untrained field is a faint fog; with it, a sphere of radius ~0.075 at the origin
+    # seen from distance 1: opaque in the middle, empty at the corners. The density rises linearly
+    # inward from the surface at 1 - 0.075, so the expected depth lies between it and the centre.
+    with torch.no_grad():
+        out = prior_generator().staged_forward(zs(), options(evaluation=True, img_size=16, num_steps=24,
+                                                             clamp_mode="softplus"), cam2world=frontal())
+        plain = prior_generator(density=0.0).staged_forward(zs(), options(evaluation=True, img_size=16,
+                                                                          num_steps=24, clamp_mode="softplus"),
+                                                            cam2world=frontal())
+    assert (out.opacity[:, 7:9, 7:9] > 0.99).all() and (out.opacity[:, :2, :2] < 0.05).all()
+    assert (plain.opacity < 0.5).all()
+    centre_depth = out.depth[:, 7:9, 7:9]
+    assert ((centre_depth > 0.925) & (centre_depth < 0.98)).all()
+    # The silhouette is a disc a little inside the sphere's outline (the rim's chords are too short
+    # to turn opaque): 0.075 at distance 1 is 5.7 pixels for fov 12 over 16 pixels.
+    sphere_pixels = 0.075 / math.tan(math.radians(6)) * 8
+    silhouette_pixels = ((out.opacity > 0.5).float().sum(dim=(1, 2)) / math.pi).sqrt()
+    assert ((silhouette_pixels > 0.7 * sphere_pixels) & (silhouette_pixels < sphere_pixels)).all()
+
+
+def test_sphere_prior_is_validated_and_absent_from_the_published_curricula():
+    import curriculums
+    with pytest.raises(ValueError, match="sphere_prior"):
+        build_generator(dict(sphere_prior_radius=-0.1, sphere_prior_density=10))
+    for name in ("CelebAHQ", "FFHQ", "Cat"):
+        metadata = curriculums.extract_metadata(curriculums.CURRICULA[name], 0)
+        assert "sphere_prior_radius" not in metadata and "sphere_prior_density" not in metadata

