@@ -185,7 +185,7 @@ Synthetic = {
     # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
     # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
     "sphere_prior_radius": 0.075,
-    "sphere_prior_density": 300,
+    "sphere_prior_density": 300.0,
     "last_back": True,
     "hidden_dim": 64,
     "decoder_channels": (64, 64, 32, 16),

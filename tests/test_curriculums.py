@@ -203,3 +203,17 @@ def test_evaluation_pose_keys_can_be_set():
     c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"h_stddev_eval": 0.1, "sample_dist_eval": "normal"})
     assert extract_metadata(c, 0)["h_stddev_eval"] == 0.1
     validate_curriculum(c, "FFHQ")
+
+
+def test_synthetic_sphere_prior_can_be_changed_or_switched_off_with_set():
+    from generators.generators import build_generator
+    prior = build_generator(curriculums.extract_metadata(get_curriculum("Synthetic"), 0))
+    assert (prior.sphere_prior_radius, prior.sphere_prior_density) == (0.075, 300.0)
+    for density, expected in ((0, 0.0), (150.5, 150.5)):
+        c = curriculums.apply_overrides(get_curriculum("Synthetic"), {"sphere_prior_density": density})
+        assert build_generator(curriculums.extract_metadata(c, 0)).sphere_prior_density == expected
+    with pytest.raises(ValueError):
+        curriculums.apply_overrides(get_curriculum("Synthetic"), {"sphere_prior_radius": "big"})
+    # on a published curriculum the keys are optional: --set adds the prior there too
+    c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"sphere_prior_radius": 0.1, "sphere_prior_density": 50.0})
+    assert build_generator(curriculums.extract_metadata(c, 0)).sphere_prior_radius == 0.1
