@@ -661,7 +661,7 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
             "_floor": compare_head_maps(generated_head_maps(untrained, metadata, z, cam2world, **render),
                                         reference, seed)}
         with_prior = build_generator(metadata)
-        if with_prior.sphere_prior_radius and with_prior.sphere_prior_density:
+        if with_prior.has_sphere_prior:
             with_prior.load_state_dict(untrained.state_dict())
             calibration["_prior"] = compare_head_maps(
                 generated_head_maps(with_prior.to(device).eval(), metadata, z, cam2world, **render), reference, seed)

@@ -152,12 +152,16 @@ class ImplicitGenerator3d(nn.Module):
         return self.average_codes().lerp(codes, psi)
 
     # --------------------------------------------------------------- rendering
+    @property
+    def has_sphere_prior(self) -> bool:
+        return bool(self.sphere_prior_radius and self.sphere_prior_density)
+
     def _with_prior(self, sigma: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Raw density (n, M) plus the sphere prior at points (n, M, 3):
         sphere_prior_density * (1 - |x| / sphere_prior_radius), positive inside the sphere and
         negative outside. A fixed term, not a parameter: the field learns the difference from a
         sphere instead of starting from (and settling in) an opaque wall (docs/METHOD.md §4)."""
-        if not self.sphere_prior_radius or not self.sphere_prior_density:
+        if not self.has_sphere_prior:
             return sigma
         distance = torch.linalg.vector_norm(points, dim=-1)
         return sigma + self.sphere_prior_density * (1 - distance / self.sphere_prior_radius)
@@ -301,9 +305,9 @@ class ImplicitGenerator3d(nn.Module):
                                   axis[index % resolution]], dim=-1)                       # (m, 3)
             directions = torch.zeros_like(points)
             directions[:, 2] = -1
-            _, sigma_chunk, _ = self.siren(points.expand(n, -1, 3), codes.frequencies, codes.phases,
-                                           directions.expand(n, -1, 3))
-            sigma[:, start:start + index.shape[0]] = self._with_prior(sigma_chunk, points.expand(n, -1, 3))  # (n, m)
+            _, sigma_chunk, _ = self._query_field(codes, points.expand(n, -1, 3), directions.expand(n, -1, 3),
+                                                  max_batch_size=None)
+            sigma[:, start:start + index.shape[0]] = sigma_chunk                             # (n, m)
         return sigma.reshape(n, resolution, resolution, resolution)
 
 

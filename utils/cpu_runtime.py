@@ -2,10 +2,10 @@
 
 `flush_denormals()` makes the CPU treat subnormal floats (below 1.2e-38) as zero. Behind an
 opaque surface the transmittance and every gradient that flows through it are products of
-exp(-sigma * delta) and fall into that range, where x86 arithmetic is 10-100x slower; a
-field with dense surfaces (the Synthetic sphere prior, or any trained head) then trained 2.5x
-slower per step (0.64 against 0.25 s at Synthetic's 16 px stage), with the same losses to
-four digits. Always on for CPU training.
+exp(-sigma * delta) and fall into that range, where x86 arithmetic is many times slower: with
+the Synthetic sphere prior (dense from the first step) a step took 2.5x as long (0.64 against
+0.25 s at Synthetic's 16 px stage), with the same losses to four digits. Always on for CPU
+training.
 
 `keep_freed_memory()` stops glibc's malloc from handing large freed blocks back to
 the kernel. By default every allocation above 32 MB (each SIREN activation at the
