@@ -11,7 +11,7 @@ from PIL import Image
 from curriculums import extract_metadata, get_curriculum
 from datasets import (CelebAHQ, DatasetError, Synthetic, build_dataset, check_dataset,
                       image_transform, resolve_image_paths)
-from generators.cameras import to_world
+from generators.cameras import cam2world_from_poses, camera_ray_directions, to_world
 from generators.warp import stereo_warp, unproject_depth
 
 
@@ -191,6 +191,23 @@ def test_synthetic_render_pose_and_depth():
     own = ds.render(2)
     assert (own["yaw"], own["pitch"]) == ds.pose_of(2) and own["yaw"] != math.pi / 2
     assert torch.equal(own["image"], ds[2][0])
+
+
+def test_synthetic_eyes_are_resolved_at_the_training_resolution():
+    """The demo trains at 16 px first: an eye has to span more than one pixel there to be learnt.
+
+    Counts the pixel centres of a frontal 16 px view that hit an eyeball or iris (primitives
+    1-4, labels 2-5). With the earlier eye radius (0.009-0.012) many eyes hit one pixel.
+    """
+    ds = Synthetic(16)
+    cam2world = cam2world_from_poses(torch.tensor([math.pi / 2]), torch.tensor([math.pi / 2]))[0]
+    dirs = camera_ray_directions(16, ds.fov) @ cam2world[:3, :3].T
+    pixels_per_eye = []
+    for index in range(50):
+        label = ds.head(index).radiance(cam2world[:3, 3], dirs)[3]
+        pixels_per_eye += [int(((label == 2) | (label == 3)).sum()), int(((label == 4) | (label == 5)).sum())]
+    assert min(pixels_per_eye) >= 2
+    assert sum(pixels_per_eye) / len(pixels_per_eye) >= 3
 
 
 def test_synthetic_multiview_ground_truth_consistency():
