@@ -180,7 +180,7 @@ Synthetic = {
     "topk_interval": 100,
     "nerf_noise_steps": 300,   # density noise decays within the short run (5000 when absent)
     "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
-    "max_mixup_ratio": 1.0,    # below it the SIREN drifted to high frequencies (noise) in some runs
+    "max_mixup_ratio": 1.0,    # pulls density up; at 0.1 and 0.5 some runs drifted to noise
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
     # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
     # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
