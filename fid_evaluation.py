@@ -652,15 +652,15 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     key = json.dumps([sorted((str(k), str(v)) for k, v in metadata.items()), num_samples, seed, psi, alpha])
     if key not in _SYNTHETIC_CALIBRATION:
         reference = real_head_maps(metadata, yaw, pitch)
-        with torch.random.fork_rng(devices=[]):  # the floor's init must not move the caller's RNG
+        with torch.random.fork_rng(devices=[]):  # the baselines' init must not move the caller's RNG
             torch.manual_seed(seed)
             untrained = build_generator(dict(metadata, sphere_prior_density=0.0)).to(device).eval()
+            with_prior = build_generator(metadata)
         calibration = {
             "_ceiling": compare_head_maps(real_head_maps(metadata, yaw, pitch, first_index=num_samples),
                                           reference, seed),
             "_floor": compare_head_maps(generated_head_maps(untrained, metadata, z, cam2world, **render),
                                         reference, seed)}
-        with_prior = build_generator(metadata)
         if with_prior.has_sphere_prior:
             with_prior.load_state_dict(untrained.state_dict())
             calibration["_prior"] = compare_head_maps(

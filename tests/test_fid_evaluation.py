@@ -303,6 +303,16 @@ def test_head_map_comparison_on_known_cases(metadata):
     assert fe._gap_closed(0.5, 0.0, 1.0) == 0.5 and fe._gap_closed(0.02, 0.1, 0.0) == pytest.approx(0.8)
 
 
+def test_synthetic_metric_leaves_the_callers_rng_alone(tiny_generator, metadata):
+    # Training evaluates mid-run: building the untrained baselines (floor, prior) must not move
+    # the global RNG the training loop draws its latents and poses from.
+    fe._SYNTHETIC_CALIBRATION.clear()  # force the baselines to be built
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    scores = fe.synthetic_scores(tiny_generator, metadata, num_samples=4)
+    assert "synthetic_iou_prior" in scores and torch.equal(before, torch.get_rng_state())
+
+
 def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(
         plain_generator, tiny_generator, metadata):
     results = fe.evaluate(plain_generator, metadata, metrics=("synthetic",), num_synthetic=48, device="cpu")
