@@ -219,6 +219,27 @@ def _seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def ray_ellipsoid_hits(origin: torch.Tensor, dirs: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor):
+    """Nearest hit of rays origin (3,) + t * dirs (R, 3, unit) on axis-aligned ellipsoids
+    centres (K, 3), semi-axes radii (K, 3): t (R,) (inf on a miss), ellipsoid id (R,), hit (R,).
+
+    Solves |(origin + t*dirs - centre) / radii|^2 = 1 for every ellipsoid at once
+    (two (R, 3) x (3, K) matmuls), in float64: for the small primitives the
+    quadratic's coefficients are ~1e4-1e5 and float32 would cancel badly.
+    """
+    inv_r = 1.0 / radii.double()                                        # (K, 3)
+    o = (origin.double()[None] - centres.double()) * inv_r              # (K, 3) origin, scaled
+    d = dirs.double()
+    a = (d * d) @ (inv_r * inv_r).T                                     # (R, K)
+    b = d @ (o * inv_r).T                                               # (R, K) half of the usual b
+    c = (o * o).sum(-1) - 1                                             # (K,)
+    disc = b * b - a * c
+    t = (-b - disc.clamp_min(0).sqrt()) / a                             # nearest root
+    t = torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
+    t_min, prim = t.min(dim=1)                                          # (R,)
+    return t_min.to(dirs.dtype), prim, torch.isfinite(t_min)
+
+
 class _Head:
     """One procedural head: axis-aligned ellipsoids with colours, plus a hair rule.
 
@@ -293,23 +314,8 @@ class _Head:
         self.background = torch.tensor([u(0.1, 0.9), u(0.1, 0.9), u(0.1, 0.9)])
 
     def cast(self, origin: torch.Tensor, dirs: torch.Tensor):
-        """Nearest hit of rays origin + t*dirs (dirs (R, 3) unit): t (R,), primitive id (R,), hit (R,).
-
-        Solves |(origin + t*dirs - centre) / radii|^2 = 1 for every primitive at once
-        (two (R, 3) x (3, K) matmuls), in float64: for the small primitives the
-        quadratic's coefficients are ~1e4-1e5 and float32 would cancel badly.
-        """
-        inv_r = 1.0 / self.radii.double()                                   # (K, 3)
-        o = (origin.double()[None] - self.centres.double()) * inv_r         # (K, 3) origin, scaled
-        d = dirs.double()
-        a = (d * d) @ (inv_r * inv_r).T                                     # (R, K)
-        b = d @ (o * inv_r).T                                               # (R, K) half of the usual b
-        c = (o * o).sum(-1) - 1                                             # (K,)
-        disc = b * b - a * c
-        t = (-b - disc.clamp_min(0).sqrt()) / a                             # nearest root
-        t = torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
-        t_min, prim = t.min(dim=1)                                          # (R,)
-        return t_min.to(dirs.dtype), prim, torch.isfinite(t_min)
+        """Nearest hit of rays origin + t*dirs (dirs (R, 3) unit): t (R,), primitive id (R,), hit (R,)."""
+        return ray_ellipsoid_hits(origin, dirs, self.centres, self.radii)
 
     def radiance(self, origin: torch.Tensor, dirs: torch.Tensor):
         """Colour in [0, 1] (R, 3), depth t (R,), hit (R,) and a region label (R,) per ray.
