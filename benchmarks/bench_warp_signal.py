@@ -73,14 +73,14 @@ def measure(size: int, num_heads: int, seed: int, radius: float, metadata) -> di
         depths = {"true": primary["depth"],
                   "sphere": sphere_depth(primary["cam2world"], size, fov, radius, far),
                   "plane": torch.full_like(primary["depth"], float(primary["depth"][foreground].mean()))}
+        def mean_loss(image, counted):  # photometric loss against the primary, over `counted` pixels
+            loss = photometric_loss.per_pixel(image, primary_rgb)[0]
+            return float((loss * counted).sum() / counted.float().sum().clamp_min(1))
+
         for name, depth in depths.items():
             warped, valid = stereo_warp(aux_rgb, depth[None], primary["cam2world"][None], aux["cam2world"][None], fov)
-            counted = (foreground & valid[0]).float()
-            loss = photometric_loss.per_pixel(warped, primary_rgb)[0]
-            totals[name] += float((loss * counted).sum() / counted.sum().clamp_min(1))
-        counted = foreground.float()
-        totals["none"] += float((photometric_loss.per_pixel(aux_rgb, primary_rgb)[0] * counted).sum()
-                                / counted.sum().clamp_min(1))
+            totals[name] += mean_loss(warped, foreground & valid[0])
+        totals["none"] += mean_loss(aux_rgb, foreground)
     return {name: value / num_heads for name, value in totals.items()}
 
 
