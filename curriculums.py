@@ -31,6 +31,10 @@ import copy
 import math
 from typing import Mapping
 
+from datasets import REAL_RESIZES
+from generators.warp import WARP_PROJECTIONS
+from losses import PHOTOMETRIC_INPUTS
+
 # Keys every (non-final) stage must resolve to, from the stage dict or the globals.
 STAGE_KEYS = (
     "batch_size", "num_steps", "img_size", "output_size", "batch_split",
@@ -45,7 +49,20 @@ GLOBAL_KEYS = (
     "dataset", "dataset_path", "clamp_mode", "z_dist", "hierarchical_sample",
     "stereo_auxiliary", "max_mixup_ratio", "z_lambda", "last_back", "eval_last_back",
     "hidden_dim", "decoder_channels", "disc_width_factor",
+    "photometric_input", "warp_projection", "real_resize",
 )
+
+# The values a key may take, where they are a fixed set. The first of each (the published
+# behaviour) is what the paper's curricula use; the others are opt-in corrections (docs/METHOD.md §13).
+CHOICES = {
+    "photometric_input": tuple(PHOTOMETRIC_INPUTS),  # "shifted" (published (x+1)/2), "unit"
+    "warp_projection": WARP_PROJECTIONS,             # "ray_norm" (published), "pinhole"
+    "real_resize": tuple(REAL_RESIZES),              # "nearest" (published), "antialias"
+}
+
+# What checkpoints written before these keys existed were trained with (the corrections were
+# then the only behaviour); a resumed run of such a checkpoint keeps them (train.run_curriculum).
+LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
 
 # Keys some curricula set and the code reads with a default where they are absent.
 OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back",
@@ -106,6 +123,10 @@ FACE_GLOBALS = {
     # volume rendering
     "last_back": False,
     "eval_last_back": True,
+    # the published behaviour; each has an opt-in correction (CHOICES, docs/METHOD.md §13)
+    "photometric_input": "shifted",  # the photometric loss on (x + 1) / 2 of the [0, 1] NeRF RGB
+    "warp_projection": "ray_norm",   # the warp grid scaled by the primary ray's norm, not by f
+    "real_resize": "nearest",        # real images resized to the stage's size by nearest neighbour
 }
 
 CelebAHQ = {
@@ -181,6 +202,9 @@ Synthetic = {
     "nerf_noise_steps": 300,   # density noise decays within the short run (5000 when absent)
     "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
     "max_mixup_ratio": 1.0,    # pulls density up; at 0.1 and 0.5 some runs drifted to noise
+    # Corrections on (docs/METHOD.md §8.1 measures both against the published behaviour):
+    "photometric_input": "unit",
+    "warp_projection": "pinhole",
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
     # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
     # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
@@ -223,29 +247,39 @@ def _stage_start(curriculum: Mapping, step: int):
 
 
 def extract_metadata(curriculum: Mapping, step: int) -> dict:
-    """Globals merged with the stage active at `step` (stage values win)."""
-    metadata = {k: v for k, v in curriculum.items() if not _is_stage_key(k)}
+    """The stage active at `step` merged with the globals; as published, a global value wins
+    over a stage's value for the same key (so a global `batch_size` applies to every stage)."""
+    metadata = {}
     start = _stage_start(curriculum, step)
     if start is not None:
         metadata.update(curriculum[start])
+    metadata.update({k: v for k, v in curriculum.items() if not _is_stage_key(k)})
     return metadata
 
 
-def last_upsample_step(curriculum: Mapping, step: int) -> int:
-    """Start of the stage active at `step` (0 before the first stage).
-
-    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (docs/METHOD.md §7).
-    """
+def stage_start(curriculum: Mapping, step: int) -> int:
+    """Start of the stage active at `step` (0 before the first stage)."""
     start = _stage_start(curriculum, step)
     return 0 if start is None else start
 
 
-def next_upsample_step(curriculum: Mapping, step: int):
-    """First stage boundary after `step`; float('inf') when there is none."""
+def last_upsample_step(curriculum: Mapping, step: int) -> int:
+    """Where the fade-in of the current output size began, as published: the first stage at or
+    before `step` whose output size is the current one (0 if none). A stage that changes other
+    values (a learning rate, the batch size) but keeps the output size does not restart the fade.
+
+    Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (docs/METHOD.md §7).
+    """
+    size = extract_metadata(curriculum, step).get("output_size")
     for boundary in stage_boundaries(curriculum):
-        if boundary > step:
+        if boundary <= step and extract_metadata(curriculum, boundary).get("output_size") == size:
             return boundary
-    return float("inf")
+    return 0
+
+
+def next_stage_step(curriculum: Mapping, step: int):
+    """First stage boundary after `step`; float('inf') when there is none."""
+    return next((b for b in stage_boundaries(curriculum) if b > step), float("inf"))
 
 
 def is_final_stage(curriculum: Mapping, step: int) -> bool:
@@ -320,6 +354,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
         problems.append("ray_start must be smaller than ray_end")
     if "betas" in curriculum and not all(isinstance(b, float) for b in curriculum["betas"]):
         problems.append("betas must be floats, e.g. (0.0, 0.9)")
+    for key, allowed in CHOICES.items():
+        if key in curriculum and curriculum[key] not in allowed:
+            problems.append(f"{key} must be one of {', '.join(map(repr, allowed))}, not {curriculum[key]!r}")
 
     if problems:
         raise ValueError(f"Invalid {label}:\n  - " + "\n  - ".join(problems))

@@ -100,21 +100,50 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None) -> i
 CROP_SIZES = {"CelebAHQ": 512, "FFHQ": 512, "Cat": 472}
 
 
-def image_transform(dataset: str, img_size: int, flip: bool) -> v2.Compose:
-    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1] (docs/METHOD.md §9)."""
+# The final resize of a real image to the stage's size (curriculum key `real_resize`): "nearest", as
+# published (torchvision's nearest on the normalised tensor: row/column i takes source index
+# floor(i * in / out), no averaging), or "antialias", a correction (bilinear with antialiasing,
+# what a camera at that resolution would see; docs/METHOD.md §9).
+REAL_RESIZES = {"nearest": v2.InterpolationMode.NEAREST, "antialias": v2.InterpolationMode.BILINEAR}
+
+
+def _crop_steps(dataset: str) -> list:
     if dataset in ("CelebAHQ", "FFHQ"):
-        crop = [v2.Resize(576, antialias=True), v2.CenterCrop(CROP_SIZES[dataset])]
-    elif dataset == "Cat":
-        crop = [v2.CenterCrop(CROP_SIZES[dataset])]
-    else:
-        raise DatasetError(f"No image transform for dataset {dataset!r}.")
-    # The published code resizes with nearest neighbour; we use an antialiased filter.
-    steps = crop + [v2.Resize((img_size, img_size), antialias=True)]
+        # PIL's bilinear filter (antialiased when shrinking), as torchvision applies it to a PIL image
+        return [v2.Resize(576, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+                v2.CenterCrop(CROP_SIZES[dataset])]
+    if dataset == "Cat":
+        return [v2.CenterCrop(CROP_SIZES[dataset])]
+    raise DatasetError(f"No image transform for dataset {dataset!r}.")
+
+
+def crop_transform(dataset: str) -> v2.Compose:
+    """PIL image -> the dataset's centre crop as a float tensor in [-1, 1] (3, C, C): steps 1-4 of
+    the published pipeline (docs/METHOD.md §9), before the flip and the final resize."""
+    return v2.Compose(_crop_steps(dataset) + [v2.Lambda(_to_unit_tensor), v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+
+
+def _to_unit_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 codes / 255 as float32 (3, H, W), exactly as torchvision's ToTensor divides (v2's
+    ToDtype multiplies by 1/255, which differs in the last bit for some codes)."""
+    return v2.functional.pil_to_tensor(image).to(torch.float32).div(255)
+
+
+def final_resize(img_size: int, real_resize: str = "nearest") -> v2.Resize:
+    """The last step: the normalised crop to (img_size, img_size) (REAL_RESIZES)."""
+    if real_resize not in REAL_RESIZES:
+        raise DatasetError(f"real_resize must be one of {sorted(REAL_RESIZES)}, got {real_resize!r}")
+    return v2.Resize((img_size, img_size), interpolation=REAL_RESIZES[real_resize],
+                     antialias=real_resize == "antialias")
+
+
+def image_transform(dataset: str, img_size: int, flip: bool = False, real_resize: str = "nearest") -> v2.Compose:
+    """PIL image -> (3, img_size, img_size) float tensor in [-1, 1], in the published order: (faces)
+    short side to 576, centre crop, to tensor, normalise, random horizontal flip (if `flip`), resize."""
+    steps = list(crop_transform(dataset).transforms)
     if flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
-    return v2.Compose(steps)
+    return v2.Compose(steps + [final_resize(img_size, real_resize)])
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:
@@ -138,11 +167,13 @@ class ImageFolderDataset(Dataset):
 
     dataset_name = ""
 
-    def __init__(self, dataset_path, img_size: int, flip: bool = True,
-                 curriculum_name: Optional[str] = None):
+    def __init__(self, dataset_path, img_size: int, flip: bool = False,
+                 curriculum_name: Optional[str] = None, real_resize: str = "nearest"):
         self.paths = _find_images(dataset_path, curriculum_name or self.dataset_name)
         self.img_size = img_size
-        self.transform = image_transform(self.dataset_name, img_size, flip)
+        self.flip = flip
+        self.crop = crop_transform(self.dataset_name)
+        self.resize = final_resize(img_size, real_resize)
         self.num_skipped = 0
         self._unreadable = set()
         self._warned_small = False
@@ -172,12 +203,17 @@ class ImageFolderDataset(Dataset):
                            "padded with black" if self.dataset_name == "Cat" else "upscaled")
         return rgb
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """`key` is an index, or (index, flip) as the training sampler yields it; a plain index
+        is flipped at random when the dataset was built with `flip`. The flip comes before the
+        final resize, as published (with nearest resizing the order picks other pixels)."""
+        index, flip = key if isinstance(key, tuple) else (key, self.flip and bool(torch.rand(()) < 0.5))
         n = len(self.paths)
         for offset in range(n):
             image = self._load((index + offset) % n)
             if image is not None:
-                return self.transform(image), 0
+                crop = self.crop(image)
+                return self.resize(crop.flip(-1) if flip else crop), 0
         raise DatasetError(f"None of the {n} files of dataset {self.dataset_name!r} is a readable "
                            f"image (e.g. {self.paths[0]!r}).")
 
@@ -435,13 +471,14 @@ class Synthetic(Dataset):
         return {"image": image, "depth": depth, "mask": mask, "cam2world": cam2world,
                 "yaw": float(yaw), "pitch": float(pitch)}
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """`key` is an index (flipped by a fixed coin per index when built with `flip`) or
+        (index, flip) as the training sampler yields it."""
+        index, flip = key if isinstance(key, tuple) else (key, self.flip and bool(_seed(self.seed, key, 2) & 1))
         if not 0 <= index < self.length:
             raise IndexError(index)
         image = self.render(index)["image"]
-        if self.flip and (_seed(self.seed, index, 2) & 1):
-            image = image.flip(-1)
-        return image, 0
+        return (image.flip(-1) if flip else image), 0
 
 
 # --------------------------------------------------------------------------- #
@@ -453,7 +490,8 @@ DATASETS = {"CelebAHQ": CelebAHQ, "FFHQ": FFHQ, "Cat": Cat, "Synthetic": Synthet
 
 def build_dataset(metadata: Mapping, img_size: int, flip: bool = True,
                   curriculum_name: Optional[str] = None) -> Dataset:
-    """The dataset named by metadata['dataset'], producing img_size x img_size images."""
+    """The dataset named by metadata['dataset'], producing img_size x img_size images (real
+    images resized as metadata['real_resize'] says, nearest by default)."""
     name = metadata.get("dataset")
     if name not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r} in the 'dataset' key of the curriculum; "
@@ -462,4 +500,5 @@ def build_dataset(metadata: Mapping, img_size: int, flip: bool = True,
         return Synthetic(img_size, metadata=metadata, length=int(metadata.get("synthetic_size", 4096)),
                          seed=int(metadata.get("synthetic_seed", 0)), flip=flip)
     return DATASETS[name](metadata.get("dataset_path"), img_size, flip=flip,
-                          curriculum_name=curriculum_name or metadata.get("curriculum_name") or name)
+                          curriculum_name=curriculum_name or metadata.get("curriculum_name") or name,
+                          real_resize=str(metadata.get("real_resize", "nearest")))

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from generators.generators import sample_z
+from generators.precision import full_precision
 
 SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
@@ -36,23 +37,40 @@ class SSIM(nn.Module):
         return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
 
 
+# How the photometric loss sees its [0, 1] NeRF RGB inputs (curriculum key `photometric_input`):
+# "shifted" maps both through (x + 1) / 2 first, as the published code does (as if they were in
+# [-1, 1]: values land in [0.5, 1]); "unit" compares them as they are, a correction with
+# 1.1-3.7x the published gradient (docs/METHOD.md §7).
+PHOTOMETRIC_INPUTS = {"shifted": lambda x: (x + 1) / 2, "unit": lambda x: x}
+
+
 class PhotometricLoss(nn.Module):
     """0.85 * SSIM term + 0.15 * L1, averaged over channels, then over everything.
 
-    Inputs are the [0, 1] NeRF RGB maps (n, 3, S, S). The published code maps these
-    [0, 1] values through (x + 1) / 2 first; we use them directly (docs/METHOD.md §7).
+    Inputs are [0, 1] RGB maps (n, 3, S, S), mapped by `input_mapping` (PHOTOMETRIC_INPUTS)
+    before the comparison.
     """
 
-    def __init__(self, ssim_weight: float = 0.85):
+    def __init__(self, ssim_weight: float = 0.85, input_mapping: str = "unit"):
         super().__init__()
+        if input_mapping not in PHOTOMETRIC_INPUTS:
+            raise ValueError(f"photometric input must be one of {sorted(PHOTOMETRIC_INPUTS)}, got {input_mapping!r}")
         self.ssim = SSIM()
         self.ssim_weight = ssim_weight
+        self.input_mapping = input_mapping
+
+    def components(self, prediction: torch.Tensor, target: torch.Tensor):
+        """(SSIM term, L1), each an (n, S, S) map averaged over channels."""
+        mapping = PHOTOMETRIC_INPUTS[self.input_mapping]
+        prediction, target = mapping(prediction), mapping(target)
+        return self.ssim(prediction, target).mean(1), (target - prediction).abs().mean(1)
+
+    def combine(self, ssim: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
+        return self.ssim_weight * ssim + (1 - self.ssim_weight) * l1
 
     def per_pixel(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(n, S, S) loss map."""
-        l1 = (prediction - target).abs().mean(1)
-        ssim = self.ssim(prediction, target).mean(1)
-        return self.ssim_weight * ssim + (1 - self.ssim_weight) * l1
+        return self.combine(*self.components(prediction, target))
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_pixel(prediction, target).mean()
@@ -77,6 +95,7 @@ class PhaseConfig:
     z_lambda: float
     reproj_lambda: float
     topk_fraction: float
+    photometric_input: str = "shifted"
 
 
 def topk_fraction(step: int, topk_interval: Optional[float], topk_v: Optional[float]) -> float:
@@ -86,36 +105,65 @@ def topk_fraction(step: int, topk_interval: Optional[float], topk_v: Optional[fl
     return max(0.99 ** (step / topk_interval), topk_v)
 
 
+class RandomDraws:
+    """Where a training step's random numbers come from: torch's global RNG (the default).
+
+    `MVCGANLoss.draws` may be replaced by any object with these two methods, e.g. one that
+    replays recorded draws (the step-parity test with the published code, tests/test_published_step.py).
+    """
+
+    def latents(self, n: int, latent_dim: int, z_dist: str, device) -> torch.Tensor:
+        return sample_z(n, latent_dim, z_dist, device)
+
+    def generator_call(self, generator, n: int, render_options, device):
+        """The `ForwardDraws` of one generator call on n latents."""
+        return generator.sample_draws(n, render_options, device)
+
+
 class MVCGANLoss:
     """The two phases of a step, each accumulating gradients into its network's params.
 
     The training loop owns optimisers, clipping, gradient averaging and EMAs; this object
     only computes losses and calls backward. `render_options` is the stage's RenderOptions.
+    Two hooks observe a step without changing it: `timer(name)` wraps each part of a phase
+    (benchmarks/bench_step.py times them), and `observe(event, values)` receives each phase's
+    loss terms once its backward is done ("d_phase" once, "g_chunk" per generator chunk).
     """
 
     def __init__(self, generator, discriminator, scaler, autocast: Callable = nullcontext):
         self.generator, self.discriminator = generator, discriminator
         self.scaler, self.autocast = scaler, autocast
-        self.photometric = PhotometricLoss()
-        # `timer(name)` wraps each part of a phase; benchmarks/bench_step.py sets one that
-        # accumulates seconds per part. The default does nothing.
+        self.draws = RandomDraws()
+        self._photometric = {}
         self.timer: Callable[[str], object] = lambda name: nullcontext()
+        self.observe: Callable[[str, dict], None] = lambda event, values: None
 
-    def _identity_penalty(self, pred_latent, z, pred_pose, true_pose, cfg: PhaseConfig):
-        penalty = pred_pose.new_zeros(())
+    def photometric(self, input_mapping: str) -> PhotometricLoss:
+        if input_mapping not in self._photometric:
+            self._photometric[input_mapping] = PhotometricLoss(input_mapping=input_mapping)
+        return self._photometric[input_mapping]
+
+    def _generate(self, z: torch.Tensor, render_options, cfg: PhaseConfig):
+        draws = self.draws.generator_call(self.generator, z.shape[0], render_options, z.device)
+        return self.generator(z, cfg.alpha, render_options, draws=draws)
+
+    @staticmethod
+    def _identity_penalties(pred_latent, z, pred_pose, true_pose, cfg: PhaseConfig):
+        """(pose penalty, latent penalty), each already times its lambda (zero when that lambda is)."""
+        position = latent = pred_pose.new_zeros(())
         if cfg.pos_lambda > 0:
-            penalty = penalty + F.mse_loss(pred_pose, true_pose) * cfg.pos_lambda
+            position = F.mse_loss(pred_pose, true_pose) * cfg.pos_lambda
         if cfg.z_lambda > 0:
-            penalty = penalty + F.mse_loss(pred_latent, z) * cfg.z_lambda
-        return penalty
+            latent = F.mse_loss(pred_latent, z) * cfg.z_lambda
+        return position, latent
 
     def accumulate_discriminator_gradients(self, real: torch.Tensor, render_options, cfg: PhaseConfig) -> dict:
         """softplus(D(fake)) + softplus(-D(real)) + R1 + pose/latent regression; one backward."""
-        z = sample_z(real.shape[0], cfg.latent_dim, cfg.z_dist, real.device)
+        z = self.draws.latents(real.shape[0], cfg.latent_dim, cfg.z_dist, real.device)
         with self.timer("d_generate"), torch.no_grad(), self.autocast():
-            fakes = [self.generator(chunk, cfg.alpha, render_options) for chunk in z.tensor_split(cfg.batch_split)]
-            fake_images = torch.cat([out.image for out in fakes]).float()
-            fake_poses = torch.cat([out.pose for out in fakes]).float()
+            fakes = [self._generate(chunk, render_options, cfg) for chunk in z.tensor_split(cfg.batch_split)]
+            fake_images = full_precision(torch.cat([out.image for out in fakes]))
+            fake_poses = full_precision(torch.cat([out.pose for out in fakes]))
         with self.timer("d_real_r1"):
             real = real.detach().requires_grad_(cfg.r1_lambda > 0)
             with self.autocast():
@@ -126,43 +174,60 @@ class MVCGANLoss:
                 (grad_real,) = torch.autograd.grad(self.scaler.scale(real_logits.sum()), real, create_graph=True)
                 grad_real = grad_real / self.scaler.get_scale()
                 with self.autocast():
-                    r1 = 0.5 * cfg.r1_lambda * grad_real.flatten(1).float().norm(2, dim=1).pow(2).mean()
+                    r1 = 0.5 * cfg.r1_lambda * full_precision(grad_real.flatten(1)).norm(2, dim=1).pow(2).mean()
         with self.timer("d_fake_forward"), self.autocast():
             fake_logits, pred_latent, pred_pose = self.discriminator(fake_images, cfg.alpha)
-            identity = self._identity_penalty(pred_latent.float(), z, pred_pose.float(), fake_poses, cfg)
-            adversarial = F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
-            loss = adversarial + r1 + identity
+            position, latent = self._identity_penalties(full_precision(pred_latent), z, full_precision(pred_pose),
+                                                        fake_poses, cfg)
+            softplus_fake = F.softplus(full_precision(fake_logits)).mean()
+            softplus_real = F.softplus(-full_precision(real_logits)).mean()
+            loss = softplus_fake + softplus_real + r1 + (latent + position)
         with self.timer("d_backward"):
             self.scaler.scale(loss).backward()
-        return {"d_loss": loss.detach(), "r1": r1.detach(), "d_pose": identity.detach(),
-                "real_logit": real_logits.detach().float().mean(), "fake_logit": fake_logits.detach().float().mean()}
+        self.observe("d_phase", {"loss": loss, "softplus_fake": softplus_fake, "softplus_real": softplus_real,
+                                 "r1": r1, "position": position, "latent": latent, "real_logits": real_logits,
+                                 "fake_logits": fake_logits, "fake_poses": fake_poses, "pred_pose": pred_pose,
+                                 "fake_images": fake_images, "outputs": fakes})
+        return {"d_loss": loss.detach(), "r1": r1.detach(), "d_pose": (latent + position).detach(),
+                "real_logit": full_precision(real_logits.detach()).mean(),
+                "fake_logit": full_precision(fake_logits.detach()).mean()}
 
     def accumulate_generator_gradients(self, batch_size: int, device, render_options, cfg: PhaseConfig) -> dict:
         """Per chunk: top-k non-saturating loss + pose regression + photometric consistency."""
-        z = sample_z(batch_size, cfg.latent_dim, cfg.z_dist, device)
+        z = self.draws.latents(batch_size, cfg.latent_dim, cfg.z_dist, device)
+        photometric_loss_fn = self.photometric(cfg.photometric_input)
         totals = {"g_loss": 0.0, "photometric": 0.0, "g_pose": 0.0}
         for chunk in z.tensor_split(cfg.batch_split):
             share = chunk.shape[0] / batch_size
             with self.autocast():
                 with self.timer("g_forward"):
-                    out = self.generator(chunk, cfg.alpha, render_options)
+                    out = self._generate(chunk, render_options, cfg)
                 with self.timer("g_disc_forward"):
                     logits, pred_latent, pred_pose = self.discriminator(out.image, cfg.alpha)
-                    logits = logits.float()
+                    logits = full_precision(logits)
                     k = math.ceil(cfg.topk_fraction * logits.shape[0])
                     top_logits = torch.topk(logits, k, dim=0).values
-                    identity = self._identity_penalty(pred_latent.float(), chunk, pred_pose.float(),
-                                                      out.pose.float(), cfg)
+                    position, latent = self._identity_penalties(full_precision(pred_latent), chunk,
+                                                                full_precision(pred_pose), full_precision(out.pose),
+                                                                cfg)
                 with self.timer("photometric"):
-                    photometric = out.image.new_zeros((), dtype=torch.float32)
+                    photometric = ssim = l1 = out.image.new_zeros((), dtype=full_precision(out.image).dtype)
                     if cfg.reproj_lambda > 0 and out.warped_aux_rgb is not None:
-                        photometric = self.photometric(out.warped_aux_rgb.float(), out.primary_rgb.float())
-                loss = F.softplus(-top_logits).mean() + identity + cfg.reproj_lambda * photometric
+                        ssim_map, l1_map = photometric_loss_fn.components(full_precision(out.warped_aux_rgb),
+                                                                          full_precision(out.primary_rgb))
+                        photometric = photometric_loss_fn.combine(ssim_map, l1_map).mean()
+                        ssim, l1 = ssim_map.mean(), l1_map.mean()
+                adversarial = F.softplus(-top_logits).mean()
+                loss = adversarial + (latent + position) + photometric * cfg.reproj_lambda
             # As published: each chunk's mean loss is backpropagated as is, so the accumulated
             # gradient is the sum over chunks (grad_clip was tuned for that).
             with self.timer("g_backward"):
                 self.scaler.scale(loss).backward()
+            self.observe("g_chunk", {"loss": loss, "adversarial": adversarial, "position": position,
+                                     "latent": latent, "photometric": photometric, "photometric_ssim": ssim,
+                                     "photometric_l1": l1, "topk": k, "logits": logits, "top_logits": top_logits,
+                                     "pred_pose": pred_pose, "output": out})
             totals["g_loss"] += loss.detach() * share
             totals["photometric"] += photometric.detach() * share
-            totals["g_pose"] += identity.detach() * share
+            totals["g_pose"] += (latent + position).detach() * share
         return totals

@@ -80,7 +80,13 @@ class TrainConfig:
 
 # ------------------------------------------------------------------------ helpers
 class ResumableDistributedSampler(DistributedSampler):
-    """A DistributedSampler that can start an epoch part-way through (exact resume)."""
+    """A DistributedSampler that can start an epoch part-way through (exact resume) and decides
+    each image's random horizontal flip (docs/METHOD.md §9): it yields (index, flip) keys.
+
+    The flips are drawn here, in the main process, from a seed of (seed, rank, epoch), not in
+    the loader workers, whose RNG states a checkpoint cannot hold: so resuming stays exact, and
+    the dataset flips before its final resize, in the published order.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -92,7 +98,10 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __iter__(self):
         indices = list(super().__iter__())
-        return iter(indices[self.start_index:])
+        seed = np.random.SeedSequence([self.seed, self.rank, self.epoch])
+        generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
+        flips = (torch.rand(len(indices), generator=generator) < 0.5).tolist()
+        return iter(list(zip(indices, flips))[self.start_index:])
 
     def __len__(self):
         return self.num_samples - self.start_index
@@ -221,12 +230,23 @@ def check_curriculum_change(config: TrainConfig, checkpoint_state: Optional[dict
                          f"--allow_curriculum_change to train {config.curriculum!r} on these weights")
 
 
+def written_before_corrections(checkpoint_state: dict) -> bool:
+    """Whether a checkpoint of ours was trained before the published behaviour became the default
+    (its curriculum lacks the keys that choose): it continues with the corrections it was trained
+    with (curriculums.LEGACY_CORRECTIONS). Imported official weights were trained as published."""
+    recorded = checkpoint_state.get("curriculum") or {}
+    return "imported_from" not in checkpoint_state and bool(recorded) and \
+        not any(key in recorded for key in curriculums.LEGACY_CORRECTIONS)
+
+
 def run_curriculum(config: TrainConfig, checkpoint_state: Optional[dict] = None) -> tuple:
     """(curriculum, overrides) of a run, validated: the named curriculum with the overrides recorded in
     the checkpoint being resumed (same curriculum only: they belong to it), then the run's own."""
     check_curriculum_change(config, checkpoint_state)
     overrides = {}
     if checkpoint_state is not None and checkpoint_state.get("curriculum_name") == config.curriculum:
+        if written_before_corrections(checkpoint_state):
+            overrides.update(curriculums.LEGACY_CORRECTIONS)
         overrides.update(checkpoint_state.get("curriculum_overrides") or {})
         if any(isinstance(k, int) for k in config.curriculum_overrides):  # new stages replace the recorded ones
             overrides = {k: v for k, v in overrides.items() if not isinstance(k, int)}
@@ -276,6 +296,10 @@ class Trainer:
         # RNG states must stay CPU tensors (torch.set_rng_state refuses CUDA ones).
         self.resume_state = load_checkpoint(config.load_dir, map_location="cpu") if config.load_dir else None
         self.curriculum, overrides = run_curriculum(config, self.resume_state)
+        if self.resume_state is not None and written_before_corrections(self.resume_state) and rank == 0:
+            logger.warning("%s was trained before the published behaviour became the default: it continues with "
+                           "the corrections it was trained with (%s)", config.load_dir,
+                           ", ".join(f"{k}={v!r}" for k, v in curriculums.LEGACY_CORRECTIONS.items()))
         self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
@@ -401,7 +425,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- data
     def make_loader(self, metadata: dict):
-        dataset = build_dataset(metadata, int(metadata["output_size"]), flip=False)  # flipped by random_flip
+        dataset = build_dataset(metadata, int(metadata["output_size"]), flip=False)  # the sampler flips
         sampler = ResumableDistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
                                               shuffle=True, seed=self.config.seed, drop_last=True)
         loader = DataLoader(dataset, batch_size=int(metadata["batch_size"]), sampler=sampler, drop_last=True,
@@ -415,15 +439,6 @@ class Trainer:
             raise ValueError(f"dataset has {len(dataset)} images: fewer than one batch of "
                              f"{metadata['batch_size']} per process")
         return loader
-
-    def random_flip(self, images: torch.Tensor) -> torch.Tensor:
-        """Flip each image horizontally with probability 1/2 (docs/METHOD.md §9), drawn from a seed of
-        (seed, rank, epoch, batch) rather than in the loader workers: their RNG states cannot be
-        checkpointed, this seed is restored with the data position, so resuming stays exact."""
-        seed = np.random.SeedSequence([self.config.seed, self.rank, self.epoch, self.batch_in_epoch])
-        generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
-        flips = torch.rand(images.shape[0], generator=generator) < 0.5  # (B,)
-        return torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
 
     # -------------------------------------------------------------- samples
     @torch.no_grad()
@@ -516,9 +531,13 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return stepped, float(norm)
 
-    def loader_key(self, step: int) -> int:
-        """The stage `step` is in (its first step): a new stage gets new metadata and a new loader."""
-        return curriculums.last_upsample_step(self.curriculum, step)
+    def loader_key(self, step: int) -> tuple:
+        """What the data loader at `step` depends on. As published, a stage that changes the batch
+        size rebuilds the loader (and starts a new epoch); one that changes only other values
+        (learning rates, loss weights) keeps it. The image size is part of the key too: the
+        published loop would keep feeding the old size there (and fail on it)."""
+        metadata = curriculums.extract_metadata(self.curriculum, step)
+        return metadata.get("batch_size"), metadata.get("output_size")
 
     def after_step(self, stats: dict, metadata: dict, started: float, total_bar, stage_bar) -> None:
         """Rank 0: log a metrics line every log_interval steps and move the bars."""
@@ -526,7 +545,7 @@ class Trainer:
             logger.warning("step %d: non-finite loss or gradient, optimiser step skipped", self.step)
         if self.step % self.config.log_interval == 0 or stats["skipped"] or self.step == 1:
             self.log_metrics({"step": self.step,
-                              "stage": curriculums.last_upsample_step(self.curriculum, self.step - 1),
+                              "stage": curriculums.stage_start(self.curriculum, self.step - 1),
                               "img_size": metadata["img_size"], "output_size": metadata["output_size"],
                               "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
                               **stats})
@@ -565,8 +584,12 @@ class Trainer:
                           r1_lambda=float(metadata["r1_lambda"]), pos_lambda=float(metadata["pos_lambda"]),
                           z_lambda=float(metadata.get("z_lambda", 0)),
                           reproj_lambda=float(metadata.get("reproj_lambda", 0)),
-                          topk_fraction=topk_fraction(step, metadata.get("topk_interval"), metadata.get("topk_v")))
+                          topk_fraction=topk_fraction(step, metadata.get("topk_interval"), metadata.get("topk_v")),
+                          photometric_input=str(metadata.get("photometric_input", "shifted")))
         self.set_learning_rates(metadata)
+        if self.scaler.is_enabled() and self.scaler.get_scale() < 1:
+            # As published: the fp16 loss scale never stays below 1 (there small gradients underflow).
+            self.scaler.update(1.0)
         self.generator.train()
         self.discriminator.train()
 
@@ -610,7 +633,7 @@ class Trainer:
         bars = config.progress and self.is_main and sys.stderr.isatty()
         total_bar = tqdm(total=final_step, initial=min(self.step, final_step), desc="total", disable=not bars,
                          dynamic_ncols=True)
-        stage_bar = None
+        stage_bar, bar_stage = None, None
         loader, loader_key = None, None
         try:
             while self.step < final_step and self.epoch < config.n_epochs:
@@ -622,24 +645,26 @@ class Trainer:
                     loader, loader_key = self.make_loader(metadata), key
                     if self.is_main:
                         self.write_real_grid(loader.dataset)
-                    if bars:
-                        stage_start = curriculums.last_upsample_step(self.curriculum, self.step)
-                        stage_end = min(curriculums.next_upsample_step(self.curriculum, self.step) or final_step,
-                                        final_step)
-                        if stage_bar is not None:
-                            stage_bar.close()
-                        stage_bar = tqdm(total=stage_end - stage_start, initial=self.step - stage_start,
-                                         desc=f"stage@{stage_start}", leave=False, dynamic_ncols=True)
                 loader.sampler.set_position(self.epoch, self.batch_in_epoch * int(metadata["batch_size"]))
                 for real, _ in loader:
                     started = time.time()
-                    stats = self.train_step(self.random_flip(real.to(self.device, non_blocking=True)), metadata)
+                    # Every step reads its own stage's values: a stage that changes only a learning
+                    # rate takes effect at its first step, without a new loader or a new fade.
+                    metadata = curriculums.extract_metadata(self.curriculum, self.step)
+                    if bars and bar_stage != curriculums.stage_start(self.curriculum, self.step):
+                        bar_stage = curriculums.stage_start(self.curriculum, self.step)
+                        stage_end = min(curriculums.next_stage_step(self.curriculum, self.step), final_step)
+                        if stage_bar is not None:
+                            stage_bar.close()
+                        stage_bar = tqdm(total=stage_end - bar_stage, initial=self.step - bar_stage,
+                                         desc=f"stage@{bar_stage}", leave=False, dynamic_ncols=True)
+                    stats = self.train_step(real.to(self.device, non_blocking=True), metadata)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    # Decide the data position before anything is saved, so a resume at a
-                    # stage boundary continues exactly like the uninterrupted run.
-                    stage_changed = self.loader_key(self.step) != key
-                    if stage_changed:  # a stage change abandons the current epoch
+                    # Decide the data position before anything is saved, so a resume where the
+                    # loader changes continues exactly like the uninterrupted run.
+                    loader_changed = self.loader_key(self.step) != key
+                    if loader_changed:  # a new loader abandons the current epoch
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     if self.is_main:
                         self.after_step(stats, metadata, started, total_bar, stage_bar)
@@ -667,7 +692,7 @@ class Trainer:
                             logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
                                            self.last_good_checkpoint or "none")
                         return 0
-                    if stage_changed or self.step >= final_step:
+                    if loader_changed or self.step >= final_step:
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0

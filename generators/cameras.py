@@ -162,14 +162,24 @@ def camera_ray_directions(img_size: int, fov: float, device="cpu") -> torch.Tens
     return directions_through(torch.linspace(-1, 1, img_size, device=device), fov).reshape(-1, 3)
 
 
-def sample_depths(n: int, num_rays: int, ray: RaySampling, jitter: bool, device="cpu",
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Depth samples t, (n, num_rays, num_steps); jittered per ray and sample if asked."""
-    t = torch.linspace(ray.ray_start, ray.ray_end, ray.num_steps, device=device)
+def jitter_draws(n: int, num_rays: int, num_steps: int, device="cpu",
+                 generator: Optional[torch.Generator] = None, dtype=None) -> torch.Tensor:
+    """U[0, 1) draws (n, num_rays, num_steps) for `sample_depths`: one per ray and sample."""
+    return torch.rand((n, num_rays, num_steps), device=device, generator=generator, dtype=dtype)
+
+
+def sample_depths(n: int, num_rays: int, ray: RaySampling, jitter: Optional[torch.Tensor] = None,
+                  device="cpu", dtype=None) -> torch.Tensor:
+    """Depth samples t, (n, num_rays, num_steps), evenly spaced in [ray_start, ray_end].
+
+    `jitter` (U[0, 1) draws of that shape, `jitter_draws`) moves each sample by (u - 1/2)·Δt,
+    Δt the spacing, as published (`perturb_points`).
+    """
+    t = torch.linspace(ray.ray_start, ray.ray_end, ray.num_steps, device=device, dtype=dtype)
     t = t.expand(n, num_rays, ray.num_steps)
-    if jitter and ray.num_steps > 1:
+    if jitter is not None and ray.num_steps > 1:
         spacing = (ray.ray_end - ray.ray_start) / (ray.num_steps - 1)
-        t = t + (torch.rand(t.shape, device=device, generator=generator) - 0.5) * spacing
+        t = t + (jitter.to(t.dtype) - 0.5) * spacing
     return t
 
 
@@ -195,16 +205,17 @@ class Rays(NamedTuple):
     pitch: torch.Tensor         # (n,)
 
 
-def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling, jitter: bool,
-                     generator: Optional[torch.Generator] = None) -> tuple:
+def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling,
+                     jitter: Optional[torch.Tensor] = None) -> tuple:
     """World-space sample points, directions and depths for given cameras.
 
-    Returns points (n, S*S, N, 3), directions (n, S*S, 3), depths (n, S*S, N).
-    The camera-space direction grid is shared by all cameras (no per-batch copies).
+    Returns points (n, S*S, N, 3), directions (n, S*S, 3), depths (n, S*S, N); `jitter`
+    as in `sample_depths`. The camera-space direction grid is shared by all cameras (no
+    per-batch copies).
     """
     n, device = cam2world.shape[0], cam2world.device
     dirs_cam = camera_ray_directions(ray.img_size, ray.fov, device=device).to(cam2world.dtype)  # (R, 3)
-    depths = sample_depths(n, dirs_cam.shape[0], ray, jitter, device=device, generator=generator)
+    depths = sample_depths(n, dirs_cam.shape[0], ray, jitter, device=device, dtype=cam2world.dtype)
     dirs_world = dirs_cam @ cam2world[:, :3, :3].transpose(1, 2)  # (n, R, 3)
     origins = cam2world[:, None, None, :3, 3]  # (n, 1, 1, 3)
     points = origins + depths[..., None] * dirs_world[:, :, None, :]  # (n, R, N, 3)
@@ -213,24 +224,29 @@ def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling, jitter: bool,
 
 def sample_rays(n: int, pose: PoseDistribution, ray: RaySampling, jitter: bool, device="cpu",
                 generator: Optional[torch.Generator] = None) -> Rays:
-    """Draw n poses from `pose` and cast S*S rays with N depth samples from each."""
+    """Draw n poses from `pose` and cast S*S rays with N depth samples from each (jittered if asked)."""
     yaw, pitch = sample_poses(n, pose, device=device, generator=generator)
     cam2world = cam2world_from_poses(yaw, pitch)
-    points, directions, depths = rays_for_cameras(cam2world, ray, jitter, generator=generator)
+    draws = jitter_draws(n, ray.img_size ** 2, ray.num_steps, device, generator) if jitter else None
+    points, directions, depths = rays_for_cameras(cam2world, ray, draws)
     return Rays(points, directions, depths, cam2world, yaw, pitch)
+
+
+def perspective_divide(points_world: torch.Tensor, cam2world: torch.Tensor):
+    """(-X/Z, Y/Z) of world points (n, M, 3) in a camera's coordinates, (n, M, 2), and the
+    camera-space z, (n, M) (negative in front of the camera)."""
+    world2cam = torch.linalg.inv(cam2world)
+    cam = to_world(world2cam, points_world)
+    z = cam[..., 2]
+    safe_z = torch.where(z.abs() < 1e-8, torch.full_like(z, -1e-8), z)
+    return torch.stack([-cam[..., 0] / safe_z, cam[..., 1] / safe_z], dim=-1), z
 
 
 def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
     """Pinhole projection of world points (n, M, 3) into a camera.
 
     Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
-    top-left pixel centre) and the camera-space z (n, M) (negative in front).
+    top-left pixel centre): f·(-X/Z, Y/Z), and the camera-space z (n, M) (negative in front).
     """
-    world2cam = torch.linalg.inv(cam2world)
-    cam = to_world(world2cam, points_world)
-    focal = focal_from_fov(fov)
-    z = cam[..., 2]
-    safe_z = torch.where(z.abs() < 1e-8, torch.full_like(z, -1e-8), z)
-    grid_x = -focal * cam[..., 0] / safe_z
-    grid_y = focal * cam[..., 1] / safe_z
-    return torch.stack([grid_x, grid_y], dim=-1), z
+    divided, z = perspective_divide(points_world, cam2world)
+    return focal_from_fov(fov) * divided, z

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from generators.precision import full_precision
+
 
 class EqualizedConv2d(nn.Module):
     """Conv2d with weight ~ N(0, 1), bias 0, computing c * (W x + b) with c = sqrt(2 / fan_in).
@@ -47,8 +49,8 @@ class AdaIN(nn.Module):
             self.style.bias.zero_()
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # Statistics in float32: eps = 1e-8 would vanish in half precision.
-        xf = x.float()
+        # Statistics in at least float32: eps = 1e-8 would vanish in half precision.
+        xf = full_precision(x)
         mean = xf.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         var = (xf - mean).square().mean(dim=(2, 3), keepdim=True).clamp_min(0)
         x_hat = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)

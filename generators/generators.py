@@ -8,7 +8,10 @@ the post neural renderer). The stereo warp and mixup live in `warp.py`.
 Entry points: `forward` (training: primary + auxiliary view), `staged_forward`
 (inference with truncation), `style_mix_forward`, `interpolate_forward`,
 `density_grid` (for meshes). Options come in a `RenderOptions`, built once per
-stage from the curriculum's metadata with `RenderOptions.from_metadata`.
+stage from the curriculum's metadata with `RenderOptions.from_metadata`. Every random
+number of a training forward (poses, depth jitter, density noise, mixup ratios) is drawn by
+`sample_draws` into a `ForwardDraws`, which `forward` also accepts as given: a forward pass
+is then a pure function of its inputs (replayed steps, reproducible renders).
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from typing import Mapping, NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from generators.cameras import (PoseDistribution, RaySampling, cam2world_from_poses, rays_for_cameras,
-                                sample_poses)
+from generators.cameras import (PoseDistribution, RaySampling, cam2world_from_poses, jitter_draws,
+                                rays_for_cameras, sample_poses)
 from generators.decoder import Decoder
 from generators.volume_rendering import IntegrationOptions, importance_depths, integrate
+from generators.precision import full_precision
 from generators.warp import stereo_mixup, stereo_warp
 from siren.siren import BLOCK_ELEMENTS, SIRENS
 
@@ -40,6 +44,7 @@ class RenderOptions:
     stereo_auxiliary: bool = True
     hierarchical_sample: bool = False
     lock_view_dependence: bool = False
+    warp_projection: str = "ray_norm"  # generators.warp.WARP_PROJECTIONS; the published scale by default
 
     @classmethod
     def from_metadata(cls, metadata: Mapping, *, evaluation: bool = False, nerf_noise: float = 0.0,
@@ -56,6 +61,7 @@ class RenderOptions:
             stereo_auxiliary=bool(metadata.get("stereo_auxiliary", True)),
             hierarchical_sample=bool(metadata.get("hierarchical_sample", False)),
             lock_view_dependence=lock_view_dependence,
+            warp_projection=str(metadata.get("warp_projection", "ray_norm")),
         )
 
     def replace(self, **changes) -> "RenderOptions":
@@ -91,11 +97,35 @@ class RenderedView(NamedTuple):
     opacity: torch.Tensor    # (n, S, S) accumulated opacity before last_back (see `integrate`)
 
 
+class ViewDraws(NamedTuple):
+    """The random numbers behind one training view."""
+
+    yaw: torch.Tensor                      # (n,) camera pose, radians
+    pitch: torch.Tensor                    # (n,)
+    jitter: torch.Tensor                   # (n, S*S, N) U[0, 1): depth t + (u - 1/2)·Δt
+    density_noise: Optional[torch.Tensor]  # (n, S*S, N') N(0, 1), times nerf_noise; None when it is 0
+
+
+class ForwardDraws(NamedTuple):
+    """Every random number of one training forward (`ImplicitGenerator3d.sample_draws`)."""
+
+    primary: ViewDraws
+    aux: Optional[ViewDraws]      # None without stereo_auxiliary
+    mixup: Optional[torch.Tensor]  # (n,) U[0, 1): the mixup ratio is u · max_mixup_ratio
+
+
 class GeneratorOutput(NamedTuple):
-    image: torch.Tensor           # (B, 3, out, out), roughly in [-1, 1]
-    pose: torch.Tensor            # (B, 2): pitch, yaw of the primary camera
-    primary_rgb: torch.Tensor     # (B, 3, S, S) in [0, 1]
-    warped_aux_rgb: Optional[torch.Tensor]  # (B, 3, S, S), None without stereo_auxiliary
+    image: torch.Tensor                   # (B, 3, out, out), roughly in [-1, 1]
+    pose: torch.Tensor                    # (B, 2): pitch, yaw of the primary camera
+    primary: RenderedView                 # the primary NeRF view (rgb in [0, 1], depth, camera)
+    aux: Optional[RenderedView]           # the auxiliary view, None without stereo_auxiliary
+    warped_aux_rgb: Optional[torch.Tensor]  # (B, 3, S, S): aux RGB warped into the primary view
+    mixup_ratio: Optional[torch.Tensor]   # (B,): weight of the warped aux features
+
+    @property
+    def primary_rgb(self) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1]: the primary view's NeRF RGB."""
+        return self.primary.rgb
 
 
 class StagedOutput(NamedTuple):
@@ -186,12 +216,17 @@ class ImplicitGenerator3d(nn.Module):
         return rgb, self._with_prior(sigma, points), feats
 
     def render_view(self, codes: LatentCodes, cam2world: torch.Tensor, options: RenderOptions,
-                    jitter: bool, max_batch_size: Optional[int] = None,
+                    draws: Optional[ViewDraws] = None, max_batch_size: Optional[int] = None,
                     generator: Optional[torch.Generator] = None) -> RenderedView:
-        """Cast rays from the cameras, query the field, integrate; maps at S x S."""
+        """Cast rays from the cameras, query the field, integrate; maps at S x S.
+
+        `draws` jitter the depth samples and add density noise (training); without them the
+        samples are evenly spaced and noise-free (inference). `generator` only drives
+        hierarchical sampling's extra depths.
+        """
         rays = options.rays
         n, size, steps = cam2world.shape[0], rays.img_size, rays.num_steps
-        points, ray_directions, depths = rays_for_cameras(cam2world, rays, jitter, generator=generator)
+        points, ray_directions, depths = rays_for_cameras(cam2world, rays, draws.jitter if draws else None)
         view_directions = ray_directions  # what the colour branch sees
         if options.lock_view_dependence:
             view_directions = torch.zeros_like(ray_directions)
@@ -209,9 +244,9 @@ class ImplicitGenerator3d(nn.Module):
         rgb, sigma, feats = query(points, steps)
         if options.hierarchical_sample:
             with torch.no_grad():
-                coarse = integrate(rgb.float(), sigma.float(), depths,
+                coarse = integrate(full_precision(rgb), full_precision(sigma), depths,
                                    options=replace(options.integration, nerf_noise=0.0))
-            fine_depths = importance_depths(depths, coarse.weights, steps, deterministic=not jitter,
+            fine_depths = importance_depths(depths, coarse.weights, steps, deterministic=draws is None,
                                             generator=generator)
             fine_points = cam2world[:, None, None, :3, 3] + fine_depths[..., None] * ray_directions[:, :, None, :]
             fine_rgb, fine_sigma, fine_feats = query(fine_points, steps)
@@ -220,32 +255,63 @@ class ImplicitGenerator3d(nn.Module):
             sigma = torch.cat([sigma, fine_sigma], dim=-1).gather(-1, order)
             feats = torch.cat([feats, fine_feats], dim=-2).gather(
                 -2, order[..., None].expand(-1, -1, -1, feats.shape[-1]))
-        result = integrate(rgb, sigma, depths, feats, options.integration, generator=generator)
+        noise = draws.density_noise if draws else None
+        result = integrate(rgb, sigma, depths, feats, options.integration, noise=noise)
         # (n, S*S, C) -> (n, C, S, S)
         to_map = lambda x: x.reshape(n, size, size, -1).permute(0, 3, 1, 2)
         return RenderedView(to_map(result.rgb), to_map(result.features), result.depth.reshape(n, size, size),
                             cam2world, result.opacity.reshape(n, size, size))
 
-    def forward(self, z: torch.Tensor, alpha: float, options: RenderOptions,
+    @staticmethod
+    def sample_draws(n: int, options: RenderOptions, device="cpu",
+                     generator: Optional[torch.Generator] = None) -> ForwardDraws:
+        """The random numbers of a training forward for n latents: per view a pose, depth jitter
+        and (when options.integration.nerf_noise > 0) density noise, primary view first; then
+        one mixup ratio per sample."""
+        rays = options.rays
+        num_rays = rays.img_size ** 2
+        samples = rays.num_steps * (2 if options.hierarchical_sample else 1)  # noise for the merged samples
+
+        def view() -> ViewDraws:
+            yaw, pitch = sample_poses(n, options.pose, device=device, generator=generator)
+            jitter = jitter_draws(n, num_rays, rays.num_steps, device, generator)
+            noise = None
+            if options.integration.nerf_noise > 0:
+                noise = torch.randn((n, num_rays, samples), device=device, generator=generator)
+            return ViewDraws(yaw, pitch, jitter, noise)
+
+        primary = view()
+        if not options.stereo_auxiliary:
+            return ForwardDraws(primary, None, None)
+        aux = view()
+        return ForwardDraws(primary, aux, torch.rand((n,), device=device, generator=generator))
+
+    def forward(self, z: torch.Tensor, alpha: float, options: RenderOptions, draws: Optional[ForwardDraws] = None,
                 generator: Optional[torch.Generator] = None) -> GeneratorOutput:
-        """Training forward: primary view, auxiliary view, stereo warp + mixup, decode."""
+        """Training forward: primary view, auxiliary view, stereo warp + mixup, decode.
+
+        `draws` are this forward's random numbers (default: `sample_draws` from `generator`,
+        or torch's global RNG).
+        """
+        if draws is None:
+            draws = self.sample_draws(z.shape[0], options, z.device, generator)
+        dtype = next(self.parameters()).dtype  # the poses' dtype: float64 in a float64 run
         codes = self.mapping(z)
-        n, device = z.shape[0], z.device
-        yaw, pitch = sample_poses(n, options.pose, device=device, generator=generator)
+        yaw, pitch = draws.primary.yaw.to(dtype), draws.primary.pitch.to(dtype)
         primary_cam = cam2world_from_poses(yaw, pitch)
-        primary = self.render_view(codes, primary_cam, options, jitter=True, generator=generator)
-        features, warped_aux_rgb = primary.features, None
+        primary = self.render_view(codes, primary_cam, options, draws.primary, generator=generator)
+        features, aux, warped_aux_rgb, ratio = primary.features, None, None, None
         if options.stereo_auxiliary:
-            aux_cam = cam2world_from_poses(*sample_poses(n, options.pose, device=device, generator=generator))
-            aux = self.render_view(codes, aux_cam, options, jitter=True, generator=generator)
+            aux_cam = cam2world_from_poses(draws.aux.yaw.to(dtype), draws.aux.pitch.to(dtype))
+            aux = self.render_view(codes, aux_cam, options, draws.aux, generator=generator)
             warped, _ = stereo_warp(torch.cat([aux.features, aux.rgb], dim=1), primary.depth,
-                                    primary_cam, aux_cam, options.rays.fov)
+                                    primary_cam, aux_cam, options.rays.fov, options.warp_projection)
             warped_aux_features, warped_aux_rgb = warped[:, :-3], warped[:, -3:]
-            features = stereo_mixup(primary.features, warped_aux_features, options.max_mixup_ratio,
-                                    generator=generator)
+            ratio = draws.mixup.to(dtype) * options.max_mixup_ratio
+            features = stereo_mixup(primary.features, warped_aux_features, ratio)
         image = self.decoder(features, codes.style, options.output_size, alpha)
         pose = torch.stack([pitch, yaw], dim=-1)
-        return GeneratorOutput(image, pose, primary.rgb, warped_aux_rgb)
+        return GeneratorOutput(image, pose, primary, aux, warped_aux_rgb, ratio)
 
     def render_codes(self, codes: LatentCodes, options: RenderOptions, cam2world: Optional[torch.Tensor] = None,
                      alpha: float = 1.0, max_batch_size: Optional[int] = 2400000,
@@ -255,7 +321,7 @@ class ImplicitGenerator3d(nn.Module):
         if cam2world is None:
             cam2world = cam2world_from_poses(*sample_poses(n, options.pose, device=codes.style.device,
                                                            generator=generator))
-        view = self.render_view(codes, cam2world.to(codes.style.device), options, jitter=False,
+        view = self.render_view(codes, cam2world.to(codes.style.device), options,
                                 max_batch_size=max_batch_size, generator=generator)
         image = self.decoder(view.features, codes.style, options.output_size, alpha)
         return StagedOutput(image, view.depth, view.rgb, view.cam2world, view.opacity)

@@ -39,17 +39,17 @@ class Integrated(NamedTuple):
 def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
               features: Optional[torch.Tensor] = None,
               options: IntegrationOptions = IntegrationOptions(),
-              generator: Optional[torch.Generator] = None) -> Integrated:
+              noise: Optional[torch.Tensor] = None) -> Integrated:
     """Alpha-composite samples along rays.
 
     rgb (n, R, N, 3), sigma (n, R, N) raw densities, depths (n, R, N) sorted along
-    each ray, features (n, R, N, C) or None.
+    each ray, features (n, R, N, C) or None. `noise`: N(0, 1) draws shaped like sigma,
+    scaled by `options.nerf_noise` and added to the raw density (none when either is absent).
     """
     deltas = depths[..., 1:] - depths[..., :-1]
     deltas = torch.cat([deltas, torch.full_like(deltas[..., :1], 1e10)], dim=-1)  # (n, R, N)
-    if options.nerf_noise > 0:
-        sigma = sigma + torch.randn(sigma.shape, device=sigma.device, dtype=sigma.dtype,
-                                    generator=generator) * options.nerf_noise
+    if noise is not None and options.nerf_noise > 0:
+        sigma = sigma + noise.to(sigma.dtype) * options.nerf_noise
     if options.clamp_mode == "softplus":
         sigma = F.softplus(sigma)
     elif options.clamp_mode == "relu":

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from generators.cameras import (PITCH_EPS, PoseDistribution, RaySampling, cam2world_from_poses,
-                                camera_origins, camera_ray_directions, focal_from_fov, project_to_camera,
+                                camera_origins, camera_ray_directions, focal_from_fov, jitter_draws, project_to_camera,
                                 rays_for_cameras, sample_depths, sample_poses, sample_rays, to_world)
 
 HALF_PI = math.pi / 2
@@ -179,7 +179,7 @@ def test_centre_and_corner_rays(fov):
 
 def test_sample_depths_no_jitter():
     ray = RaySampling(4, 12.0, 0.88, 1.12, 7)
-    t = sample_depths(3, 5, ray, jitter=False)
+    t = sample_depths(3, 5, ray)
     assert t.shape == (3, 5, 7)
     assert torch.allclose(t, torch.linspace(0.88, 1.12, 7).expand(3, 5, 7), atol=0)
 
@@ -188,7 +188,7 @@ def test_sample_depths_jitter():
     ray = RaySampling(4, 12.0, 0.88, 1.12, 7)
     spacing = 0.24 / 6
     g = torch.Generator().manual_seed(0)
-    t = sample_depths(3, 50, ray, jitter=True, generator=g)
+    t = sample_depths(3, 50, ray, jitter=jitter_draws(3, 50, 7, generator=g))
     offsets = t - torch.linspace(0.88, 1.12, 7)
     assert offsets.abs().max() <= 0.5 * spacing + 1e-6
     assert offsets.abs().max() > 0.4 * spacing  # covers the range
@@ -206,7 +206,7 @@ def test_rays_for_cameras_points():
     c2w = cam2world_from_poses(yaw, pitch)
     ray = RaySampling(5, 20.0, 0.8, 1.2, 6)
     g = torch.Generator().manual_seed(1)
-    points, dirs, depths = rays_for_cameras(c2w, ray, jitter=True, generator=g)
+    points, dirs, depths = rays_for_cameras(c2w, ray, jitter_draws(3, 25, 6, generator=g))
     assert points.shape == (3, 25, 6, 3) and dirs.shape == (3, 25, 3) and depths.shape == (3, 25, 6)
     assert torch.allclose(dirs.norm(dim=-1), torch.ones(3, 25), atol=1e-6)
     expected = c2w[:, None, None, :3, 3] + depths[..., None] * dirs[:, :, None]
@@ -235,14 +235,14 @@ def test_project_to_camera_recovers_pixel(fov):
     yaw, pitch = random_poses(3, seed=2)
     c2w = cam2world_from_poses(yaw, pitch)
     ray = RaySampling(size, fov, 0.5, 1.5, 3)
-    points, _, _ = rays_for_cameras(c2w, ray, jitter=True, generator=torch.Generator().manual_seed(3))
+    points, _, _ = rays_for_cameras(c2w, ray, jitter_draws(3, size * size, 3, generator=torch.Generator().manual_seed(3)))
     grid, z = project_to_camera(points.reshape(3, -1, 3), c2w, fov)
     coords = torch.linspace(-1, 1, size)
     gy, gx = torch.meshgrid(coords, coords, indexing="ij")  # pixel (i, j) -> (x = coords[j], y = coords[i])
     expected = torch.stack([gx, gy], -1).reshape(size * size, 1, 2).expand(size * size, 3, 2).reshape(-1, 2)
     assert torch.allclose(grid, expected.expand(3, -1, 2), atol=1e-5)
     assert (z < 0).all()
-    points, _, depths = rays_for_cameras(c2w, ray, jitter=True, generator=torch.Generator().manual_seed(3))
+    points, _, depths = rays_for_cameras(c2w, ray, jitter_draws(3, size * size, 3, generator=torch.Generator().manual_seed(3)))
     cam_z = camera_ray_directions(size, fov)[:, 2]  # (S*S,)
     assert torch.allclose(z, (depths * cam_z[None, :, None]).reshape(3, -1), atol=1e-5)
     # grid_sample at those coordinates returns the pixel itself (top-left is (-1, -1))

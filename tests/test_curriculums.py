@@ -5,7 +5,7 @@ import pytest
 
 import curriculums
 from curriculums import (extract_metadata, get_curriculum, is_final_stage, last_upsample_step,
-                         next_upsample_step, stage_boundaries, validate_curriculum)
+                         next_stage_step, stage_boundaries, validate_curriculum)
 
 STAGE_COLUMNS = ("batch_size", "num_steps", "img_size", "output_size", "batch_split",
                  "gen_lr", "disc_lr", "pos_lambda", "reproj_lambda")
@@ -95,9 +95,10 @@ def test_extract_metadata_stages():
     assert "batch_size" not in end and end["fov"] == 12
 
 
-def test_stage_values_override_globals():
-    c = {0: {"num_steps": 8}, 10: {}, "num_steps": 4, "fov": 12}
-    assert extract_metadata(c, 0)["num_steps"] == 8
+def test_global_values_override_stage_values():
+    """As published (`extract_metadata` writes the globals last): a global wins in every stage."""
+    c = {0: {"num_steps": 8, "batch_size": 2}, 10: {}, "num_steps": 4, "fov": 12}
+    assert extract_metadata(c, 0)["num_steps"] == 4 and extract_metadata(c, 0)["batch_size"] == 2
     assert extract_metadata(c, 10)["num_steps"] == 4
 
 
@@ -107,10 +108,10 @@ def test_upsample_steps_and_final_stage():
     assert last_upsample_step(c, 24999) == 0
     assert last_upsample_step(c, 25000) == 25000
     assert last_upsample_step(c, 60000) == 50000
-    assert next_upsample_step(c, 0) == 25000
-    assert next_upsample_step(c, 25000) == 50000
-    assert next_upsample_step(c, 150000) == 200000
-    assert next_upsample_step(c, 200000) == float("inf")
+    assert next_stage_step(c, 0) == 25000
+    assert next_stage_step(c, 25000) == 50000
+    assert next_stage_step(c, 150000) == 200000
+    assert next_stage_step(c, 200000) == float("inf")
     assert not is_final_stage(c, 0)
     assert not is_final_stage(c, 199999)
     assert is_final_stage(c, 200000) and is_final_stage(c, 10 ** 7)

@@ -106,8 +106,10 @@ def test_face_and_cat_crops(tmp_path):
 
 def test_transform_range_and_antialias(tmp_path):
     board = (np.indices((512, 512)).sum(0) % 2 * 255)[..., None].repeat(3, -1)  # 1-px checkerboard
-    image = image_transform("Cat", 16, flip=False)(Image.fromarray(board.astype(np.uint8)))
+    image = image_transform("Cat", 16, flip=False, real_resize="antialias")(Image.fromarray(board.astype(np.uint8)))
     assert image.abs().max() < 0.1  # antialiased: mid grey (nearest would give +-1)
+    published = image_transform("Cat", 16, flip=False)(Image.fromarray(board.astype(np.uint8)))
+    assert set(published.unique().tolist()) <= {-1.0, 1.0}  # nearest, the published default: +-1 only
     half = np.zeros((512, 512, 3), np.uint8)
     half[:, 256:] = 255
     image = image_transform("Cat", 8, flip=False)(Image.fromarray(half))

@@ -104,3 +104,18 @@ def test_gradients_flow_to_prediction():
         before = photometric_loss(pred, target).item()
         after = photometric_loss(pred - 0.5 * pred.grad / pred.grad.norm(), target).item()
     assert after < before
+
+
+def test_published_photometric_input_is_shifted_into_half_the_range():
+    """photometric_input "shifted" (published): both [0, 1] maps go through (x + 1) / 2 first, which halves
+    the L1 and weakens the SSIM term; "unit" (the correction) compares them as they are."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64), torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    shifted, unit = PhotometricLoss(input_mapping="shifted"), PhotometricLoss(input_mapping="unit")
+    assert torch.equal(shifted.per_pixel(x, y), unit.per_pixel((x + 1) / 2, (y + 1) / 2))
+    ssim_shifted, l1_shifted = shifted.components(x, y)
+    ssim_unit, l1_unit = unit.components(x, y)
+    torch.testing.assert_close(l1_shifted, l1_unit / 2)
+    assert (ssim_shifted.mean() < ssim_unit.mean()) and unit(x, y) > shifted(x, y)
+    with pytest.raises(ValueError, match="photometric input"):
+        PhotometricLoss(input_mapping="half")

@@ -65,6 +65,9 @@ def _busy_port():
     (["--set", "7.batch_size=4"], "no stage 7"),
     (["--set", "0.img_size=3"], "output_size (8) must be img_size (3)"),
     (["--eval_metrics", "fid,kdi"], "unknown metrics ['kdi']"),
+    (["--set", "warp_projection=focal"], "warp_projection must be one of 'ray_norm', 'pinhole'"),
+    (["--set", "photometric_input=half"], "photometric_input must be one of 'shifted', 'unit'"),
+    (["--set", "real_resize=bicubic"], "real_resize must be one of 'nearest', 'antialias'"),
 ])
 def test_bad_flags_fail_before_anything_starts(tmp_path, capsys, extra, message):
     code, err = run_main(tiny_argv(tmp_path / "run", *extra), capsys)
@@ -87,6 +90,20 @@ def test_output_dir_under_a_file_and_a_busy_port(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert f"--port {port} is not available" in err and "leave --port out" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_published_behaviour_and_its_corrections_are_recorded(tmp_path, capsys):
+    """The three choices between published behaviour and correction are curriculum keys: --set
+    switches them, options.json and the checkpoint record them."""
+    sets = TINY_SETS + ["warp_projection=ray_norm", "photometric_input=shifted", "real_resize=antialias"]
+    code, err = run_main(tiny_argv(tmp_path / "run", "--max_steps", "1", sets=sets), capsys)
+    assert code == 0, err
+    options = json.loads((tmp_path / "run" / "options.json").read_text())
+    state = load_checkpoint(tmp_path / "run")
+    for recorded in (options["curriculum"], state["curriculum"]):
+        assert (recorded["warp_projection"], recorded["photometric_input"], recorded["real_resize"]) == \
+            ("ray_norm", "shifted", "antialias")
+    assert state["curriculum_overrides"]["warp_projection"] == "ray_norm"
 
 
 def test_set_values_are_recorded_and_honoured_on_resume(tiny_run, tmp_path, capsys):

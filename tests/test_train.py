@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import curriculums
 from train import TrainConfig, Trainer, train
 from utils.checkpoint import load_checkpoint
 
@@ -333,3 +334,95 @@ def test_cpu_training_flushes_denormals(tmp_path):
         assert (torch.tensor([1e-30]) * torch.tensor([1e-7])).item() > 0  # normal floats are untouched
     finally:
         torch.set_flush_denormal(False)
+
+
+# ------------------------------------------------------------- published stage mechanics (docs/METHOD.md §7)
+def run_recording(tmp_path, monkeypatch, name, overrides, **config):
+    """Train a tiny curriculum; record each step's alpha, generator learning rate and the loaders built."""
+    loaders, lrs = [], []
+    make_loader, train_step = Trainer.make_loader, Trainer.train_step
+
+    def counting_make_loader(self, metadata):
+        loaders.append(self.step)
+        return make_loader(self, metadata)
+
+    def recording_train_step(self, real, metadata):
+        stats = train_step(self, real, metadata)
+        lrs.append(self.optimizer_G.param_groups[0]["lr"])
+        return stats
+
+    monkeypatch.setattr(Trainer, "make_loader", counting_make_loader)
+    monkeypatch.setattr(Trainer, "train_step", recording_train_step)
+    config = tiny_config(tmp_path, name, curriculum_overrides={**TINY, **overrides}, **config)
+    assert train(0, 1, config) == 0
+    records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["alpha"] for r in records], lrs, loaders, load_checkpoint(Path(config.output_dir) / "checkpoint.pth")
+
+
+def test_a_stage_that_changes_only_a_learning_rate_keeps_the_loader_and_the_fade(tmp_path, monkeypatch):
+    """As published: the fade restarts only where output_size changes, the loader is rebuilt only where
+    batch_size does; learning rates follow the stage at once."""
+    stages = {0: dict(TINY_STAGE), 3: dict(TINY_STAGE, gen_lr=1e-3), 7: {}, "fade_steps": 10,
+              "synthetic_size": 64}
+    alphas, lrs, loaders, state = run_recording(tmp_path, monkeypatch, "lr_only", stages, max_steps=6)
+    assert alphas == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])  # no restart at step 3
+    assert lrs == [2e-4] * 3 + [1e-3] * 3
+    assert loaders == [0]  # one loader for the whole run
+    assert (state["epoch"], state["sampler"]["batch"]) == (0, 6)  # the epoch went on through the stage
+
+
+def test_a_batch_size_stage_rebuilds_the_loader_but_does_not_restart_the_fade(tmp_path, monkeypatch):
+    stages = {0: dict(TINY_STAGE), 3: dict(TINY_STAGE, batch_size=4), 6: {}, "fade_steps": 10,
+              "synthetic_size": 64}
+    alphas, _, loaders, _ = run_recording(tmp_path, monkeypatch, "batch", stages)
+    assert alphas == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert loaders == [0, 3]
+
+
+def test_a_global_stage_key_applies_to_every_stage(tmp_path, monkeypatch):
+    """As published, extract_metadata lets a global value win over the stages' (here batch_size 4)."""
+    stages = {0: dict(TINY_STAGE), 3: dict(TINY_STAGE, output_size=16), 6: {}, "batch_size": 4, "synthetic_size": 64}
+    config = tiny_config(tmp_path, "global", curriculum_overrides={**TINY, **stages})
+    assert train(0, 1, config) == 0
+    records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert {r["batch_size"] for r in records} == {4}
+
+
+def test_the_fp16_loss_scale_never_stays_below_one(tmp_path):
+    """As published (`if scaler.get_scale() < 1: scaler.update(1.)` before each step): a loss scale
+    that fell below 1 is raised to 1 before the step's losses are scaled."""
+    trainer = Trainer(0, 1, tiny_config(tmp_path), torch.device("cpu"))
+    trainer.scaler = trainer.loss.scaler = torch.amp.GradScaler("cpu", init_scale=0.25, growth_interval=1000)
+    scales = []
+    trainer.loss.observe = lambda event, values: scales.append(trainer.scaler.get_scale())
+    metadata = curriculums.extract_metadata(trainer.curriculum, 0)
+    real = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    trainer.scaler.scale(torch.ones(()))  # a scaler in use, as after a first step
+    assert trainer.scaler.get_scale() == 0.25
+    trainer.train_step(real, metadata)
+    assert scales == [1.0, 1.0] and trainer.scaler.get_scale() == 1.0  # D phase and the G chunk saw scale 1
+    trainer.scaler.update(0.5)  # an overflow streak pushed it below 1 again
+    trainer.train_step(real, metadata)
+    assert scales[-1] == 1.0 and trainer.scaler.get_scale() == 1.0
+    trainer.scaler.update(8.0)  # above 1 it is the scaler's own business
+    trainer.train_step(real, metadata)
+    assert scales[-1] == 8.0
+
+
+def test_checkpoints_written_before_the_published_defaults_keep_their_corrections(tmp_path):
+    """A run of ours trained when the corrections were the only behaviour resumes with them; an imported
+    official checkpoint and a current one resume with the curriculum's (published) values."""
+    from train import run_curriculum
+
+    config = tiny_config(tmp_path, curriculum="CelebAHQ", curriculum_overrides={"0.batch_size": 8})
+    old_curriculum = {k: v for k, v in curriculums.get_curriculum("CelebAHQ").items()
+                      if k not in curriculums.LEGACY_CORRECTIONS}
+    old = {"curriculum_name": "CelebAHQ", "curriculum": old_curriculum, "curriculum_overrides": {}}
+    curriculum, overrides = run_curriculum(config, old)
+    assert {k: curriculum[k] for k in curriculums.LEGACY_CORRECTIONS} == curriculums.LEGACY_CORRECTIONS
+    assert overrides["0.batch_size"] == 8 and overrides["photometric_input"] == "unit"
+    for state in ({**old, "imported_from": {"generator": "generator.pth"}},
+                  {**old, "curriculum": curriculums.get_curriculum("CelebAHQ")}):
+        curriculum, _ = run_curriculum(config, state)
+        assert (curriculum["photometric_input"], curriculum["warp_projection"], curriculum["real_resize"]) == \
+            ("shifted", "ray_norm", "nearest")

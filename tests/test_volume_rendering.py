@@ -126,16 +126,17 @@ def test_nerf_noise():
     rgb = torch.rand(2, 5, 6, 3, generator=g)
     sigma = torch.randn(2, 5, 6, generator=g)
     depths = torch.linspace(0.8, 1.2, 6).expand(2, 5, 6)
+    noise = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(5))
     clean = integrate(rgb, sigma, depths)
-    zero = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=0.0),
-                     generator=torch.Generator().manual_seed(5))
+    zero = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=0.0), noise=noise)
     assert torch.equal(clean.rgb, zero.rgb) and torch.equal(clean.weights, zero.weights)
-    noisy = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=1.0),
-                      generator=torch.Generator().manual_seed(5))
-    again = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=1.0),
-                      generator=torch.Generator().manual_seed(5))
+    noisy = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=1.0), noise=noise)
+    again = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=1.0), noise=noise.clone())
     assert (noisy.rgb - clean.rgb).abs().max() > 1e-3
-    assert torch.equal(noisy.rgb, again.rgb)  # the generator controls the noise
+    assert torch.equal(noisy.rgb, again.rgb)  # the given draws decide the noise
+    # the draws are scaled by nerf_noise and added to the raw density before the clamp
+    half = integrate(rgb, sigma, depths, options=IntegrationOptions(nerf_noise=0.5), noise=noise)
+    torch.testing.assert_close(half.weights, integrate(rgb, sigma + 0.5 * noise, depths).weights)
 
 
 def test_no_features():

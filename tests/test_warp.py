@@ -56,7 +56,7 @@ def texture(x, y):
 def render_plane(c2w, size, fov, plane_z=0.0):
     """Analytic render of the textured plane z = plane_z: rgb (n, 3, S, S), depth (n, S, S), hits."""
     ray = RaySampling(size, fov, 0.5, 1.5, 2)
-    _, dirs, _ = rays_for_cameras(c2w, ray, jitter=False)
+    _, dirs, _ = rays_for_cameras(c2w, ray)
     dirs = dirs.double()  # (n, S*S, 3); the intersection itself in float64
     origin = c2w[:, None, :3, 3].double()
     t = (plane_z - origin[..., 2]) / dirs[..., 2]  # (n, S*S)
@@ -147,17 +147,45 @@ def test_grid_matches_projection_of_unprojected_points():
     assert torch.allclose(grid, expected.reshape(2, 6, 6, 2), atol=1e-6)
 
 
+@pytest.mark.parametrize("fov", [12.0, 30.0])
+def test_published_ray_norm_projection(fov):
+    """The published warp scales (-X/Z, Y/Z) by ||(x, y, -f)|| of the primary pixel instead of f: equal
+    at the image centre, larger towards the corners; at 64 px and fov 12 at most 0.5 px off."""
+    size = 64
+    cam1, cam2 = cams([1.4], [1.5]), cams([1.7], [1.6])
+    depth = torch.full((1, size, size), 1.0, dtype=torch.float64)
+    cam1, cam2 = cam1.double(), cam2.double()
+    pinhole, _ = warp_grid(depth, cam1, cam2, fov, "pinhole")
+    published, _ = warp_grid(depth, cam1, cam2, fov, "ray_norm")
+    f = 1 / math.tan(math.radians(fov) / 2)
+    coords = torch.linspace(-1, 1, size, dtype=torch.float64)
+    norm = torch.sqrt(coords[:, None] ** 2 + coords[None, :] ** 2 + f * f)  # (S, S), symmetric in x and y
+    torch.testing.assert_close(published, pinhole * (norm / f)[None, :, :, None], rtol=1e-12, atol=1e-12)
+    shift_px = ((published - pinhole).norm(dim=-1) * (size - 1) / 2).max().item()  # grid units -> pixels
+    if fov == 12.0:
+        assert 0.05 < shift_px <= 0.5
+    with pytest.raises(ValueError, match="warp projection"):
+        warp_grid(depth, cam1, cam2, fov, "focal")
+
+
 # ------------------------------------------------------------------- mixup
 def test_stereo_mixup_zero_ratio():
     g = torch.Generator().manual_seed(0)
     prim, aux = torch.randn(4, 8, 5, 5, generator=g), torch.randn(4, 8, 5, 5, generator=g)
-    assert torch.equal(stereo_mixup(prim, aux, 0.0, generator=g), prim)
+    assert torch.equal(stereo_mixup(prim, aux, torch.zeros(4)), prim)
 
 
 def test_stereo_mixup_ratio_range():
+    """The generator draws r = u * max_mixup_ratio, u ~ U[0, 1) per sample (ForwardDraws.mixup)."""
+    from generators.generators import ImplicitGenerator3d, RenderOptions
+    from generators.cameras import PoseDistribution, RaySampling
+    from generators.volume_rendering import IntegrationOptions
+
     n = 4000
+    options = RenderOptions(PoseDistribution(), RaySampling(2, 12.0, 0.88, 1.12, 2), IntegrationOptions(), 2)
+    draws = ImplicitGenerator3d.sample_draws(n, options, generator=torch.Generator().manual_seed(0))
     prim, aux = torch.zeros(n, 2, 3, 3), torch.ones(n, 2, 3, 3)
-    mixed = stereo_mixup(prim, aux, 0.3, generator=torch.Generator().manual_seed(0))
+    mixed = stereo_mixup(prim, aux, draws.mixup * 0.3)
     ratio = mixed[:, 0, 0, 0]
     # one ratio per sample, shared by all channels and pixels
     assert torch.equal(mixed, ratio[:, None, None, None].expand_as(mixed))
@@ -167,6 +195,6 @@ def test_stereo_mixup_ratio_range():
     # it's a convex combination for arbitrary inputs
     g = torch.Generator().manual_seed(1)
     p, a = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
-    m = stereo_mixup(p, a, 0.3, generator=torch.Generator().manual_seed(2))
     r = torch.rand(3, 1, 1, 1, generator=torch.Generator().manual_seed(2)) * 0.3
+    m = stereo_mixup(p, a, r.flatten())
     assert torch.allclose(m, (1 - r) * p + r * a, atol=1e-6)
