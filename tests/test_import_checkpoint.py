@@ -1,6 +1,6 @@
 """Importing the published MVCGAN checkpoints (utils/published.py, import_checkpoint.py).
 
-The fixture `shared/fixtures/published_mvcgan/` (beside the checkout, not in it) was written by the published code's own
+The fixture `tests/fixtures/published_mvcgan/` was written by the published code's own
 classes and `torch.save`, with `expected.pt` the published renderer's output for it (see its
 README). All on the CPU, nothing downloaded, no pickled code run.
 """
@@ -33,12 +33,9 @@ from utils.checkpoint import load_checkpoint, load_generator
 from utils.published import (PublishedCheckpointError, Record, convert_generator_parameters,
                              find_published_files, import_published, read_published)
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "published_mvcgan"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "published_mvcgan"
 PUBLISHED_STEP = 123  # what the fixture's generator, discriminator and EMAs record
 
-# Only the tests that read the fixture skip without it (CI has it beside the checkout); the
-# refusal, error and convention tests below build their own pickles.
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"fixture folder {FIXTURE} not found")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +63,6 @@ def assert_matches_published(ours: torch.Tensor, published: torch.Tensor) -> Non
 
 
 # ------------------------------------------------------------ matches the published code
-@needs_fixture
 @pytest.mark.parametrize("view", ["frontal", "turned"])
 def test_render_matches_the_published_renderer(imported_state, expected, view):
     state = imported_state
@@ -88,7 +84,6 @@ def test_render_matches_the_published_renderer(imported_state, expected, view):
     assert_matches_published(out.depth, published["depth"])
 
 
-@needs_fixture
 def test_discriminator_matches_the_published_one(imported_state, expected):
     state = imported_state
     metadata = extract_metadata(state["curriculum"], 0)
@@ -120,7 +115,6 @@ def test_equalized_conv_keeps_the_published_bias_convention(published_factor):
         torch.testing.assert_close(ours(x), factor * F.conv2d(x, weight, bias, padding=1))
 
 
-@needs_fixture
 def test_imported_checkpoint_contents(imported):
     raw = torch.load(imported, weights_only=True)  # state dicts and plain values only
     assert raw["step"] == PUBLISHED_STEP and raw["ema_num_updates"] == [PUBLISHED_STEP, PUBLISHED_STEP]
@@ -178,7 +172,6 @@ def rewrite_pickle(source: Path, target: Path, edit) -> None:
             dst.writestr(info, edit(data) if info.filename.endswith("data.pkl") else data)
 
 
-@needs_fixture
 def test_a_global_injected_into_the_published_file_is_refused(tmp_path):
     marker = tmp_path / "ran"
     # After PROTO 2: GLOBAL posix.system, MARK, the command, TUPLE, REDUCE, POP; then the
@@ -201,7 +194,6 @@ def test_calling_a_module_class_is_refused(tmp_path):
         read_published(archive)
 
 
-@needs_fixture
 def test_our_module_paths_stay_records():
     """`siren.siren` and `generators.generators` are our paths too: they must not become our classes."""
     published = read_published(FIXTURE / "generator.pth")
@@ -211,7 +203,6 @@ def test_our_module_paths_stay_records():
     assert siren.class_path == "siren.siren.SPATIALSIRENBASELINE"
 
 
-@needs_fixture
 def test_storages_saved_on_a_gpu_load_on_the_cpu(tmp_path):
     # The EMA's storages name their location once ('cpu', memoised); make it 'cuda:0'.
     on_gpu = tmp_path / "ema.pth"
@@ -249,7 +240,6 @@ def test_a_pigan_generator_is_named_as_such(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "pi-GAN" in err[0] and "no 2D decoder" in err[0]
 
 
-@needs_fixture
 def test_missing_ema_files_fall_back_to_the_raw_weights(tmp_path, caplog):
     shutil.copy(FIXTURE / "generator.pth", tmp_path / "generator.pth")
     with caplog.at_level(logging.WARNING, logger="mvcgan.import"):
@@ -267,7 +257,6 @@ def test_our_own_checkpoint_needs_no_import(tmp_path, tiny_checkpoint, capsys):
         assert "needs no import" in capsys.readouterr().err
 
 
-@needs_fixture
 def test_usage_errors_exit_2(tmp_path, capsys):
     out = ["--curriculum", "FFHQ", "--output", str(tmp_path / "out.pth")]
     with pytest.raises(SystemExit) as exit_info:
@@ -286,7 +275,6 @@ def test_every_flag_has_help():
 
 
 # ------------------------------------------------------------------- the scripts take it
-@needs_fixture
 def test_render_and_shape_scripts_run_on_the_import(imported, tmp_path):
     import extract_shapes
     import render_multiview_image
@@ -301,7 +289,6 @@ def test_render_and_shape_scripts_run_on_the_import(imported, tmp_path):
     assert (tmp_path / "shapes" / "shape_0.ply").is_file()
 
 
-@needs_fixture
 def test_fine_tuning_continues_from_the_published_step(imported, tmp_path, monkeypatch, caplog):
     """`main.py --load_dir` on the import: two steps of a tiny stage (4 px NeRF) at the published widths."""
     import main
