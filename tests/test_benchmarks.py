@@ -72,3 +72,17 @@ def test_bench_warp_signal_separates_true_depth_from_a_sphere_only_at_higher_res
     assert excess(high) > 0.2 and excess(low) < excess(high) / 3
     printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
     assert [row["size"] for row in printed] == [16, 64]
+
+
+def test_bench_corrections_measures_what_method_md_quotes(capsys):
+    import bench_corrections
+
+    assert bench_corrections.main() == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ratios = record["photometric_gradient_ratio_unit_over_shifted"]
+    assert all(1.0 < r < 4.0 for r in ratios.values())  # the correction always pulls harder
+    assert ratios["texture_0.05"] > ratios["texture_1.0"]  # most on low contrast
+    warp = record["warp_pinhole_vs_ray_norm_at_64px"]
+    assert 0 < warp["mean_px"] < warp["max_px"] <= 0.5
+    for dataset in ("FFHQ", "Cat"):
+        assert 0 < record["real_resize_antialias_vs_nearest_at_64px"][dataset]["mean"] < 0.2
