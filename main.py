@@ -127,7 +127,7 @@ def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: 
 def check_eval_metrics(config: TrainConfig, curriculum: dict) -> None:
     """--eval_metrics names known metrics that apply to this curriculum (else the first evaluation,
     thousands of steps in, would be the first to find out)."""
-    from fid_evaluation import parse_metrics
+    from metrics.metric_main import parse_metrics
 
     metrics = parse_metrics(config.eval_metrics)
     dataset = curriculums.extract_metadata(curriculum, 0).get("dataset")

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from generators.generators import RenderOptions, StagedOutput
+from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, render_in_batches
 from utils.images import depth_legend, depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
                                  decoder_alpha, finite_float, latent_for_seed, load_model, render_options, run_cli)
@@ -35,34 +36,22 @@ VIDEO_PITCH_AMPLITUDE = 0.15  # radians: about one v_stddev of the face curricul
 
 
 # ------------------------------------------------------------------ rendering
-def _cat_outputs(parts: Sequence[StagedOutput]) -> StagedOutput:
-    return StagedOutput(*(torch.cat(list(fields), dim=0) for fields in zip(*parts)))
-
-
-def _in_chunks(n: int, chunk: int):
-    for start in range(0, n, max(1, chunk)):
-        yield slice(start, min(n, start + max(1, chunk)))
-
-
 def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, options: RenderOptions,
-                 psi: float, max_batch_size: int, batch_size: int = 8) -> StagedOutput:
+                 psi: float, max_batch_size: int, batch_size: int = RENDER_BATCH_SIZE) -> StagedOutput:
     """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time,
     with the decoder fade-in of the trained stage (`decoder_alpha`).
 
     Returns the StagedOutput of all views, on the CPU.
     """
-    alpha = decoder_alpha(model, options)
-    parts = []
-    for part in _in_chunks(cameras.shape[0], batch_size):
-        cams = cameras[part]
-        out = model.generator.staged_forward(z.expand(cams.shape[0], -1), options, psi=psi,
-                                             max_batch_size=max_batch_size, cam2world=cams, alpha=alpha)
-        parts.append(StagedOutput(*(t.cpu() for t in out)))
-    return _cat_outputs(parts)
+    batches = render_in_batches(model.generator, z.expand(cameras.shape[0], -1), cameras, options, psi=psi,
+                                alpha=decoder_alpha(model, options), batch_size=batch_size,
+                                max_batch_size=max_batch_size)
+    return cat_outputs([StagedOutput(*(t.cpu() for t in out)) for out in batches])
 
 
 def render_multiview(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
-                     batch_size: int = 8, yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS) -> StagedOutput:
+                     batch_size: int = RENDER_BATCH_SIZE,
+                     yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS) -> StagedOutput:
     """The seed's z from the multiview yaw offsets at the mean pitch: (7, 3, out, out) images, (7, S, S) depth."""
     device = model.device
     z = latent_for_seed(model, seed)
@@ -78,7 +67,7 @@ def video_offsets(num_frames: int, yaw_amplitude: float = VIDEO_YAW_AMPLITUDE,
 
 
 def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
-                        num_frames: int, batch_size: int = 8) -> List[np.ndarray]:
+                        num_frames: int, batch_size: int = RENDER_BATCH_SIZE) -> List[np.ndarray]:
     """uint8 frames of the seed's z along the `video_offsets` loop."""
     device = model.device
     z = latent_for_seed(model, seed)
@@ -89,7 +78,7 @@ def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, p
 
 
 def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequence[int], options: RenderOptions,
-                     psi: float, max_batch_size: int, batch_size: int = 8) -> np.ndarray:
+                     psi: float, max_batch_size: int, batch_size: int = RENDER_BATCH_SIZE) -> np.ndarray:
     """NeRF geometry (FiLM codes) of `geometry_seed` decoded with the style of each style seed,
     at the mean pose: uint8 (len(style_seeds), out, out, 3)."""
     device = model.device
@@ -97,7 +86,7 @@ def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequen
     z_geometry = latent_for_seed(model, geometry_seed)
     alpha = decoder_alpha(model, options)
     images = []
-    for part in _in_chunks(len(style_seeds), batch_size):
+    for part in batch_slices(len(style_seeds), batch_size):
         z_style = z_style_all[part]
         n = z_style.shape[0]
         out = model.generator.style_mix_forward(
@@ -110,7 +99,7 @@ def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequen
 
 def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: Sequence[float],
                          options: RenderOptions, psi: float, max_batch_size: int,
-                         batch_size: int = 8) -> np.ndarray:
+                         batch_size: int = RENDER_BATCH_SIZE) -> np.ndarray:
     """Lerp of the truncated codes of two seeds (weight 0 -> seed_a, 1 -> seed_b) at the mean pose:
     uint8 (len(weights), out, out, 3)."""
     device = model.device
@@ -118,7 +107,7 @@ def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: 
     all_weights = torch.tensor([float(w) for w in weights], device=device)[:, None]  # (n, 1)
     alpha = decoder_alpha(model, options)
     images = []
-    for part in _in_chunks(len(weights), batch_size):
+    for part in batch_slices(len(weights), batch_size):
         w = all_weights[part]
         # A (n, 1) weight broadcasts the (1, .) codes of z1 and z2 into n interpolated codes.
         out = model.generator.interpolate_forward(
@@ -223,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=finite_float, default=24.0, help="GIF frame rate")
     parser.add_argument("--num_interp", type=int, default=8,
                         help="interpolate mode: images per row of interp_{a}_{b}.png (seed a to seed b)")
-    parser.add_argument("--batch_size", type=int, default=8,
+    parser.add_argument("--batch_size", type=int, default=RENDER_BATCH_SIZE,
                         help="views rendered together; lower it if the 2D decoder runs out of memory at large "
                              "--output_size")
     return parser

@@ -473,17 +473,17 @@ class Trainer:
 
     def evaluate(self, metadata: dict) -> None:
         """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""
-        import fid_evaluation
+        from metrics import inception, metric_main
 
-        metrics = tuple(m for m in self.config.eval_metrics.split(",") if m)
         try:
-            if self._inception is None and {"fid", "kid"} & set(metrics):
-                self._inception = fid_evaluation.load_inception(device=self.device)
-            result = fid_evaluation.evaluate(self.emas[0].module, metadata, metrics=metrics,
-                                             real_dir=self.config.eval_dir, device=self.device,
-                                             inception=self._inception,
-                                             alpha=curriculums.fade_alpha(self.curriculum, self.step - 1))
-        except (fid_evaluation.InceptionWeightsMissing, ValueError) as error:  # e.g. too few real images
+            metrics = metric_main.parse_metrics(self.config.eval_metrics)
+            if self._inception is None and metric_main.uses_inception(metrics):
+                self._inception = inception.load_inception(device=self.device)
+            result = metric_main.evaluate(self.emas[0].module, metadata, metrics=metrics,
+                                          real_dir=self.config.eval_dir, device=self.device,
+                                          inception=self._inception,
+                                          alpha=curriculums.fade_alpha(self.curriculum, self.step - 1))
+        except (inception.InceptionWeightsMissing, ValueError) as error:  # e.g. too few real images
             logger.error("evaluation disabled for this run: %s", error)
             self.config.eval_freq = 0
             return

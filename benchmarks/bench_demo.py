@@ -4,7 +4,7 @@
     python benchmarks/bench_demo.py --output_dir runs/demo --score_only   # score an existing run
 
 Runs the README's demo command (`main.py --curriculum Synthetic`) with numbered checkpoints
-every `--every` steps, then scores each checkpoint with `fid_evaluation`'s `synthetic` metric
+every `--every` steps, then scores each checkpoint with the `synthetic` metric (`metrics/synthetic.py`)
 (silhouette IoU, depth error, pixel KID against the true heads, with the real-vs-real ceiling
 and the untrained floor). Prints a table and one JSON line per checkpoint: step, minutes of
 training wall time when the checkpoint was written, and the scores. Training and scoring run
@@ -50,7 +50,7 @@ def train(args) -> float:
 
 
 def score(run_dir: Path, started: float | None, num_samples: int) -> list:
-    import fid_evaluation
+    from metrics.synthetic import synthetic_scores
     from utils.checkpoint import load_generator
     from utils.rendering_cli import trained_stage
 
@@ -68,8 +68,7 @@ def score(run_dir: Path, started: float | None, num_samples: int) -> list:
         if rows and step <= rows[-1]["step"]:
             continue
         stage = trained_stage(curriculum, step)
-        results = fid_evaluation.synthetic_scores(generator, stage.metadata, num_samples=num_samples,
-                                                  alpha=stage.alpha)
+        results = synthetic_scores(generator, stage.metadata, num_samples=num_samples, alpha=stage.alpha)
         row = {"step": step, "minutes": round((path.stat().st_mtime - started) / 60, 2) if started else None,
                **{k[len("synthetic_"):]: v for k, v in results.items() if k.startswith("synthetic_")}}
         rows.append(row)

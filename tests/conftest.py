@@ -38,3 +38,20 @@ def tiny_checkpoint(tmp_path_factory, tiny_curriculum, tiny_generator):
     save_checkpoint(path, {"generator": state, "generator_ema": state, "curriculum": tiny_curriculum,
                            "curriculum_name": "Synthetic", "step": 0})
     return path
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache and a network that refuses instantly (for loading the FID Inception)."""
+    import urllib.error
+
+    from metrics import inception
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def refuse(url, destination, timeout=None):
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(inception, "_download_weights", refuse)
+    return hub

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from datasets import build_dataset, crop_transform, image_transform
+from utils.images import to_uint8
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "published_data"
 IMAGES = ("img_a", "img_b", "img_c")
@@ -74,7 +75,7 @@ def test_antialias_correction_is_pillows_antialiased_bilinear(expected, dataset,
     within one 8-bit code (2/255 in [-1, 1]) of Pillow's, and far from nearest on these sharp lines."""
     with Image.open(FIXTURE / f"{image}.png") as pil:
         crop = crop_transform(dataset)(pil)  # (3, C, C) in [-1, 1]
-    codes = ((crop + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    codes = to_uint8(crop)  # (C, C, 3)
     reference = torch.from_numpy(np.array(Image.fromarray(codes).resize((64, 64), Image.BILINEAR))).permute(2, 0, 1)
     reference = reference.float() / 127.5 - 1
     ours = transformed(dataset, image, 64, real_resize="antialias")

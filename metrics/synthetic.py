@@ -1,0 +1,219 @@
+"""`synthetic`: ground truth for a generator trained on the embedded `Synthetic` heads (docs/METHOD.md §10).
+
+Needs no download. At poses drawn from the training distribution it compares generated
+heads with real heads at the same poses: silhouette IoU (NeRF opacity > 0.5 against the
+true mask), depth error where both are foreground, and KID on 16x16 pixels for
+appearance. It also reports the same scores for real heads against other real heads (the
+ceiling) and for an untrained generator of the same architecture (the floor), and how much
+of that gap the generator closes. Entry points: `synthetic_scores`, `summary_lines`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Mapping, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datasets import Synthetic
+from generators.cameras import cam2world_from_poses
+from generators.generators import RenderOptions, build_generator
+from generators.inference import RENDER_BATCH_SIZE, render_in_batches
+from metrics.fid_kid import kid
+from metrics.metric_utils import OPACITY_THRESHOLD, eval_poses, latents
+
+SYNTHETIC_KID_SIZE = 16               # appearance is compared on 16x16 pixel vectors
+
+
+class HeadMaps(NamedTuple):
+    """What the synthetic metric compares, for n heads at n poses."""
+
+    mask: torch.Tensor   # (n, S, S) bool foreground
+    depth: torch.Tensor  # (n, S, S) distance along the unit ray
+    image: torch.Tensor  # (n, 3, R, R) in [0, 1]
+
+
+def _cat_maps(parts) -> HeadMaps:
+    return HeadMaps(*(torch.cat(fields) for fields in zip(*parts)))
+
+
+def real_head_maps(metadata: Mapping, yaw: torch.Tensor, pitch: torch.Tensor, first_index: int = 0) -> HeadMaps:
+    """Synthetic heads first_index, first_index + 1, ... rendered exactly at the given poses."""
+    options = RenderOptions.from_metadata(metadata, evaluation=True)
+    img_size, output_size = options.rays.img_size, options.output_size
+    dataset = Synthetic(img_size, metadata=metadata, length=first_index + len(yaw),
+                        seed=int(metadata.get("synthetic_seed", 0)))
+    parts = []
+    for offset, (y, p) in enumerate(zip(yaw.tolist(), pitch.tolist())):
+        view = dataset.render(first_index + offset, y, p)
+        image = view["image"] if output_size == img_size else \
+            dataset.render(first_index + offset, y, p, img_size=output_size)["image"]
+        parts.append(HeadMaps(view["mask"][None], view["depth"][None], (image[None] + 1) / 2))
+    return _cat_maps(parts)
+
+
+def generated_head_maps(generator, metadata: Mapping, z: torch.Tensor, cam2world: torch.Tensor,
+                        psi: float = 1.0, batch_size: int = RENDER_BATCH_SIZE, max_batch_size: Optional[int] = None,
+                        alpha: float = 1.0, device=None) -> HeadMaps:
+    """Generated silhouettes (NeRF opacity > 0.5), depths and final images at the given cameras."""
+    options = RenderOptions.from_metadata(metadata, evaluation=True)
+    parts = [HeadMaps((out.opacity > OPACITY_THRESHOLD).cpu(), out.depth.float().cpu(),
+                      ((out.image.float().clamp(-1, 1) + 1) / 2).cpu())
+             for out in render_in_batches(generator, z, cam2world, options, psi=psi, alpha=alpha,
+                                          batch_size=batch_size, max_batch_size=max_batch_size, device=device)]
+    return _cat_maps(parts)
+
+
+def _pixel_features(images: torch.Tensor) -> np.ndarray:
+    """(n, 3, R, R) in [0, 1] -> (n, 3 * 16 * 16) antialiased 16x16 pixels in [-1, 1]."""
+    small = F.interpolate(images.float(), size=(SYNTHETIC_KID_SIZE, SYNTHETIC_KID_SIZE), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return (small * 2 - 1).flatten(1).numpy()
+
+
+def compare_head_maps(candidate: HeadMaps, reference: HeadMaps, seed: int = 0) -> dict:
+    """iou: silhouette IoU pooled over all pixels. depth_l1: mean |depth difference| where both
+    are foreground (NaN when they never are). depth_l1_fg: the same over every pixel of the
+    reference's foreground; the candidate's rendered depth counts there even where it is empty
+    (an empty ray renders at ray_end, like real background), so it is defined for any generator
+    and charges missing geometry. kid: pixel KID. opaque: candidate's foreground fraction."""
+    both = candidate.mask & reference.mask
+    union = candidate.mask | reference.mask
+    difference = (candidate.depth - reference.depth).abs()
+    kid_value, _ = kid(_pixel_features(candidate.image), _pixel_features(reference.image), num_subsets=50,
+                       seed=seed)
+    return {"iou": float(both.sum() / union.sum()) if union.any() else float("nan"),
+            "depth_l1": float(difference[both].mean()) if both.any() else float("nan"),
+            "depth_l1_fg": float(difference[reference.mask].mean()),
+            "kid": kid_value, "opaque": float(candidate.mask.float().mean())}
+
+
+def _gap_closed(value: float, floor: float, ceiling: float) -> float:
+    """(value - floor) / (ceiling - floor): 0 at the floor, 1 at the ceiling."""
+    if not all(math.isfinite(v) for v in (value, floor, ceiling)) or ceiling == floor:
+        return float("nan")
+    return (value - floor) / (ceiling - floor)
+
+
+def _calibration(metadata: Mapping, yaw, pitch, z, cam2world, render: dict, seed: int):
+    """The reference heads and the scores of the baselines: real heads against other real heads
+    (_ceiling), an untrained generator without a sphere prior (_floor) and, when the curriculum
+    has a prior, the same untrained weights with it (_prior)."""
+    num_samples = len(yaw)
+    reference = real_head_maps(metadata, yaw, pitch)
+    with torch.random.fork_rng(devices=[]):  # the baselines' init must not move the caller's RNG
+        torch.manual_seed(seed)
+        untrained = build_generator(dict(metadata, sphere_prior_density=0.0)).to(render["device"]).eval()
+        with_prior = build_generator(metadata)
+    calibration = {
+        "_ceiling": compare_head_maps(real_head_maps(metadata, yaw, pitch, first_index=num_samples), reference,
+                                      seed),
+        "_floor": compare_head_maps(generated_head_maps(untrained, metadata, z, cam2world, **render), reference,
+                                    seed)}
+    if with_prior.has_sphere_prior:
+        with_prior.load_state_dict(untrained.state_dict())
+        with_prior = with_prior.to(render["device"]).eval()
+        calibration["_prior"] = compare_head_maps(generated_head_maps(with_prior, metadata, z, cam2world, **render),
+                                                  reference, seed)
+    return reference, calibration
+
+
+def _trivial_baselines(reference: HeadMaps) -> dict:
+    """What a score does not prove: the IoU of fog and of one fixed blob, the depth error of a wall."""
+    # A field that is opaque everywhere already matches the heads' area this well: IoU near
+    # this value with synthetic_opaque near 1 means fog, not silhouettes.
+    results = {"synthetic_iou_fog": float(reference.mask.float().mean())}
+    # One blob where most heads are, whatever the head and pose: silhouettes that do not beat
+    # this follow neither the head nor the camera.
+    blob = (reference.mask.float().mean(0) > 0.5).expand_as(reference.mask)
+    results["synthetic_iou_blob"] = float((blob & reference.mask).sum() / (blob | reference.mask).sum())
+    # Likewise a flat wall at the best single depth (the median of the true foreground depths):
+    # depth_l1_fg near or above this means no head shape in the depth, only its distance.
+    foreground_depth = reference.depth[reference.mask]
+    results["synthetic_depth_l1_plane"] = float((foreground_depth - foreground_depth.median()).abs().mean())
+    return results
+
+
+_SYNTHETIC_CALIBRATION: dict = {}  # {key: (reference HeadMaps, ceiling and floor scores)}, one entry
+
+
+def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: float = 1.0,
+                     batch_size: int = RENDER_BATCH_SIZE, max_batch_size: Optional[int] = None, seed: int = 0,
+                     alpha: float = 1.0, device=None) -> dict:
+    """The `synthetic` metric: `generator` against the true heads at training poses, calibrated.
+
+    Real heads 0..n-1 are rendered at n poses drawn (with `seed`) from the training pose
+    distribution. The generator renders n latents at the same poses. The same comparison
+    is made for real heads n..2n-1 (the ceiling: what a perfect generator of *other*
+    heads scores) and for an untrained generator of the same architecture without a sphere
+    prior (the floor: a field that has learned nothing and is given nothing).
+    Keys: synthetic_{iou,depth_l1,depth_l1_fg,kid,opaque}, the same with _ceiling and _floor,
+    and synthetic_{iou,depth,kid}_closed = share of the floor-to-ceiling gap the generator
+    closes (depth on depth_l1_fg: an untrained generator has no foreground for depth_l1).
+    Trivial baselines say what a score does not prove: synthetic_iou_fog is the IoU of a
+    field opaque everywhere (the heads' area fraction), synthetic_iou_blob that of one fixed
+    silhouette for every head and pose (the pixels that most heads cover), and
+    synthetic_depth_l1_plane the depth error of a flat wall at the best single depth. When
+    the curriculum gives the field a sphere prior, the same scores with _prior are those of
+    the untrained generator with it: what the prior alone gives, before any training.
+    """
+    if metadata.get("dataset") != "Synthetic":
+        raise ValueError(f"the synthetic metric needs a generator trained on the Synthetic dataset, "
+                         f"not {metadata.get('dataset')!r}")
+    device = next(generator.parameters()).device if device is None else device
+    yaw, pitch = eval_poses(num_samples, metadata, seed)
+    cam2world = cam2world_from_poses(yaw, pitch)  # (n, 4, 4)
+    z = latents(num_samples, generator.z_dim, metadata, seed)
+    render = dict(psi=psi, batch_size=batch_size, max_batch_size=max_batch_size, alpha=alpha, device=device)
+    # The reference heads and the calibration depend only on the stage and the sampling, not on
+    # the generator's weights: compute them once per process (training evaluates repeatedly).
+    key = json.dumps([sorted((str(k), str(v)) for k, v in metadata.items()), num_samples, seed, psi, alpha])
+    if key not in _SYNTHETIC_CALIBRATION:
+        _SYNTHETIC_CALIBRATION.clear()
+        _SYNTHETIC_CALIBRATION[key] = _calibration(metadata, yaw, pitch, z, cam2world, render, seed)
+    reference, calibration = _SYNTHETIC_CALIBRATION[key]
+    scores = {"": compare_head_maps(generated_head_maps(generator, metadata, z, cam2world, **render), reference,
+                                    seed), **calibration}
+    results = {f"synthetic_{name}{suffix}": value
+               for suffix, values in scores.items() for name, value in values.items()}
+    for name, key in (("iou", "iou"), ("depth", "depth_l1_fg"), ("kid", "kid")):
+        results[f"synthetic_{name}_closed"] = _gap_closed(scores[""][key], scores["_floor"][key],
+                                                           scores["_ceiling"][key])
+    results.update(_trivial_baselines(reference))
+    results["num_synthetic"] = int(num_samples)
+    return results
+
+
+# The README's table: its columns and rows, and the keys they show.
+SUMMARY_COLUMNS = (("silhouette IoU ↑", "iou"), ("depth error, true foreground ↓", "depth_l1_fg"),
+                   ("depth error, both foreground ↓", "depth_l1"), ("pixel KID ↓", "kid"))
+SUMMARY_ROWS = (("ceiling: real vs other real heads", "_ceiling"),
+                ("floor: untrained generator, no prior", "_floor"),
+                ("the sphere prior alone (untrained generator with it)", "_prior"), ("this generator", ""))
+_GAP_CLOSED_KEYS = {"iou": "synthetic_iou_closed", "depth_l1_fg": "synthetic_depth_closed",
+                    "kid": "synthetic_kid_closed"}
+
+
+def _cell(value: float, closed: Optional[float] = None) -> str:
+    text = "—" if not math.isfinite(value) else f"{value:.4g}"
+    return text if closed is None or not math.isfinite(closed) else f"{text} ({100 * closed:.0f} % of the gap)"
+
+
+def summary_lines(results: Mapping) -> list:
+    """The README's synthetic table for these results: one row per baseline and the generator."""
+    if "synthetic_iou" not in results:
+        return []
+    rows = [[label] + [_cell(results[f"synthetic_{key}{suffix}"],
+                             results.get(_GAP_CLOSED_KEYS.get(key)) if suffix == "" else None)
+                       for _, key in SUMMARY_COLUMNS]
+            for label, suffix in SUMMARY_ROWS if f"synthetic_iou{suffix}" in results]
+    wall = _cell(results["synthetic_depth_l1_plane"])
+    rows.insert(2, ["trivial: opaque everywhere / a flat wall at the best depth",
+                    _cell(results["synthetic_iou_fog"]), wall, wall, "—"])
+    rows.insert(3, ["trivial: one fixed blob where most heads are", _cell(results["synthetic_iou_blob"]),
+                    "—", "—", "—"])
+    table = [[f"synthetic ({results['num_synthetic']} poses)"] + [name for name, _ in SUMMARY_COLUMNS]] + rows
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
