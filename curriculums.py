@@ -14,8 +14,9 @@ Format of a curriculum
 * **String keys** are global values shared by all stages (camera, pose
   distribution, losses, model classes, dataset ...).
 * `extract_metadata(curriculum, step)` merges the globals with the stage that is
-  active at `step` (the latest integer key <= step); the stage's values win where a
-  key appears in both.
+  active at `step` (the latest integer key <= step); as published, a global wins where
+  a key appears in both. Keys neither sets take their default from `KEYS`, the table
+  of every key (REQUIRED ones must be set).
 * `batch_size` is per process; a batch is processed in `batch_split` chunks.
 * `output_size` is the image size of the 2D upsampler, `img_size` the size of the
   NeRF feature map: output_size = img_size * 2**n with 0 <= n <= 4.
@@ -29,45 +30,108 @@ from __future__ import annotations
 import ast
 import copy
 import math
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from datasets import REAL_RESIZES
 from generators.warp import WARP_PROJECTIONS
 from losses import PHOTOMETRIC_INPUTS
 
-# Keys every (non-final) stage must resolve to, from the stage dict or the globals.
-STAGE_KEYS = (
-    "batch_size", "num_steps", "img_size", "output_size", "batch_split",
-    "gen_lr", "disc_lr", "pos_lambda", "reproj_lambda",
-)
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
 
-# Global keys every curriculum must define.
-GLOBAL_KEYS = (
-    "fov", "ray_start", "ray_end", "fade_steps", "h_stddev", "v_stddev", "h_mean", "v_mean",
-    "sample_dist", "topk_interval", "topk_v", "betas", "unique_lr", "weight_decay",
-    "r1_lambda", "latent_dim", "grad_clip", "model", "generator", "discriminator",
-    "dataset", "dataset_path", "clamp_mode", "z_dist", "hierarchical_sample",
-    "stereo_auxiliary", "max_mixup_ratio", "z_lambda", "last_back", "eval_last_back",
-    "hidden_dim", "decoder_channels", "disc_width_factor",
-    "photometric_input", "warp_projection", "real_resize",
-)
 
-# The values a key may take, where they are a fixed set. The first of each (the published
-# behaviour) is what the paper's curricula use; the others are opt-in corrections (docs/METHOD.md §13).
-CHOICES = {
-    "photometric_input": tuple(PHOTOMETRIC_INPUTS),  # "shifted" (published (x+1)/2), "unit"
-    "warp_projection": WARP_PROJECTIONS,             # "ray_norm" (published), "pinhole"
-    "real_resize": tuple(REAL_RESIZES),              # "nearest" (published), "antialias"
+REQUIRED = _Required()  # no default: every curriculum sets the key (validate_curriculum says where it is missing)
+STAGE, GLOBAL = "stage", "global"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One row of KEYS."""
+
+    scope: str                 # STAGE: in each stage's dict (or a global, which then applies to every stage);
+                               # GLOBAL: a string key of the curriculum
+    default: Any = REQUIRED    # what extract_metadata fills in where a curriculum leaves the key out
+    choices: tuple = ()        # the values it may take, where they are a fixed set; the first is the
+                               # published behaviour, the others opt-in corrections (docs/METHOD.md §13)
+
+
+# Every key a curriculum may hold, with its default: the one table. `extract_metadata` fills the
+# defaults in, so code reads `metadata[key]` and never carries a default of its own. A key that
+# the code added later defaults to the behaviour from before it existed (the published one), so
+# the curricula recorded in older checkpoints still read. What each value means: docs/METHOD.md §8.
+KEYS = {
+    # per stage (the rows of the docs/METHOD.md §8 table)
+    "batch_size": Key(STAGE),           # images per process and step
+    "num_steps": Key(STAGE),            # depth samples per ray
+    "img_size": Key(STAGE),             # NeRF resolution S
+    "output_size": Key(STAGE),          # decoder output: img_size * 2**n
+    "batch_split": Key(STAGE),          # a batch is processed in this many chunks
+    "gen_lr": Key(STAGE),
+    "disc_lr": Key(STAGE),
+    "pos_lambda": Key(STAGE),           # weight of the discriminator's pose loss
+    "reproj_lambda": Key(STAGE),        # weight of the photometric (reprojection) loss
+    # camera and pose distribution; the *_eval keys replace theirs at evaluation (None: the training value)
+    "fov": Key(GLOBAL),
+    "ray_start": Key(GLOBAL),
+    "ray_end": Key(GLOBAL),
+    "h_mean": Key(GLOBAL),
+    "v_mean": Key(GLOBAL),
+    "h_stddev": Key(GLOBAL),
+    "v_stddev": Key(GLOBAL),
+    "sample_dist": Key(GLOBAL),
+    "h_stddev_eval": Key(GLOBAL, None),
+    "v_stddev_eval": Key(GLOBAL, None),
+    "sample_dist_eval": Key(GLOBAL, None),
+    "hierarchical_sample": Key(GLOBAL),
+    # optimisation
+    "fade_steps": Key(GLOBAL),
+    "topk_interval": Key(GLOBAL),
+    "topk_v": Key(GLOBAL),
+    "betas": Key(GLOBAL),
+    "unique_lr": Key(GLOBAL),
+    "weight_decay": Key(GLOBAL),
+    "r1_lambda": Key(GLOBAL),
+    "grad_clip": Key(GLOBAL),
+    "z_lambda": Key(GLOBAL),
+    "nerf_noise_steps": Key(GLOBAL, 5000),  # density noise max(0, 1 - step / nerf_noise_steps) (§2)
+    # models
+    "model": Key(GLOBAL),
+    "generator": Key(GLOBAL),
+    "discriminator": Key(GLOBAL),
+    "latent_dim": Key(GLOBAL),
+    "hidden_dim": Key(GLOBAL),
+    "decoder_channels": Key(GLOBAL),
+    "disc_width_factor": Key(GLOBAL),
+    "clamp_mode": Key(GLOBAL),
+    "z_dist": Key(GLOBAL),
+    "sphere_prior_radius": Key(GLOBAL, 0.0),   # the field's initial density sphere (§3); 0: none
+    "sphere_prior_density": Key(GLOBAL, 0.0),
+    # multi-view consistency
+    "stereo_auxiliary": Key(GLOBAL),
+    "max_mixup_ratio": Key(GLOBAL),
+    # volume rendering
+    "last_back": Key(GLOBAL),
+    "eval_last_back": Key(GLOBAL),
+    "white_back": Key(GLOBAL, False),
+    # data
+    "dataset": Key(GLOBAL),
+    "dataset_path": Key(GLOBAL),
+    "synthetic_size": Key(GLOBAL, 4096),       # Synthetic: number of distinct heads
+    "synthetic_seed": Key(GLOBAL, 0),
+    # the published behaviour by default; each has an opt-in correction
+    "photometric_input": Key(GLOBAL, "shifted", choices=tuple(PHOTOMETRIC_INPUTS)),  # or "unit"
+    "warp_projection": Key(GLOBAL, "ray_norm", choices=WARP_PROJECTIONS),            # or "pinhole"
+    "real_resize": Key(GLOBAL, "nearest", choices=tuple(REAL_RESIZES)),              # or "antialias"
 }
 
-# What checkpoints written before these keys existed were trained with (the corrections were
-# then the only behaviour); a resumed run of such a checkpoint keeps them (train.run_curriculum).
-LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
+# The per-stage keys (a view of KEYS, in its order).
+STAGE_KEYS = tuple(name for name, key in KEYS.items() if key.scope == STAGE)
 
-# Keys some curricula set and the code reads with a default where they are absent.
-OPTIONAL_KEYS = ("nerf_noise_steps", "synthetic_size", "synthetic_seed", "white_back",
-                 "sphere_prior_radius", "sphere_prior_density",
-                 "h_stddev_eval", "v_stddev_eval", "sample_dist_eval")
+# What checkpoints written before these keys existed were trained with (the corrections were
+# then the only behaviour); a resumed run of such a checkpoint keeps them (run_spec.run_curriculum).
+LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
 
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 
@@ -123,7 +187,7 @@ FACE_GLOBALS = {
     # volume rendering
     "last_back": False,
     "eval_last_back": True,
-    # the published behaviour; each has an opt-in correction (CHOICES, docs/METHOD.md §13)
+    # the published behaviour; each has an opt-in correction (KEYS' choices, docs/METHOD.md §13)
     "photometric_input": "shifted",  # the photometric loss on (x + 1) / 2 of the [0, 1] NeRF RGB
     "warp_projection": "ray_norm",   # the warp grid scaled by the primary ray's norm, not by f
     "real_resize": "nearest",        # real images resized to the stage's size by nearest neighbour
@@ -176,7 +240,7 @@ Cat = {  # AFHQv2 cats
 
 
 # --------------------------------------------------------------------------- #
-# The embedded default: procedural heads (datasets.Synthetic), small enough for
+# The embedded default: procedural heads (synthetic_heads.py), small enough for
 # a laptop CPU. Same camera and pose distribution as the face curricula.
 # --------------------------------------------------------------------------- #
 
@@ -247,14 +311,24 @@ def _stage_start(curriculum: Mapping, step: int):
 
 
 def extract_metadata(curriculum: Mapping, step: int) -> dict:
-    """The stage active at `step` merged with the globals; as published, a global value wins
-    over a stage's value for the same key (so a global `batch_size` applies to every stage)."""
+    """The stage active at `step` merged with the globals, and the defaults of KEYS for the keys
+    neither sets. As published, a global value wins over a stage's value for the same key (so a
+    global `batch_size` applies to every stage)."""
     metadata = {}
     start = _stage_start(curriculum, step)
     if start is not None:
         metadata.update(curriculum[start])
     metadata.update({k: v for k, v in curriculum.items() if not _is_stage_key(k)})
-    return metadata
+    return with_defaults(metadata)
+
+
+def with_defaults(metadata: Mapping) -> dict:
+    """A copy of `metadata` with the defaults of KEYS for the keys it lacks (REQUIRED ones stay absent)."""
+    filled = dict(metadata)
+    for name, key in KEYS.items():
+        if key.default is not REQUIRED and name not in filled:
+            filled[name] = copy.deepcopy(key.default)
+    return filled
 
 
 def stage_start(curriculum: Mapping, step: int) -> int:
@@ -270,7 +344,7 @@ def last_upsample_step(curriculum: Mapping, step: int) -> int:
 
     Fade-in alpha = min(1, (step - last_upsample_step) / fade_steps) (docs/METHOD.md §7).
     """
-    size = extract_metadata(curriculum, step).get("output_size")
+    size = extract_metadata(curriculum, step).get("output_size")  # None in the final (empty) stage
     for boundary in stage_boundaries(curriculum):
         if boundary <= step and extract_metadata(curriculum, boundary).get("output_size") == size:
             return boundary
@@ -298,7 +372,7 @@ def last_trained_step(curriculum: Mapping, step: int) -> int:
 
 def fade_alpha(curriculum: Mapping, step: int) -> float:
     """Progressive fade-in: min(1, (step - start of the stage) / fade_steps) (docs/METHOD.md §7)."""
-    fade_steps = max(1, extract_metadata(curriculum, step).get("fade_steps", 1))
+    fade_steps = max(1, extract_metadata(curriculum, step)["fade_steps"])
     return min(1.0, (step - last_upsample_step(curriculum, step)) / fade_steps)
 
 
@@ -314,7 +388,8 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
     label = f"curriculum {name!r}" if name else "curriculum"
     problems = []
 
-    missing_globals = [k for k in GLOBAL_KEYS if k not in curriculum]
+    missing_globals = [name for name, key in KEYS.items()
+                       if key.scope == GLOBAL and key.default is REQUIRED and name not in curriculum]
     if missing_globals:
         problems.append(f"missing global keys: {', '.join(missing_globals)}")
 
@@ -335,7 +410,8 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
             problems.append(f"stage {boundary} is empty but is not the last stage")
             continue
         merged = extract_metadata(curriculum, boundary)
-        missing = [k for k in STAGE_KEYS if k not in merged]
+        missing = [name for name, key in KEYS.items()
+                   if key.scope == STAGE and key.default is REQUIRED and name not in merged]
         if missing:
             problems.append(f"stage {boundary} is missing keys: {', '.join(missing)}")
             continue
@@ -354,9 +430,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
         problems.append("ray_start must be smaller than ray_end")
     if "betas" in curriculum and not all(isinstance(b, float) for b in curriculum["betas"]):
         problems.append("betas must be floats, e.g. (0.0, 0.9)")
-    for key, allowed in CHOICES.items():
-        if key in curriculum and curriculum[key] not in allowed:
-            problems.append(f"{key} must be one of {', '.join(map(repr, allowed))}, not {curriculum[key]!r}")
+    for name, key in KEYS.items():
+        if key.choices and name in curriculum and curriculum[name] not in key.choices:
+            problems.append(f"{name} must be one of {', '.join(map(repr, key.choices))}, not {curriculum[name]!r}")
 
     if problems:
         raise ValueError(f"Invalid {label}:\n  - " + "\n  - ".join(problems))
@@ -411,7 +487,7 @@ def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
         for key in stage_boundaries(curriculum):
             del curriculum[key]
         curriculum.update(copy.deepcopy(stages))
-    known = set(GLOBAL_KEYS) | set(STAGE_KEYS) | set(OPTIONAL_KEYS) | {k for k in curriculum if isinstance(k, str)}
+    known = set(KEYS) | {k for k in curriculum if isinstance(k, str)}
     for stage in stage_boundaries(curriculum):
         known |= set(curriculum[stage])
     for key, value in overrides.items():

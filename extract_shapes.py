@@ -13,7 +13,7 @@ thickness t at density sigma lets exp(-sigma * t) of the light through (sigma 10
 over the 0.02 spacing of 12 samples in the faces' 0.24 ray range: 18 % absorbed).
 The default 10 is pi-GAN's. A seed whose volume never crosses the level gets no
 mesh (the message names its density range) rather than a mesh of some other level.
-Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `write_ply`, `read_ply`.
+Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `write_ply`.
 """
 from __future__ import annotations
 
@@ -139,29 +139,6 @@ def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True
             np.savetxt(f, vertices, fmt="%.7g")
             np.savetxt(f, np.concatenate([np.full((len(faces), 1), 3, np.int32), faces], axis=1), fmt="%d")
     return path
-
-
-def read_ply(path):
-    """Read back what `write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32)."""
-    data = Path(path).read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii").splitlines()
-    counts = {line.split()[1]: int(line.split()[2]) for line in header if line.startswith("element")}
-    num_vertices, num_faces = counts["vertex"], counts["face"]
-    body = data[end:]
-    if "format binary_little_endian 1.0" in header:
-        vertices = np.frombuffer(body, dtype="<f4", count=3 * num_vertices).reshape(-1, 3)
-        records = np.frombuffer(body, dtype=[("count", "u1"), ("indices", "<i4", (3,))], count=num_faces,
-                                offset=12 * num_vertices)
-        if num_faces and not (records["count"] == 3).all():
-            raise ValueError(f"{path}: only triangle faces are supported")
-        return vertices.copy(), records["indices"].astype(np.int32)
-    lines = body.decode("ascii").split("\n")
-    vertices = np.array([[float(v) for v in line.split()] for line in lines[:num_vertices]],
-                        dtype=np.float32).reshape(-1, 3)
-    faces = np.array([[int(v) for v in line.split()[1:]] for line in lines[num_vertices:num_vertices + num_faces]],
-                     dtype=np.int32).reshape(-1, 3)
-    return vertices, faces
 
 
 # ------------------------------------------------------------------------ CLI

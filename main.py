@@ -1,14 +1,17 @@
 """Launch MVCGAN training: `python main.py --curriculum CelebAHQ --output_dir celebahq_exp`.
 
 Starts one process per visible GPU (NCCL), or `--nproc` CPU processes (gloo), or
-joins a `torchrun` job when its environment variables are set. Everything that can be
-checked (flags, curriculum and --set values, dataset size, output folder, port, the
-checkpoint to resume) is checked before any process is spawned: a problem is one
-`error:` line and exit code 2.
+joins a `torchrun` job when its environment variables are set. The flags become a
+run_spec.TrainConfig (whose fields give them their defaults), resolved once into the
+RunSpec every process trusts (run_spec.py). Everything that can be checked (flags,
+curriculum and --set values, dataset size, output folder, port, the checkpoint to
+resume) is checked before any process is spawned: a problem is one `error:` line and
+exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import socket
@@ -20,27 +23,33 @@ import torch
 import torch.multiprocessing as mp
 
 import curriculums
-from datasets import DatasetError, check_dataset
-from train import TrainConfig, build_networks, checkpoint_mismatch, run_curriculum, train
-from utils.checkpoint import LATEST_NAME, CheckpointError, load_checkpoint, resolve_checkpoint_path
+from datasets import DatasetError
+from run_spec import EVAL_FREQ, RunSpec, TrainConfig, check_run, resolve_run
+from train import train
+from utils.checkpoint import CheckpointError
 from utils.rendering_cli import HelpFormatter
+
+# The flags' defaults: TrainConfig's.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    d = DEFAULTS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--curriculum", required=True, help=f"curriculum name in curriculums.py: {sorted(curriculums.CURRICULA)}")
-    p.add_argument("--output_dir", default="runs/debug", help="run directory: checkpoints, grids, metrics.jsonl")
-    p.add_argument("--n_epochs", type=int, default=3000, help="stop after this many passes over the data")
-    p.add_argument("--sample_interval", type=int, default=200,
+    p.add_argument("--output_dir", default=d["output_dir"], help="run directory: checkpoints, grids, metrics.jsonl")
+    p.add_argument("--n_epochs", type=int, default=d["n_epochs"], help="stop after this many passes over the data")
+    p.add_argument("--sample_interval", type=int, default=d["sample_interval"],
                    help="steps between sample grids and the latest checkpoint.pth (0: never)")
-    p.add_argument("--model_save_interval", type=int, default=5000,
+    p.add_argument("--model_save_interval", type=int, default=d["model_save_interval"],
                    help="steps between numbered checkpoints checkpoint_{step:06d}.pth (0: never)")
-    p.add_argument("--eval_freq", type=int, default=None,
-                   help="steps between FID evaluations with the EMA weights (0: off; default 5000, off for Synthetic)")
-    p.add_argument("--eval_metrics", default="fid", help="comma-separated metrics for evaluations: fid,kid,mvc,synthetic (synthetic: Synthetic runs only)")
-    p.add_argument("--eval_dir", default=None, help="cache folder for the real images and statistics of the evaluation")
-    p.add_argument("--load_dir", default=None, help="resume from this run directory's checkpoint.pth (or a checkpoint file)")
-    p.add_argument("--resume", choices=["never", "auto"], default="never",
+    p.add_argument("--eval_freq", type=int, default=d["eval_freq"],
+                   help=f"steps between FID evaluations with the EMA weights (0: off; default {EVAL_FREQ}, off for "
+                        f"Synthetic)")
+    p.add_argument("--eval_metrics", default=d["eval_metrics"], help="comma-separated metrics for evaluations: fid,kid,mvc,synthetic (synthetic: Synthetic runs only)")
+    p.add_argument("--eval_dir", default=d["eval_dir"], help="cache folder for the real images and statistics of the evaluation")
+    p.add_argument("--load_dir", default=d["load_dir"], help="resume from this run directory's checkpoint.pth (or a checkpoint file)")
+    p.add_argument("--resume", choices=["never", "auto"], default=d["resume"],
                    help="auto: if --output_dir already holds a checkpoint.pth, resume from it (a requeued job "
                         "running the same command again), else start from --load_dir or fresh; never: only "
                         "--load_dir resumes")
@@ -52,18 +61,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="change a curriculum value (repeatable): KEY a global or STAGE.KEY, VALUE a Python "
                         "literal or a string, e.g. --set dataset_path=/data/ffhq --set 0.batch_size=8; "
                         "recorded in options.json and the checkpoint and applied again on resume")
-    p.add_argument("--set_step", type=int, default=None, help="override the step counter after loading")
-    p.add_argument("--max_steps", type=int, default=None, help="stop after this step, saving a checkpoint")
+    p.add_argument("--set_step", type=int, default=d["set_step"], help="override the step counter after loading")
+    p.add_argument("--max_steps", type=int, default=d["max_steps"], help="stop after this step, saving a checkpoint")
     p.add_argument("--port", type=int, default=None,
                    help="localhost port for the process group of spawned processes (default: a free one)")
     p.add_argument("--nproc", type=int, default=None, help="processes on CPU (default 1); on GPU one per visible device")
-    p.add_argument("--num_workers", type=int, default=2, help="data loader workers per process")
-    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16",
+    p.add_argument("--num_workers", type=int, default=d["num_workers"], help="data loader workers per process")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default=d["precision"],
                    help="mixed precision on CUDA (CPU always trains in fp32)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="where to train")
-    p.add_argument("--log_interval", type=int, default=10,
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d["device"], help="where to train")
+    p.add_argument("--log_interval", type=int, default=d["log_interval"],
                    help="steps between lines in metrics.jsonl (and progress lines when there are no bars)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed (process r uses seed + r)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="base random seed (process r uses seed + r)")
     p.add_argument("--no_progress", action="store_true",
                    help="hide the tqdm progress bars (they are off anyway when stderr is not a terminal); "
                         "progress is logged every --log_interval steps instead")
@@ -100,51 +109,6 @@ def check_output_dir(output_dir) -> None:
         raise ValueError(f"--output_dir {output_dir}: no permission to write in {existing}")
 
 
-def checkpoint_to_resume(args: argparse.Namespace) -> Optional[str]:
-    """The run directory or file to resume from, or None for a fresh start."""
-    if args.resume == "auto" and (Path(args.output_dir) / LATEST_NAME).is_file():
-        # A requeued job continues where this run stopped; --set_step was meant for its first start.
-        args.set_step = None
-        return args.output_dir
-    if args.load_dir:
-        resolve_checkpoint_path(args.load_dir)
-    return args.load_dir
-
-
-def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: Optional[int]) -> None:
-    """Every stage the run reaches has at least one batch per process (the loader drops incomplete batches)."""
-    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name)
-    for stage in curriculums.stage_boundaries(curriculum)[:-1]:
-        if max_steps is not None and stage >= max_steps:
-            break
-        batch_size = int(curriculums.extract_metadata(curriculum, stage)["batch_size"])
-        if items // world_size < batch_size:
-            raise DatasetError(f"the dataset has {items} images: fewer than one batch of {batch_size} per process "
-                               f"({world_size} processes) in stage {stage}; add images or lower it with "
-                               f"--set {stage}.batch_size=N")
-
-
-def check_eval_metrics(config: TrainConfig, curriculum: dict) -> None:
-    """--eval_metrics names known metrics that apply to this curriculum (else the first evaluation,
-    thousands of steps in, would be the first to find out)."""
-    from metrics.metric_main import parse_metrics
-
-    metrics = parse_metrics(config.eval_metrics)
-    dataset = curriculums.extract_metadata(curriculum, 0).get("dataset")
-    if config.eval_freq and "synthetic" in metrics and dataset != "Synthetic":
-        raise ValueError(f"--eval_metrics synthetic needs the Synthetic dataset, not {dataset!r}")
-
-
-def check_checkpoint_fits(checkpoint_state: dict, curriculum: dict, load_dir: str) -> None:
-    """The checkpoint's tensors have the shapes of the networks this run builds (built on the
-    meta device: shapes only, no memory, no time)."""
-    with torch.device("meta"):
-        generator, discriminator = build_networks(curriculums.extract_metadata(curriculum, 0))
-    mismatch = checkpoint_mismatch(checkpoint_state, generator, discriminator)
-    if mismatch:
-        raise CheckpointError(f"cannot resume {load_dir}: {mismatch}")
-
-
 def process_group_port(requested: Optional[int]) -> int:
     """The port for the spawned processes' rendezvous: the requested one if it is free, else a free one."""
     with socket.socket() as probe:
@@ -156,61 +120,51 @@ def process_group_port(requested: Optional[int]) -> int:
         return probe.getsockname()[1]
 
 
-def config_from_args(args: argparse.Namespace, load_dir: Optional[str] = None,
-                     overrides: Optional[dict] = None) -> TrainConfig:
-    eval_freq = args.eval_freq
-    if eval_freq is None:
-        eval_freq = 0 if args.curriculum == "Synthetic" else 5000
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags ask for (--set values parsed; nothing resolved yet)."""
+    overrides = dict(curriculums.parse_override(text) for text in args.overrides)
     return TrainConfig(curriculum=args.curriculum, output_dir=args.output_dir, n_epochs=args.n_epochs,
                        sample_interval=args.sample_interval, model_save_interval=args.model_save_interval,
-                       eval_freq=eval_freq, eval_dir=args.eval_dir, eval_metrics=args.eval_metrics,
-                       load_dir=load_dir, set_step=args.set_step, max_steps=args.max_steps,
+                       eval_freq=args.eval_freq, eval_dir=args.eval_dir, eval_metrics=args.eval_metrics,
+                       load_dir=args.load_dir, resume=args.resume, set_step=args.set_step, max_steps=args.max_steps,
                        num_workers=args.num_workers, precision=args.precision, log_interval=args.log_interval,
                        seed=args.seed, device=args.device, progress=not args.no_progress, compile=args.compile,
-                       keep_freed_memory=args.keep_freed_memory, curriculum_overrides=overrides or {},
+                       keep_freed_memory=args.keep_freed_memory, curriculum_overrides=overrides,
                        allow_curriculum_change=args.allow_curriculum_change)
 
 
-def prepare_run(args: argparse.Namespace, world_size: int) -> TrainConfig:
-    """Every check that can fail before a process starts; the TrainConfig all processes get
-    (its overrides include those recorded in the checkpoint being resumed)."""
+def prepare_run(args: argparse.Namespace, world_size: int) -> tuple:
+    """Every check that can fail before a process starts; (the RunSpec all processes get, the state of
+    the checkpoint it resumes or None)."""
     check_flags(args)
-    curriculums.get_curriculum(args.curriculum)  # unknown name: say so before anything else
     check_output_dir(args.output_dir)
-    load_dir = checkpoint_to_resume(args)
-    checkpoint_state = load_checkpoint(load_dir) if load_dir else None  # also verifies its checksum
-    overrides = dict(curriculums.parse_override(text) for text in args.overrides)
-    config = config_from_args(args, load_dir, overrides)
-    curriculum, config.curriculum_overrides = run_curriculum(config, checkpoint_state)
-    check_dataset_size(curriculum, args.curriculum, world_size, args.max_steps)
-    check_eval_metrics(config, curriculum)
-    if checkpoint_state is not None:
-        check_checkpoint_fits(checkpoint_state, curriculum, load_dir)
-    return config
+    spec, resume_state = resolve_run(config_from_args(args))
+    check_run(spec, resume_state, world_size)
+    return spec, resume_state
 
 
-def _run(rank: int, world_size: int, config: TrainConfig, **kwargs) -> int:
+def _run(rank: int, world_size: int, spec: RunSpec, **kwargs) -> int:
     try:
-        return train(rank, world_size, config, **kwargs)
+        return train(rank, world_size, spec, **kwargs)
     except (FloatingPointError, CheckpointError) as error:  # non-finite training, unusable checkpoint
         print(f"error: {error}", file=sys.stderr)
         return 1
 
 
-def _spawned(rank: int, world_size: int, config: TrainConfig, init_method: str) -> None:
-    code = _run(rank, world_size, config, init_method=init_method)
+def _spawned(rank: int, world_size: int, spec: RunSpec, init_method: str) -> None:
+    code = _run(rank, world_size, spec, init_method=init_method)
     if code:
         sys.exit(code)
 
 
-def spawn_and_wait(world_size: int, config: TrainConfig, init_method: str) -> int:
+def spawn_and_wait(world_size: int, spec: RunSpec, init_method: str) -> int:
     """Run `world_size` training processes and wait for them.
 
     SIGINT/SIGTERM to this launcher are forwarded once to each process, which then saves a
     checkpoint and exits; the launcher keeps waiting (a signal that killed it would let
     torch's spawn wrapper terminate the processes in the middle of their save).
     """
-    context = mp.start_processes(_spawned, args=(world_size, config, init_method), nprocs=world_size,
+    context = mp.start_processes(_spawned, args=(world_size, spec, init_method), nprocs=world_size,
                                  join=False, start_method="spawn")
     forwarded = False
 
@@ -251,18 +205,21 @@ def main(argv=None) -> int:
     try:
         if use_cuda and world_size == 0:
             raise ValueError("--device cuda, but no CUDA device is visible (CUDA_VISIBLE_DEVICES?); use --device cpu")
-        config = prepare_run(args, world_size)
+        spec, resume_state = prepare_run(args, world_size)
         port = process_group_port(args.port) if world_size > 1 and not torchrun else None
     except (ValueError, DatasetError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    # A process started here trains on the checkpoint already read; spawned ones read its weights once
+    # more (without hashing them again: the RunSpec carries the verified checksum).
     if torchrun:
-        return _run(int(os.environ["RANK"]), world_size, config, init_method="env://",
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+        return _run(int(os.environ["RANK"]), world_size, spec, init_method="env://",
+                    local_rank=int(os.environ.get("LOCAL_RANK", 0)), resume_state=resume_state)
     if world_size <= 1:
-        return _run(0, 1, config)
-    return spawn_and_wait(world_size, config, f"tcp://127.0.0.1:{port}")
+        return _run(0, 1, spec, resume_state=resume_state)
+    del resume_state
+    return spawn_and_wait(world_size, spec, f"tcp://127.0.0.1:{port}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The MVCGAN training loop (docs/METHOD.md §7): one process of a (possibly single-process) job.
 
-`train(rank, world_size, config)` schedules the phases of `losses.MVCGANLoss`,
-averages gradients across processes, clips, steps the optimisers, keeps two EMAs,
-changes curriculum stages, writes grids, metrics, checkpoints and evaluations, and
-resumes exactly. `main.py` parses the command line and starts the processes.
+`train(rank, world_size, spec)` runs a `Trainer` on a run specification (run_spec.py, resolved
+once by main.py): it schedules the phases of `losses.MVCGANLoss`, averages gradients across
+processes, clips, steps the optimisers, keeps two EMAs, changes curriculum stages, writes
+grids, metrics, checkpoints and evaluations, and resumes exactly. `Trainer.run` is the loop;
+what happens at the end of a step is in `Trainer.end_step`. main.py parses the command line,
+resolves the run and starts the processes.
 """
 from __future__ import annotations
 
@@ -17,9 +19,8 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,53 +30,26 @@ from tqdm import tqdm
 
 import curriculums
 from datasets import build_dataset
-from discriminators.discriminators import CCSEncoderDiscriminator
-from generators.generators import RenderOptions, build_generator
+from generators.generators import RenderOptions
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
+from metrics import inception, metric_main
+from run_spec import RunSpec, TrainConfig, build_networks, keeps_legacy_corrections, resolve_run
 from siren.siren import compile_field
-from utils.checkpoint import (LATEST_NAME, CheckpointError, load_checkpoint, remove_stale_temp_files,
-                              resolve_checkpoint_path, save_checkpoint)
+from utils.checkpoint import (LATEST_NAME, CheckpointError, TrainingState, checkpoint_mismatch, read_checkpoint,
+                              remove_stale_temp_files, resolve_checkpoint_path, rng_state, save_checkpoint,
+                              set_rng_state)
 from utils.cpu_runtime import flush_denormals, keep_freed_memory
 from utils.images import make_grid, save_image, to_uint8
 
 logger = logging.getLogger("mvcgan.train")
 
 EMA_DECAYS = (0.999, 0.9999)
-NERF_NOISE_STEPS = 5000
 MAX_NONFINITE_STEPS = 10
 # With an fp16 loss scaler an overflow is routine (the scaler halves its scale and skips the
 # step); this many in a row means the gradients are NaN for good, not too large.
 MAX_OVERFLOW_STEPS = 30
 NUM_GRID_IMAGES = 20
 GRID_ROW = 5
-
-
-@dataclass
-class TrainConfig:
-    """The command line, as the training processes see it."""
-
-    curriculum: str
-    output_dir: str
-    n_epochs: int = 3000
-    sample_interval: int = 1000
-    model_save_interval: int = 5000
-    eval_freq: int = 0
-    eval_dir: Optional[str] = None
-    eval_metrics: str = "fid"
-    load_dir: Optional[str] = None
-    set_step: Optional[int] = None
-    max_steps: Optional[int] = None
-    num_workers: int = 0
-    precision: str = "fp16"
-    log_interval: int = 10
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    compile: bool = False  # torch.compile the FiLM-SIREN (siren.compile_field); eager if no compiler
-    keep_freed_memory: bool = False  # CPU: malloc keeps freed blocks (utils/cpu_runtime.py): faster, more RSS
-    # curriculums.apply_overrides entries: 'KEY' / 'STAGE.KEY' values (main.py --set) or whole stages.
-    curriculum_overrides: dict = field(default_factory=dict)
-    allow_curriculum_change: bool = False  # resume a checkpoint of another curriculum on purpose
 
 
 # ------------------------------------------------------------------------ helpers
@@ -149,25 +123,6 @@ def all_ranks_agree(flag: bool, device, world_size: int) -> bool:
     return bool(value.item() > 0)
 
 
-def rng_state() -> dict:
-    """Every RNG a step can touch, in types that `torch.load(weights_only=True)` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def module_summary(**modules) -> dict:
     summary = {}
     for name, module in modules.items():
@@ -217,123 +172,112 @@ class GracefulStop:
             signal.signal(sig, signal.SIG_IGN if self.requested else handler)
 
 
-# ------------------------------------------------------------- curriculum & resume
-def check_curriculum_change(config: TrainConfig, checkpoint_state: Optional[dict]) -> None:
-    """Refuse to resume a checkpoint of another curriculum unless the user asked for it: it would
-    train the new curriculum's data and hyper-parameters on weights learnt from other data."""
-    if checkpoint_state is None:
-        return
-    saved = checkpoint_state.get("curriculum_name")
-    if saved != config.curriculum and not config.allow_curriculum_change:
-        raise ValueError(f"the checkpoint in {config.load_dir} was trained with curriculum {saved!r}, not "
-                         f"{config.curriculum!r}; resume with --curriculum {saved}, or pass "
-                         f"--allow_curriculum_change to train {config.curriculum!r} on these weights")
+
+class Progress:
+    """Rank 0's view of the run: a total and a per-stage tqdm bar on a terminal, else (no terminal, or
+    --no_progress) one log line every log_interval steps, so a log file holds progress without
+    megabytes of bar redraws. Other ranks get a disabled one."""
+
+    def __init__(self, curriculum: dict, step: int, final_step: int, log_interval: int, bars: bool):
+        self.curriculum, self.final_step, self.log_interval = curriculum, final_step, log_interval
+        self.total = tqdm(total=final_step, initial=min(step, final_step), desc="total", disable=not bars,
+                          dynamic_ncols=True)
+        self.stage_bar, self.stage = None, None
+        self.mark = None  # (time, step) of the last progress line
+
+    def start_step(self, step: int) -> None:
+        """A new bar when `step` begins a stage."""
+        stage = curriculums.stage_start(self.curriculum, step)
+        if self.total.disable or stage == self.stage:
+            return
+        self.stage = stage
+        stage_end = min(curriculums.next_stage_step(self.curriculum, step), self.final_step)
+        if self.stage_bar is not None:
+            self.stage_bar.close()
+        self.stage_bar = tqdm(total=stage_end - stage, initial=step - stage, desc=f"stage@{stage}", leave=False,
+                              dynamic_ncols=True)
+
+    def end_step(self, step: int, stats: dict) -> None:
+        if self.total.disable:
+            self.log_line(step, stats)
+        self.total.update(1)
+        if self.stage_bar is not None:
+            self.stage_bar.update(1)
+            self.stage_bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}",
+                                       photo=f"{stats['photometric']:.3f}", a=f"{stats['alpha']:.2f}")
+
+    def log_line(self, step: int, stats: dict) -> None:
+        now = time.time()
+        if self.mark is None:
+            self.mark = (now, step - 1)
+        if step % self.log_interval and step != self.final_step:
+            return
+        mark_time, mark_step = self.mark
+        sec_per_step = (now - mark_time) / max(step - mark_step, 1)
+        self.mark = (now, step)
+        eta = int(sec_per_step * max(self.final_step - step, 0))
+        logger.info("step %d/%d  d %.4f  g %.4f  photo %.4f  %.2f s/step  ETA %d:%02d:%02d", step, self.final_step,
+                    stats["d_loss"], stats["g_loss"], stats["photometric"], sec_per_step,
+                    eta // 3600, eta // 60 % 60, eta % 60)
+
+    def close(self) -> None:
+        self.total.close()
+        if self.stage_bar is not None:
+            self.stage_bar.close()
 
 
-def written_before_corrections(checkpoint_state: dict) -> bool:
-    """Whether a checkpoint of ours was trained before the published behaviour became the default
-    (its curriculum lacks the keys that choose): it continues with the corrections it was trained
-    with (curriculums.LEGACY_CORRECTIONS). Imported official weights were trained as published."""
-    recorded = checkpoint_state.get("curriculum") or {}
-    return "imported_from" not in checkpoint_state and bool(recorded) and \
-        not any(key in recorded for key in curriculums.LEGACY_CORRECTIONS)
-
-
-def run_curriculum(config: TrainConfig, checkpoint_state: Optional[dict] = None) -> tuple:
-    """(curriculum, overrides) of a run, validated: the named curriculum with the overrides recorded in
-    the checkpoint being resumed (same curriculum only: they belong to it), then the run's own."""
-    check_curriculum_change(config, checkpoint_state)
-    overrides = {}
-    if checkpoint_state is not None and checkpoint_state.get("curriculum_name") == config.curriculum:
-        if written_before_corrections(checkpoint_state):
-            overrides.update(curriculums.LEGACY_CORRECTIONS)
-        overrides.update(checkpoint_state.get("curriculum_overrides") or {})
-        if any(isinstance(k, int) for k in config.curriculum_overrides):  # new stages replace the recorded ones
-            overrides = {k: v for k, v in overrides.items() if not isinstance(k, int)}
-    overrides.update(config.curriculum_overrides)
-    curriculum = curriculums.apply_overrides(curriculums.get_curriculum(config.curriculum), overrides)
-    curriculums.validate_curriculum(curriculum, config.curriculum)
-    return curriculum, overrides
-
-
-def build_networks(metadata: dict) -> tuple:
-    """(generator, discriminator) as a curriculum's stage-0 metadata describes them."""
-    generator = build_generator(metadata)
-    discriminator = CCSEncoderDiscriminator(latent_dim=int(metadata["latent_dim"]),
-                                            width_factor=float(metadata.get("disc_width_factor", 1.0)))
-    return generator, discriminator
-
-
-def checkpoint_mismatch(checkpoint_state: dict, generator: torch.nn.Module,
-                        discriminator: torch.nn.Module) -> Optional[str]:
-    """None if the checkpoint's weights fit the networks, else one line saying where they differ."""
-    problems = []
-    for key, module in (("generator", generator), ("discriminator", discriminator)):
-        if key not in checkpoint_state:  # an imported checkpoint may have no discriminator
-            continue
-        saved, expected = checkpoint_state[key], module.state_dict()
-        for name in sorted(set(saved) | set(expected)):
-            if name not in saved or name not in expected:
-                problems.append(f"{key}.{name} only in the {'model' if name in expected else 'checkpoint'}")
-            elif tuple(saved[name].shape) != tuple(expected[name].shape):
-                problems.append(f"{key}.{name} is {tuple(saved[name].shape)} in the checkpoint, "
-                                f"{tuple(expected[name].shape)} in the model")
-    if not problems:
-        return None
-    return (f"the checkpoint's networks have another architecture than the curriculum describes "
-            f"({len(problems)} tensors differ, e.g. {problems[0]}); resume with the curriculum and --set "
-            f"values it was trained with")
+def make_optimizers(generator: torch.nn.Module, discriminator: torch.nn.Module, metadata: dict) -> tuple:
+    """(Adam for G, Adam for D) with stage 0's learning rates; with `unique_lr` the mapping network
+    is a group of its own (its rate scaled in Trainer.set_learning_rates)."""
+    betas = tuple(float(b) for b in metadata["betas"])
+    if metadata["unique_lr"]:
+        mapping = list(generator.siren.mapping_network.parameters())
+        mapping_ids = {id(p) for p in mapping}
+        groups = [{"name": "mapping_network", "params": mapping},
+                  {"name": "generator", "params": [p for p in generator.parameters() if id(p) not in mapping_ids]}]
+    else:
+        groups = [{"name": "generator", "params": list(generator.parameters())}]
+    optimizer_G = torch.optim.Adam(groups, lr=metadata["gen_lr"], betas=betas, weight_decay=metadata["weight_decay"])
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=metadata["disc_lr"], betas=betas,
+                                   weight_decay=metadata["weight_decay"])
+    return optimizer_G, optimizer_D
 
 
 # ------------------------------------------------------------------------- the run
 class Trainer:
-    def __init__(self, rank: int, world_size: int, config: TrainConfig, device: torch.device):
-        self.rank, self.world_size, self.config, self.device = rank, world_size, config, device
+    def __init__(self, rank: int, world_size: int, spec: Union[RunSpec, TrainConfig], device: torch.device,
+                 resume_state: Optional[dict] = None):
+        """`spec` as main.py resolved it; a TrainConfig (tests, benchmarks) is resolved here, as main.py
+        would. `resume_state`: the checkpoint state resolve_run read in this process, if any."""
+        if isinstance(spec, TrainConfig):
+            spec, resume_state = resolve_run(spec)
+        self.rank, self.world_size, self.spec, self.device = rank, world_size, spec, device
+        self.config = dataclasses.replace(spec.config)  # evaluate() may switch evaluation off
+        self.curriculum = spec.curriculum
         self.is_main = rank == 0
-        self.output_dir = Path(config.output_dir)
-        # Read first: a resumed run applies the curriculum overrides recorded in its checkpoint.
-        # On the CPU: load_state_dict moves weights and optimiser state to each parameter's device, and the
-        # RNG states must stay CPU tensors (torch.set_rng_state refuses CUDA ones).
-        self.resume_state = load_checkpoint(config.load_dir, map_location="cpu") if config.load_dir else None
-        self.curriculum, overrides = run_curriculum(config, self.resume_state)
-        if self.resume_state is not None and written_before_corrections(self.resume_state) and rank == 0:
-            logger.warning("%s was trained before the published behaviour became the default: it continues with "
-                           "the corrections it was trained with (%s)", config.load_dir,
-                           ", ".join(f"{k}={v!r}" for k, v in curriculums.LEGACY_CORRECTIONS.items()))
-        self.config = config = dataclasses.replace(config, curriculum_overrides=overrides)
+        self.output_dir = Path(self.config.output_dir)
+        self._resume_state = resume_state
         meta0 = curriculums.extract_metadata(self.curriculum, 0)
 
         if device.type == "cpu":
             flush_denormals()  # transmittance behind dense surfaces: subnormal floats are slow
-            if config.keep_freed_memory:
+            if self.config.keep_freed_memory:
                 keep_freed_memory()  # large activations are reused, not re-faulted, every step
-        torch.manual_seed(config.seed + rank)
-        np.random.seed(config.seed + rank)
-        random.seed(config.seed + rank)
+        torch.manual_seed(self.config.seed + rank)
+        np.random.seed(self.config.seed + rank)
+        random.seed(self.config.seed + rank)
 
         self.generator, self.discriminator = (module.to(device) for module in build_networks(meta0))
         if world_size > 1:  # identical initial weights on every rank
             for tensor in [*self.generator.parameters(), *self.discriminator.parameters()]:
                 dist.broadcast(tensor.data, src=0)
         self.emas = [EMA(self.generator, decay) for decay in EMA_DECAYS]
-        if config.compile:  # after the EMA copies, which stay eager
+        if self.config.compile:  # after the EMA copies, which stay eager
             compile_field(self.generator.siren)
-
-        betas = tuple(float(b) for b in meta0["betas"])
-        if meta0.get("unique_lr", False):
-            mapping = list(self.generator.siren.mapping_network.parameters())
-            mapping_ids = {id(p) for p in mapping}
-            groups = [{"name": "mapping_network", "params": mapping},
-                      {"name": "generator", "params": [p for p in self.generator.parameters() if id(p) not in mapping_ids]}]
-        else:
-            groups = [{"name": "generator", "params": list(self.generator.parameters())}]
-        self.optimizer_G = torch.optim.Adam(groups, lr=meta0["gen_lr"], betas=betas,
-                                            weight_decay=meta0.get("weight_decay", 0))
-        self.optimizer_D = torch.optim.Adam(self.discriminator.parameters(), lr=meta0["disc_lr"], betas=betas,
-                                            weight_decay=meta0.get("weight_decay", 0))
+        self.optimizer_G, self.optimizer_D = make_optimizers(self.generator, self.discriminator, meta0)
 
         use_cuda = device.type == "cuda"
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.precision) if use_cuda else None
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.precision) if use_cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         amp_dtype = self.amp_dtype
         self.autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -341,24 +285,23 @@ class Trainer:
 
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_streak = 0, 0, 0, 0
         self.last_good_checkpoint = None  # named when non-finite training stops the run
-        self._progress_mark = None  # (time, step) of the last progress line
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
         self.stop = GracefulStop()
         self._inception = None  # loaded on the first evaluation
+        self._loader, self._loader_key = None, None
+        self.final_step, self.progress = None, None  # set by begin()
 
     # -------------------------------------------------------------- checkpoints
-    def state(self, rng_states) -> dict:
-        return {
-            "step": self.step, "epoch": self.epoch, "sampler": {"epoch": self.epoch, "batch": self.batch_in_epoch},
-            "curriculum_name": self.config.curriculum, "curriculum": self.curriculum,
-            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
-            "generator_ema": self.emas[0].module.state_dict(), "generator_ema2": self.emas[1].module.state_dict(),
-            "ema_num_updates": [ema.num_updates for ema in self.emas],
-            "optimizer_G": self.optimizer_G.state_dict(), "optimizer_D": self.optimizer_D.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng_states, "world_size": self.world_size,
-            "curriculum_overrides": self.config.curriculum_overrides,
-        }
+    def state(self, rng_states: list) -> TrainingState:
+        return TrainingState(
+            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+            curriculum_name=self.config.curriculum, curriculum=self.curriculum,
+            curriculum_overrides=self.config.curriculum_overrides,
+            generator=self.generator.state_dict(), discriminator=self.discriminator.state_dict(),
+            emas=[ema.module.state_dict() for ema in self.emas], ema_num_updates=[ema.num_updates for ema in self.emas],
+            optimizer_G=self.optimizer_G.state_dict(), optimizer_D=self.optimizer_D.state_dict(),
+            scaler=self.scaler.state_dict(), rng=rng_states, world_size=self.world_size)
 
     def weights_are_finite(self) -> bool:
         modules = (self.generator, self.discriminator, *(ema.module for ema in self.emas))
@@ -382,46 +325,58 @@ class Trainer:
         else:
             states = [rng_state()]
         if self.is_main:
-            state = self.state(states)
+            state = self.state(states).to_checkpoint()
             save_checkpoint(self.output_dir / LATEST_NAME, state)
             if numbered:
                 save_checkpoint(self.output_dir / f"checkpoint_{self.step:06d}.pth", state)
         self.last_good_checkpoint = self.output_dir / LATEST_NAME
         return True
 
-    def load(self, load_dir) -> None:
-        state = self.resume_state if self.resume_state is not None else load_checkpoint(load_dir, map_location="cpu")
-        self.resume_state = None
+    def load(self, path) -> None:
+        """Continue from the checkpoint at `path` (the run specification's resume_path): its weights,
+        EMAs and step and, unless it was imported, its optimisers, loss scaler, data position and RNGs.
+        The file is read once and not hashed again (resolve_run verified it)."""
+        # Read on the CPU (as resolve_run reads it): load_state_dict moves weights and optimiser state to
+        # each parameter's device, and the RNG states must stay CPU tensors (torch.set_rng_state refuses CUDA ones).
+        state = self._resume_state
+        if state is None:
+            state, _ = read_checkpoint(path, map_location="cpu", trusted_digest=self.spec.resume_digest)
+        self._resume_state = None
         mismatch = checkpoint_mismatch(state, self.generator, self.discriminator)
         if mismatch:
             raise CheckpointError(mismatch)
-        if state.get("curriculum_name") != self.config.curriculum:  # allowed by check_curriculum_change
+        if self.is_main and keeps_legacy_corrections(self.config, state):
+            logger.warning("%s was trained before the published behaviour became the default: it continues with "
+                           "the corrections it was trained with (%s)", path,
+                           ", ".join(f"{k}={v!r}" for k, v in curriculums.LEGACY_CORRECTIONS.items()))
+        saved = TrainingState.from_checkpoint(state)
+        if saved.curriculum_name != self.config.curriculum:  # allowed by run_spec.check_curriculum_change
             logger.warning("training curriculum %s on a %s checkpoint (--allow_curriculum_change)",
-                           self.config.curriculum, state.get("curriculum_name"))
-        self.last_good_checkpoint = resolve_checkpoint_path(load_dir)
-        self.generator.load_state_dict(state["generator"])
-        if "discriminator" in state:
-            self.discriminator.load_state_dict(state["discriminator"])
+                           self.config.curriculum, saved.curriculum_name)
+        self.last_good_checkpoint = resolve_checkpoint_path(path)
+        self.generator.load_state_dict(saved.generator)
+        if saved.discriminator is not None:
+            self.discriminator.load_state_dict(saved.discriminator)
         else:
-            logger.warning("%s has no discriminator: fine-tuning starts from a freshly initialised one", load_dir)
-        for ema, key, updates in zip(self.emas, ("generator_ema", "generator_ema2"), state["ema_num_updates"]):
-            ema.module.load_state_dict(state[key])
-            ema.num_updates = int(updates)
-        self.step, self.epoch = int(state["step"]), int(state.get("epoch", 0))
-        if "optimizer_G" not in state:  # an imported checkpoint (import_checkpoint.py): weights and step only
+            logger.warning("%s has no discriminator: fine-tuning starts from a freshly initialised one", path)
+        for ema, weights, updates in zip(self.emas, saved.emas, saved.ema_num_updates):
+            ema.module.load_state_dict(weights)
+            ema.num_updates = updates
+        self.step, self.epoch = saved.step, saved.epoch
+        if saved.imported:  # import_checkpoint.py: weights and step only
             logger.warning("%s has no optimiser, scaler or data-position state (an imported checkpoint): "
-                           "continuing the curriculum from step %d with fresh Adam moments", load_dir, self.step)
+                           "continuing the curriculum from step %d with fresh Adam moments", path, self.step)
             return
-        self.optimizer_G.load_state_dict(state["optimizer_G"])
-        self.optimizer_D.load_state_dict(state["optimizer_D"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.batch_in_epoch = int(state["sampler"]["batch"])
-        rng = state.get("rng") or []
-        if state.get("world_size") == self.world_size and self.rank < len(rng):
+        self.optimizer_G.load_state_dict(saved.optimizer_G)
+        self.optimizer_D.load_state_dict(saved.optimizer_D)
+        self.scaler.load_state_dict(saved.scaler)
+        self.batch_in_epoch = saved.batch_in_epoch
+        rng = saved.rng or []
+        if saved.world_size == self.world_size and self.rank < len(rng):
             set_rng_state(rng[self.rank])
         else:
             logger.warning("checkpoint was written by %s processes, now %d: RNG streams restart",
-                           state.get("world_size"), self.world_size)
+                           saved.world_size, self.world_size)
 
     # -------------------------------------------------------------------- data
     def make_loader(self, metadata: dict):
@@ -473,8 +428,6 @@ class Trainer:
 
     def evaluate(self, metadata: dict) -> None:
         """Rank 0: score the EMA generator; a missing Inception file disables evaluation, not training."""
-        from metrics import inception, metric_main
-
         try:
             metrics = metric_main.parse_metrics(self.config.eval_metrics)
             if self._inception is None and metric_main.uses_inception(metrics):
@@ -493,17 +446,16 @@ class Trainer:
         with open(self.output_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
 
-    # ------------------------------------------------------------------ loop
     def set_learning_rates(self, metadata: dict) -> None:
         for group in self.optimizer_G.param_groups:
             scale = 5e-2 if group.get("name") == "mapping_network" else 1.0
             group["lr"] = metadata["gen_lr"] * scale
             group["betas"] = tuple(float(b) for b in metadata["betas"])
-            group["weight_decay"] = metadata.get("weight_decay", 0)
+            group["weight_decay"] = metadata["weight_decay"]
         for group in self.optimizer_D.param_groups:
             group["lr"] = metadata["disc_lr"]
             group["betas"] = tuple(float(b) for b in metadata["betas"])
-            group["weight_decay"] = metadata.get("weight_decay", 0)
+            group["weight_decay"] = metadata["weight_decay"]
 
     def finish_phase(self, module, optimizer, loss_value, grad_clip):
         """Average, unscale, clip and step. Returns (stepped, gradient norm before clipping).
@@ -537,55 +489,20 @@ class Trainer:
         (learning rates, loss weights) keeps it. The image size is part of the key too: the
         published loop would keep feeding the old size there (and fail on it)."""
         metadata = curriculums.extract_metadata(self.curriculum, step)
-        return metadata.get("batch_size"), metadata.get("output_size")
-
-    def after_step(self, stats: dict, metadata: dict, started: float, total_bar, stage_bar) -> None:
-        """Rank 0: log a metrics line every log_interval steps and move the bars."""
-        if stats["skipped"]:
-            logger.warning("step %d: non-finite loss or gradient, optimiser step skipped", self.step)
-        if self.step % self.config.log_interval == 0 or stats["skipped"] or self.step == 1:
-            self.log_metrics({"step": self.step,
-                              "stage": curriculums.stage_start(self.curriculum, self.step - 1),
-                              "img_size": metadata["img_size"], "output_size": metadata["output_size"],
-                              "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
-                              **stats})
-        if total_bar.disable:
-            self.log_progress(stats, total_bar.total)
-        total_bar.update(1)
-        if stage_bar is not None:
-            stage_bar.update(1)
-            stage_bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_loss']:.3f}",
-                                  photo=f"{stats['photometric']:.3f}", a=f"{stats['alpha']:.2f}")
-
-    def log_progress(self, stats: dict, final_step: int) -> None:
-        """Without progress bars (stderr not a terminal, or --no_progress): one log line every
-        log_interval steps, so a log file holds progress without megabytes of bar redraws."""
-        now = time.time()
-        if self._progress_mark is None:
-            self._progress_mark = (now, self.step - 1)
-        if self.step % self.config.log_interval and self.step != final_step:
-            return
-        mark_time, mark_step = self._progress_mark
-        sec_per_step = (now - mark_time) / max(self.step - mark_step, 1)
-        self._progress_mark = (now, self.step)
-        eta = int(sec_per_step * max(final_step - self.step, 0))
-        logger.info("step %d/%d  d %.4f  g %.4f  photo %.4f  %.2f s/step  ETA %d:%02d:%02d", self.step, final_step,
-                    stats["d_loss"], stats["g_loss"], stats["photometric"], sec_per_step,
-                    eta // 3600, eta // 60 % 60, eta % 60)
+        return metadata.get("batch_size"), metadata.get("output_size")  # (None, None) in the final stage
 
     def train_step(self, real: torch.Tensor, metadata: dict) -> dict:
         step = self.step
         alpha = curriculums.fade_alpha(self.curriculum, step)
         # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
-        nerf_noise = max(0.0, 1.0 - step / float(metadata.get("nerf_noise_steps", NERF_NOISE_STEPS)))
+        nerf_noise = max(0.0, 1.0 - step / float(metadata["nerf_noise_steps"]))
         options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
         cfg = PhaseConfig(alpha=alpha, batch_split=int(metadata["batch_split"]),
-                          latent_dim=int(metadata["latent_dim"]), z_dist=metadata.get("z_dist", "gaussian"),
+                          latent_dim=int(metadata["latent_dim"]), z_dist=metadata["z_dist"],
                           r1_lambda=float(metadata["r1_lambda"]), pos_lambda=float(metadata["pos_lambda"]),
-                          z_lambda=float(metadata.get("z_lambda", 0)),
-                          reproj_lambda=float(metadata.get("reproj_lambda", 0)),
-                          topk_fraction=topk_fraction(step, metadata.get("topk_interval"), metadata.get("topk_v")),
-                          photometric_input=str(metadata.get("photometric_input", "shifted")))
+                          z_lambda=float(metadata["z_lambda"]), reproj_lambda=float(metadata["reproj_lambda"]),
+                          topk_fraction=topk_fraction(step, metadata["topk_interval"], metadata["topk_v"]),
+                          photometric_input=str(metadata["photometric_input"]))
         self.set_learning_rates(metadata)
         if self.scaler.is_enabled() and self.scaler.get_scale() < 1:
             # As published: the fp16 loss scale never stays below 1 (there small gradients underflow).
@@ -607,109 +524,148 @@ class Trainer:
                      d_grad_norm=d_norm, g_grad_norm=g_norm)
         return stats
 
+    # ------------------------------------------------------------------ loop
     def run(self) -> int:
-        config = self.config
-        if config.load_dir:
-            self.load(config.load_dir)
-        if config.set_step is not None:
-            self.step = config.set_step
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            for stale in remove_stale_temp_files(self.output_dir):
-                logger.info("removed %s, left by a checkpoint write that was killed", stale.name)
-            options = {"args": asdict(config), "world_size": self.world_size, "device": str(self.device),
-                       "curriculum": self.curriculum,
-                       "modules": module_summary(generator=self.generator, discriminator=self.discriminator)}
-            with open(self.output_dir / "options.json", "w") as f:
-                json.dump(_jsonable(options), f, indent=2)
-            logger.info("generator %d parameters, discriminator %d",
-                        options["modules"]["generator"]["parameters"],
-                        options["modules"]["discriminator"]["parameters"])
-        self.stop.install()
-        boundaries = curriculums.stage_boundaries(self.curriculum)
-        final_step = boundaries[-1]
-        if config.max_steps is not None:
-            final_step = min(final_step, config.max_steps)
-        bars = config.progress and self.is_main and sys.stderr.isatty()
-        total_bar = tqdm(total=final_step, initial=min(self.step, final_step), desc="total", disable=not bars,
-                         dynamic_ncols=True)
-        stage_bar, bar_stage = None, None
-        loader, loader_key = None, None
+        """Train until the final (empty) stage, --max_steps or --n_epochs, then write grids and a
+        checkpoint; on SIGINT/SIGTERM save and stop after the current step."""
+        self.begin()
         try:
-            while self.step < final_step and self.epoch < config.n_epochs:
-                if curriculums.is_final_stage(self.curriculum, self.step):
-                    break
-                metadata = curriculums.extract_metadata(self.curriculum, self.step)
-                key = self.loader_key(self.step)
-                if key != loader_key:
-                    loader, loader_key = self.make_loader(metadata), key
-                    if self.is_main:
-                        self.write_real_grid(loader.dataset)
-                loader.sampler.set_position(self.epoch, self.batch_in_epoch * int(metadata["batch_size"]))
-                for real, _ in loader:
+            while self.steps_left():
+                for real, _ in self.loader():
                     started = time.time()
                     # Every step reads its own stage's values: a stage that changes only a learning
                     # rate takes effect at its first step, without a new loader or a new fade.
                     metadata = curriculums.extract_metadata(self.curriculum, self.step)
-                    if bars and bar_stage != curriculums.stage_start(self.curriculum, self.step):
-                        bar_stage = curriculums.stage_start(self.curriculum, self.step)
-                        stage_end = min(curriculums.next_stage_step(self.curriculum, self.step), final_step)
-                        if stage_bar is not None:
-                            stage_bar.close()
-                        stage_bar = tqdm(total=stage_end - bar_stage, initial=self.step - bar_stage,
-                                         desc=f"stage@{bar_stage}", leave=False, dynamic_ncols=True)
+                    self.progress.start_step(self.step)
                     stats = self.train_step(real.to(self.device, non_blocking=True), metadata)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    # Decide the data position before anything is saved, so a resume where the
-                    # loader changes continues exactly like the uninterrupted run.
-                    loader_changed = self.loader_key(self.step) != key
-                    if loader_changed:  # a new loader abandons the current epoch
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if self.is_main:
-                        self.after_step(stats, metadata, started, total_bar, stage_bar)
-                    self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
-                    limit = MAX_OVERFLOW_STEPS if self.scaler.is_enabled() else MAX_NONFINITE_STEPS
-                    if self.nonfinite_streak >= limit:
-                        raise FloatingPointError(
-                            f"{limit} consecutive steps had non-finite losses or gradients (last at "
-                            f"step {self.step}); stopping. Last good checkpoint: "
-                            f"{self.last_good_checkpoint or 'none was written'}; try a lower learning rate "
-                            f"or --precision bf16/fp32.")
-                    if config.sample_interval and self.step % config.sample_interval == 0:
-                        if self.is_main:
-                            self.write_samples(metadata, stats["alpha"])
-                        self.save()
-                    if config.model_save_interval and self.step % config.model_save_interval == 0:
-                        self.save(numbered=True)
-                    if self.is_main and config.eval_freq and self.step % config.eval_freq == 0:
-                        self.evaluate(metadata)
+                    loader_changed = self.advance()
+                    self.end_step(stats, metadata, started)
                     if all_ranks_agree(self.stop.requested, self.device, self.world_size):
-                        saved = self.save()
-                        if saved and self.is_main:
-                            logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
-                        elif self.is_main:
-                            logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
-                                           self.last_good_checkpoint or "none")
+                        self.stop_by_signal()
                         return 0
-                    if loader_changed or self.step >= final_step:
+                    if loader_changed or self.step >= self.final_step:
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            # The end: the final (empty) stage, --max_steps or n_epochs.
-            if self.is_main:
-                last = curriculums.last_trained_step(self.curriculum, max(self.step - 1, 0))
-                self.write_samples(curriculums.extract_metadata(self.curriculum, last),
-                                   curriculums.fade_alpha(self.curriculum, last))
-            self.save()
-            if self.is_main:
-                logger.info("training finished at step %d; checkpoint in %s", self.step, self.output_dir)
+            self.finish()
         finally:
-            total_bar.close()
-            if stage_bar is not None:
-                stage_bar.close()
+            self.progress.close()
             self.stop.restore()
         return 0
+
+    def begin(self) -> None:
+        """Resume if the run specification says so, prepare the run directory (rank 0), install the
+        signal handler and the progress display."""
+        if self.spec.resume_path:
+            self.load(self.spec.resume_path)
+        if self.config.set_step is not None:
+            self.step = self.config.set_step
+        if self.is_main:
+            self.prepare_output_dir()
+        self.stop.install()
+        self.final_step = curriculums.stage_boundaries(self.curriculum)[-1]
+        if self.config.max_steps is not None:
+            self.final_step = min(self.final_step, self.config.max_steps)
+        bars = self.config.progress and self.is_main and sys.stderr.isatty()
+        self.progress = Progress(self.curriculum, self.step, self.final_step, self.config.log_interval, bars)
+
+    def prepare_output_dir(self) -> None:
+        """Rank 0: the run directory, without the temp files of killed checkpoint writes, and options.json:
+        the run specification, the processes and a module summary."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temp_files(self.output_dir):
+            logger.info("removed %s, left by a checkpoint write that was killed", stale.name)
+        modules = module_summary(generator=self.generator, discriminator=self.discriminator)
+        options = {**self.spec.record(), "world_size": self.world_size, "device": str(self.device), "modules": modules}
+        with open(self.output_dir / "options.json", "w") as f:
+            json.dump(_jsonable(options), f, indent=2)
+        logger.info("generator %d parameters, discriminator %d", modules["generator"]["parameters"],
+                    modules["discriminator"]["parameters"])
+
+    def steps_left(self) -> bool:
+        return self.step < self.final_step and self.epoch < self.config.n_epochs and \
+            not curriculums.is_final_stage(self.curriculum, self.step)
+
+    def loader(self) -> DataLoader:
+        """The data loader of the current step, positioned at the current batch of the epoch; a new one
+        when the stage's loader_key changes (rank 0 writes real.png from the first)."""
+        metadata = curriculums.extract_metadata(self.curriculum, self.step)
+        key = self.loader_key(self.step)
+        if key != self._loader_key:
+            self._loader, self._loader_key = self.make_loader(metadata), key
+            if self.is_main:
+                self.write_real_grid(self._loader.dataset)
+        self._loader.sampler.set_position(self.epoch, self.batch_in_epoch * int(metadata["batch_size"]))
+        return self._loader
+
+    def advance(self) -> bool:
+        """Count the step just trained; returns whether the next step needs another loader."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        # Decide the data position before anything is saved, so a resume where the loader changes
+        # continues exactly like the uninterrupted run.
+        loader_changed = self.loader_key(self.step) != self._loader_key
+        if loader_changed:  # a new loader abandons the current epoch
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return loader_changed
+
+    def end_step(self, stats: dict, metadata: dict, started: float) -> None:
+        """The work after a step, in this order: the metrics line and progress (rank 0), the stop on a
+        streak of non-finite steps, sample grids and checkpoints at their intervals, the evaluation."""
+        config = self.config
+        if self.is_main:
+            self.log_step(stats, metadata, started)
+        self.check_nonfinite_streak(stats)
+        if config.sample_interval and self.step % config.sample_interval == 0:
+            if self.is_main:
+                self.write_samples(metadata, stats["alpha"])
+            self.save()
+        if config.model_save_interval and self.step % config.model_save_interval == 0:
+            self.save(numbered=True)
+        if self.is_main and config.eval_freq and self.step % config.eval_freq == 0:
+            self.evaluate(metadata)
+
+    def log_step(self, stats: dict, metadata: dict, started: float) -> None:
+        """Rank 0: a metrics line every log_interval steps (and at every skipped step), and the progress."""
+        if stats["skipped"]:
+            logger.warning("step %d: non-finite loss or gradient, optimiser step skipped", self.step)
+        if self.step % self.config.log_interval == 0 or stats["skipped"] or self.step == 1:
+            self.log_metrics({"step": self.step,
+                              "stage": curriculums.stage_start(self.curriculum, self.step - 1),
+                              "img_size": metadata["img_size"], "output_size": metadata["output_size"],
+                              "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
+                              **stats})
+        self.progress.end_step(self.step, stats)
+
+    def check_nonfinite_streak(self, stats: dict) -> None:
+        """Stop the run (FloatingPointError) after too many skipped steps in a row."""
+        self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
+        limit = MAX_OVERFLOW_STEPS if self.scaler.is_enabled() else MAX_NONFINITE_STEPS
+        if self.nonfinite_streak >= limit:
+            raise FloatingPointError(
+                f"{limit} consecutive steps had non-finite losses or gradients (last at "
+                f"step {self.step}); stopping. Last good checkpoint: "
+                f"{self.last_good_checkpoint or 'none was written'}; try a lower learning rate "
+                f"or --precision bf16/fp32.")
+
+    def stop_by_signal(self) -> None:
+        """After SIGINT/SIGTERM on any rank: save (unless training is non-finite) and say so."""
+        saved = self.save()
+        if saved and self.is_main:
+            logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
+        elif self.is_main:
+            logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
+                           self.last_good_checkpoint or "none")
+
+    def finish(self) -> None:
+        """The end (the final stage, --max_steps or --n_epochs): grids of the stage last trained and a checkpoint."""
+        if self.is_main:
+            last = curriculums.last_trained_step(self.curriculum, max(self.step - 1, 0))
+            self.write_samples(curriculums.extract_metadata(self.curriculum, last),
+                               curriculums.fade_alpha(self.curriculum, last))
+        self.save()
+        if self.is_main:
+            logger.info("training finished at step %d; checkpoint in %s", self.step, self.output_dir)
 
 
 def setup_distributed(rank: int, world_size: int, backend: str, init_method: Optional[str]) -> None:
@@ -717,13 +673,15 @@ def setup_distributed(rank: int, world_size: int, backend: str, init_method: Opt
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
 
 
-def train(rank: int, world_size: int, config: TrainConfig, init_method: Optional[str] = None,
-          local_rank: Optional[int] = None) -> int:
-    """One training process. On CUDA each process uses the GPU `local_rank` with NCCL."""
+def train(rank: int, world_size: int, spec: Union[RunSpec, TrainConfig], init_method: Optional[str] = None,
+          local_rank: Optional[int] = None, resume_state: Optional[dict] = None) -> int:
+    """One training process of the run `spec` (a TrainConfig is resolved first, see Trainer). On CUDA each
+    process uses the GPU `local_rank` with NCCL. `resume_state`: what resolve_run read in this process."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
     local_rank = rank if local_rank is None else local_rank
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = (spec.config if isinstance(spec, RunSpec) else spec).device
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -732,7 +690,7 @@ def train(rank: int, world_size: int, config: TrainConfig, init_method: Optional
         device = torch.device("cpu")
     setup_distributed(rank, world_size, "nccl" if use_cuda else "gloo", init_method)
     try:
-        return Trainer(rank, world_size, config, device).run()
+        return Trainer(rank, world_size, spec, device, resume_state).run()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sphere_depth(cam2world: torch.Tensor, size: int, fov: float, radius: float, far: float) -> torch.Tensor:
     """(S, S) distance along each unit ray to a sphere of `radius` at the origin; `far` on a miss."""
-    from datasets import ray_ellipsoid_hits
+    from synthetic_heads import ray_ellipsoid_hits
     from generators.cameras import camera_ray_directions, to_world
 
     dirs = to_world(cam2world[None], camera_ray_directions(size, fov)[None], is_direction=True)[0]  # (S*S, 3)
@@ -55,7 +55,7 @@ def sphere_depth(cam2world: torch.Tensor, size: int, fov: float, radius: float, 
 
 def measure(size: int, num_heads: int, seed: int, radius: float, metadata) -> dict:
     """Mean photometric loss per depth hypothesis over `num_heads` primary/auxiliary pairs."""
-    from datasets import Synthetic
+    from synthetic_heads import Synthetic
     from generators.cameras import PoseDistribution, sample_poses
     from generators.warp import stereo_warp
     from losses import photometric_loss

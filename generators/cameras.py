@@ -4,13 +4,13 @@ Everything that needs a camera (training, inference, style mixing, shape queries
 the synthetic dataset, the stereo warp, evaluation) goes through these pure
 functions. Cameras are explicit 4x4 camera-to-world matrices; nothing is hidden
 state. Entry points: `sample_poses`, `cam2world_from_poses`, `camera_ray_directions`,
-`sample_depths`, `sample_rays`.
+`sample_depths`, `rays_for_cameras`, `perspective_divide`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,18 +30,18 @@ class PoseDistribution:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping, evaluation: bool = False) -> "PoseDistribution":
-        """Read a curriculum's pose keys; `evaluation` prefers the *_eval overrides (docs/METHOD.md §10)."""
-        def pick(key, default):
-            if evaluation and f"{key}_eval" in metadata:
-                return metadata[f"{key}_eval"]
-            return metadata.get(key, default)
+        """Read a curriculum's pose keys; at `evaluation` the h_stddev_eval, v_stddev_eval and
+        sample_dist_eval keys replace theirs where they are not None (docs/METHOD.md §10)."""
+        def pick(key):
+            replacement = metadata[f"{key}_eval"] if evaluation else None
+            return metadata[key] if replacement is None else replacement
 
         return cls(
-            h_mean=float(pick("h_mean", math.pi / 2)),
-            v_mean=float(pick("v_mean", math.pi / 2)),
-            h_stddev=float(pick("h_stddev", 0.0)),
-            v_stddev=float(pick("v_stddev", 0.0)),
-            sample_dist=pick("sample_dist", None),
+            h_mean=float(metadata["h_mean"]),
+            v_mean=float(metadata["v_mean"]),
+            h_stddev=float(pick("h_stddev")),
+            v_stddev=float(pick("v_stddev")),
+            sample_dist=pick("sample_dist"),
         )
 
     def fixed(self, yaw_offset: float = 0.0) -> "PoseDistribution":
@@ -194,17 +194,6 @@ def to_world(cam2world: torch.Tensor, points: torch.Tensor, is_direction: bool =
     return out.reshape(shape)
 
 
-class Rays(NamedTuple):
-    """A batch of sampled rays; the inputs of the radiance field and the integrator."""
-
-    points: torch.Tensor        # (n, S*S, N, 3) world-space sample points
-    directions: torch.Tensor    # (n, S*S, 3) world-space unit ray directions
-    depths: torch.Tensor        # (n, S*S, N) distance t along the ray
-    cam2world: torch.Tensor     # (n, 4, 4)
-    yaw: torch.Tensor           # (n,)
-    pitch: torch.Tensor         # (n,)
-
-
 def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling,
                      jitter: Optional[torch.Tensor] = None) -> tuple:
     """World-space sample points, directions and depths for given cameras.
@@ -222,16 +211,6 @@ def rays_for_cameras(cam2world: torch.Tensor, ray: RaySampling,
     return points, dirs_world, depths
 
 
-def sample_rays(n: int, pose: PoseDistribution, ray: RaySampling, jitter: bool, device="cpu",
-                generator: Optional[torch.Generator] = None) -> Rays:
-    """Draw n poses from `pose` and cast S*S rays with N depth samples from each (jittered if asked)."""
-    yaw, pitch = sample_poses(n, pose, device=device, generator=generator)
-    cam2world = cam2world_from_poses(yaw, pitch)
-    draws = jitter_draws(n, ray.img_size ** 2, ray.num_steps, device, generator) if jitter else None
-    points, directions, depths = rays_for_cameras(cam2world, ray, draws)
-    return Rays(points, directions, depths, cam2world, yaw, pitch)
-
-
 def perspective_divide(points_world: torch.Tensor, cam2world: torch.Tensor):
     """(-X/Z, Y/Z) of world points (n, M, 3) in a camera's coordinates, (n, M, 2), and the
     camera-space z, (n, M) (negative in front of the camera)."""
@@ -241,12 +220,3 @@ def perspective_divide(points_world: torch.Tensor, cam2world: torch.Tensor):
     safe_z = torch.where(z.abs() < 1e-8, torch.full_like(z, -1e-8), z)
     return torch.stack([-cam[..., 0] / safe_z, cam[..., 1] / safe_z], dim=-1), z
 
-
-def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
-    """Pinhole projection of world points (n, M, 3) into a camera.
-
-    Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
-    top-left pixel centre): f·(-X/Z, Y/Z), and the camera-space z (n, M) (negative in front).
-    """
-    divided, z = perspective_divide(points_world, cam2world)
-    return focal_from_fov(fov) * divided, z

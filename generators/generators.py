@@ -57,11 +57,11 @@ class RenderOptions:
             integration=IntegrationOptions.from_metadata(
                 metadata, nerf_noise=0.0 if evaluation else nerf_noise, evaluation=evaluation),
             output_size=int(output_size if output_size is not None else metadata["output_size"]),
-            max_mixup_ratio=float(metadata.get("max_mixup_ratio", 0.0)),
-            stereo_auxiliary=bool(metadata.get("stereo_auxiliary", True)),
-            hierarchical_sample=bool(metadata.get("hierarchical_sample", False)),
+            max_mixup_ratio=float(metadata["max_mixup_ratio"]),
+            stereo_auxiliary=bool(metadata["stereo_auxiliary"]),
+            hierarchical_sample=bool(metadata["hierarchical_sample"]),
             lock_view_dependence=lock_view_dependence,
-            warp_projection=str(metadata.get("warp_projection", "ray_norm")),
+            warp_projection=str(metadata["warp_projection"]),
         )
 
     def replace(self, **changes) -> "RenderOptions":
@@ -379,12 +379,12 @@ class ImplicitGenerator3d(nn.Module):
 
 def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
     """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels, sphere prior)."""
-    generator_name = metadata.get("generator", "ImplicitGenerator3d")
+    generator_name = metadata["generator"]
     if generator_name != "ImplicitGenerator3d":
         raise ValueError(f"unknown generator {generator_name!r}; available: ['ImplicitGenerator3d']")
-    return ImplicitGenerator3d(siren=metadata.get("model", "SPATIALSIRENBASELINE"),
-                               z_dim=int(metadata.get("latent_dim", 256)),
-                               hidden_dim=int(metadata.get("hidden_dim", 256)),
-                               decoder_channels=tuple(metadata.get("decoder_channels", (256, 256, 128, 64))),
-                               sphere_prior_radius=float(metadata.get("sphere_prior_radius", 0.0)),
-                               sphere_prior_density=float(metadata.get("sphere_prior_density", 0.0)))
+    return ImplicitGenerator3d(siren=metadata["model"],
+                               z_dim=int(metadata["latent_dim"]),
+                               hidden_dim=int(metadata["hidden_dim"]),
+                               decoder_channels=tuple(metadata["decoder_channels"]),
+                               sphere_prior_radius=float(metadata["sphere_prior_radius"]),
+                               sphere_prior_density=float(metadata["sphere_prior_density"]))

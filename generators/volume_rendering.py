@@ -23,9 +23,9 @@ class IntegrationOptions:
     @classmethod
     def from_metadata(cls, metadata: Mapping, nerf_noise: float = 0.0,
                       evaluation: bool = False) -> "IntegrationOptions":
-        last_back = metadata.get("eval_last_back", True) if evaluation else metadata.get("last_back", False)
-        return cls(clamp_mode=metadata.get("clamp_mode", "relu"), nerf_noise=float(nerf_noise),
-                   last_back=bool(last_back), white_back=bool(metadata.get("white_back", False)))
+        last_back = metadata["eval_last_back"] if evaluation else metadata["last_back"]
+        return cls(clamp_mode=metadata["clamp_mode"], nerf_noise=float(nerf_noise),
+                   last_back=bool(last_back), white_back=bool(metadata["white_back"]))
 
 
 class Integrated(NamedTuple):

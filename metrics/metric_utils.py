@@ -35,7 +35,7 @@ REALS_CACHE_ENV = "MVCGAN_CACHE_DIR"  # overrides ~/.cache/mvcgan as the cache r
 
 def latents(num: int, z_dim: int, metadata: Mapping, seed: int) -> torch.Tensor:
     """Deterministic z (num, z_dim) from `seed`, drawn on the CPU from the curriculum's z_dist."""
-    return sample_z(num, z_dim, metadata.get("z_dist", "gaussian"), generator=torch.Generator().manual_seed(seed))
+    return sample_z(num, z_dim, metadata["z_dist"], generator=torch.Generator().manual_seed(seed))
 
 
 def eval_poses(num: int, metadata: Mapping, seed: int):
@@ -95,8 +95,8 @@ def _cache_root(real_dir: Optional[str]) -> Path:
 
 def real_images_dir(metadata: Mapping, img_size: int, num_real: int, real_dir: Optional[str] = None) -> Path:
     """Cache folder of the real PNGs: <root>/<dataset>_<size>_<count>_<hash of dataset_path>."""
-    dataset = str(metadata.get("dataset", "dataset"))
-    path_hash = hashlib.sha1(str(metadata.get("dataset_path")).encode()).hexdigest()[:8]
+    dataset = str(metadata["dataset"])
+    path_hash = hashlib.sha1(str(metadata["dataset_path"]).encode()).hexdigest()[:8]
     return _cache_root(real_dir) / f"{dataset}_{img_size}_{num_real}_{path_hash}"
 
 
@@ -134,7 +134,7 @@ def prepare_real_images(metadata: Mapping, img_size: int, num_real: int = 8000, 
                 Image.fromarray(image).save(folder / f"{count:06d}.png")
                 count += 1
             bar.update(images.shape[0])
-    marker = {"dataset": metadata.get("dataset"), "dataset_path": metadata.get("dataset_path"),
+    marker = {"dataset": metadata["dataset"], "dataset_path": metadata["dataset_path"],
               "img_size": int(img_size), "num_requested": int(num_real), "num_images": count}
     (folder / "complete.json").write_text(json.dumps(marker, default=str))
     return folder

@@ -44,7 +44,7 @@ def real_head_maps(metadata: Mapping, yaw: torch.Tensor, pitch: torch.Tensor, fi
     options = RenderOptions.from_metadata(metadata, evaluation=True)
     img_size, output_size = options.rays.img_size, options.output_size
     dataset = Synthetic(img_size, metadata=metadata, length=first_index + len(yaw),
-                        seed=int(metadata.get("synthetic_seed", 0)))
+                        seed=int(metadata["synthetic_seed"]))
     parts = []
     for offset, (y, p) in enumerate(zip(yaw.tolist(), pitch.tolist())):
         view = dataset.render(first_index + offset, y, p)
@@ -159,7 +159,7 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     the curriculum gives the field a sphere prior, the same scores with _prior are those of
     the untrained generator with it: what the prior alone gives, before any training.
     """
-    if metadata.get("dataset") != "Synthetic":
+    if metadata["dataset"] != "Synthetic":
         raise ValueError(f"the synthetic metric needs a generator trained on the Synthetic dataset, "
                          f"not {metadata.get('dataset')!r}")
     device = next(generator.parameters()).device if device is None else device

@@ -1,15 +1,48 @@
 """Tests for cameras, poses and rays (docs/METHOD.md §1)."""
 import math
+from typing import NamedTuple, Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from generators.cameras import (PITCH_EPS, PoseDistribution, RaySampling, cam2world_from_poses,
-                                camera_origins, camera_ray_directions, focal_from_fov, jitter_draws, project_to_camera,
-                                rays_for_cameras, sample_depths, sample_poses, sample_rays, to_world)
+                                camera_origins, camera_ray_directions, focal_from_fov, jitter_draws,
+                                perspective_divide, rays_for_cameras, sample_depths, sample_poses, to_world)
 
 HALF_PI = math.pi / 2
+
+
+# The cameras composed the way the generator uses them; the tests' references.
+class Rays(NamedTuple):
+    """A batch of sampled rays."""
+
+    points: torch.Tensor        # (n, S*S, N, 3) world-space sample points
+    directions: torch.Tensor    # (n, S*S, 3) world-space unit ray directions
+    depths: torch.Tensor        # (n, S*S, N) distance t along the ray
+    cam2world: torch.Tensor     # (n, 4, 4)
+    yaw: torch.Tensor           # (n,)
+    pitch: torch.Tensor         # (n,)
+
+
+def sample_rays(n: int, pose: PoseDistribution, ray: RaySampling, jitter: bool, device="cpu",
+                generator: Optional[torch.Generator] = None) -> Rays:
+    """Draw n poses from `pose` and cast S*S rays with N depth samples from each (jittered if asked)."""
+    yaw, pitch = sample_poses(n, pose, device=device, generator=generator)
+    cam2world = cam2world_from_poses(yaw, pitch)
+    draws = jitter_draws(n, ray.img_size ** 2, ray.num_steps, device, generator) if jitter else None
+    points, directions, depths = rays_for_cameras(cam2world, ray, draws)
+    return Rays(points, directions, depths, cam2world, yaw, pitch)
+
+
+def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
+    """Pinhole projection of world points (n, M, 3) into a camera.
+
+    Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
+    top-left pixel centre): f·(-X/Z, Y/Z), and the camera-space z (n, M) (negative in front).
+    """
+    divided, z = perspective_divide(points_world, cam2world)
+    return focal_from_fov(fov) * divided, z
 
 
 def random_poses(n=64, seed=0):
@@ -143,7 +176,7 @@ def test_pitch_clamped(mode):
 
 def test_pose_distribution_from_metadata():
     meta = dict(h_mean=1.0, v_mean=2.0, h_stddev=0.3, v_stddev=0.1, sample_dist="gaussian",
-                h_stddev_eval=0.5, sample_dist_eval="uniform")
+                h_stddev_eval=0.5, v_stddev_eval=None, sample_dist_eval="uniform")  # None: the training value
     assert PoseDistribution.from_metadata(meta) == PoseDistribution(1.0, 2.0, 0.3, 0.1, "gaussian")
     assert PoseDistribution.from_metadata(meta, evaluation=True) == PoseDistribution(1.0, 2.0, 0.5, 0.1, "uniform")
     assert PoseDistribution(1.0, 2.0, 0.3, 0.1, "gaussian").fixed(0.5) == PoseDistribution(1.5, 2.0, 0.0, 0.0, None)

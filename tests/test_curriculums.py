@@ -218,3 +218,46 @@ def test_synthetic_sphere_prior_can_be_changed_or_switched_off_with_set():
     # on a published curriculum the keys are optional: --set adds the prior there too
     c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"sphere_prior_radius": 0.1, "sphere_prior_density": 50.0})
     assert build_generator(curriculums.extract_metadata(c, 0)).sphere_prior_radius == 0.1
+
+
+# ------------------------------------------------------------------ the table of keys (curriculums.KEYS)
+@pytest.mark.parametrize("name", sorted(curriculums.CURRICULA))
+def test_every_key_of_the_shipped_curricula_is_in_the_table(name):
+    c = get_curriculum(name)
+    globals_ = [k for k in c if isinstance(k, str)]
+    assert set(globals_) <= set(curriculums.KEYS), set(globals_) - set(curriculums.KEYS)
+    for stage in stage_boundaries(c):
+        for key in c[stage]:
+            assert curriculums.KEYS[key].scope == curriculums.STAGE, key
+
+
+def test_extract_metadata_fills_in_the_defaults_and_a_curriculum_value_wins():
+    ffhq = extract_metadata(get_curriculum("FFHQ"), 0)
+    defaulted = {name: key.default for name, key in curriculums.KEYS.items()
+                 if key.default is not curriculums.REQUIRED}
+    assert {"nerf_noise_steps", "white_back", "synthetic_size", "h_stddev_eval"} <= set(defaulted)
+    for name, default in defaulted.items():
+        assert ffhq[name] == get_curriculum("FFHQ").get(name, default), name
+    assert ffhq["nerf_noise_steps"] == 5000 and ffhq["h_stddev_eval"] is None and ffhq["white_back"] is False
+    assert extract_metadata(get_curriculum("Synthetic"), 0)["nerf_noise_steps"] == 300
+    # the required keys have no default: a curriculum without one is invalid, not silently filled in
+    assert "fov" not in extract_metadata({0: {}, 1: {}}, 0) and "batch_size" not in extract_metadata({}, 0)
+
+
+def test_the_choices_default_to_the_published_behaviour_which_a_curriculum_may_leave_out():
+    choosing = {name: key for name, key in curriculums.KEYS.items() if key.choices}
+    assert set(choosing) == {"photometric_input", "warp_projection", "real_resize"}
+    for name, key in choosing.items():
+        assert key.default == key.choices[0] == curriculums.FACE_GLOBALS[name]
+    c = {k: v for k, v in get_curriculum("CelebAHQ").items() if k not in choosing}
+    validate_curriculum(c, "CelebAHQ")
+    assert {name: extract_metadata(c, 0)[name] for name in choosing} == {"photometric_input": "shifted",
+                                                                          "warp_projection": "ray_norm",
+                                                                          "real_resize": "nearest"}
+
+
+def test_set_checks_keys_left_to_their_default_against_the_default():
+    """An optional key a curriculum leaves out still has a type: its default's."""
+    with pytest.raises(ValueError, match="expected int"):
+        curriculums.apply_overrides(get_curriculum("FFHQ"), {"nerf_noise_steps": "fast"})
+    assert curriculums.apply_overrides(get_curriculum("FFHQ"), {"nerf_noise_steps": 800})["nerf_noise_steps"] == 800

@@ -1,10 +1,35 @@
 """Tests for extract_shapes.py: marching cubes on analytic densities, the PLY writer, the CLI."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import extract_shapes as es
+
+
+def read_ply(path):
+    """Read back what `extract_shapes.write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32).
+    Only the tests need it (users open the meshes in MeshLab, Blender or trimesh)."""
+    data = Path(path).read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    header = data[:end].decode("ascii").splitlines()
+    counts = {line.split()[1]: int(line.split()[2]) for line in header if line.startswith("element")}
+    num_vertices, num_faces = counts["vertex"], counts["face"]
+    body = data[end:]
+    if "format binary_little_endian 1.0" in header:
+        vertices = np.frombuffer(body, dtype="<f4", count=3 * num_vertices).reshape(-1, 3)
+        records = np.frombuffer(body, dtype=[("count", "u1"), ("indices", "<i4", (3,))], count=num_faces,
+                                offset=12 * num_vertices)
+        if num_faces and not (records["count"] == 3).all():
+            raise ValueError(f"{path}: only triangle faces are supported")
+        return vertices.copy(), records["indices"].astype(np.int32)
+    lines = body.decode("ascii").split("\n")
+    vertices = np.array([[float(v) for v in line.split()] for line in lines[:num_vertices]],
+                        dtype=np.float32).reshape(-1, 3)
+    faces = np.array([[int(v) for v in line.split()[1:]] for line in lines[num_vertices:num_vertices + num_faces]],
+                     dtype=np.int32).reshape(-1, 3)
+    return vertices, faces
 
 
 def sphere_density(resolution, cube_size, radius, scale=100.0):
@@ -72,7 +97,7 @@ def test_ply_round_trip(tmp_path, binary):
     assert ("binary_little_endian" in header) == binary
     if binary:
         assert len(body) == 12 * nv + 13 * nf
-    v, f = es.read_ply(path)
+    v, f = read_ply(path)
     np.testing.assert_array_equal(v, vertices)
     np.testing.assert_array_equal(f, faces)
 
@@ -95,7 +120,7 @@ def test_cli_end_to_end(tmp_path, tiny_checkpoint):
     assert density.shape == (16, 16, 16) and density.dtype == np.float32
     header, nv, nf, body = parse_ply(out / "shape_0.ply")
     assert nv > 0 and nf > 0 and len(body) == 12 * nv + 13 * nf
-    vertices, faces = es.read_ply(out / "shape_0.ply")
+    vertices, faces = read_ply(out / "shape_0.ply")
     assert np.abs(vertices).max() <= 0.15 + 1e-6
     assert faces.min() >= 0 and faces.max() < nv
 
@@ -112,7 +137,7 @@ def test_cli_matches_library(tmp_path, tiny_checkpoint):
     np.testing.assert_allclose(density, es.density_volume(model, 2, 12, 0.24, psi=0.7, max_batch_size=1000),
                                atol=1e-5)
     if (out / "shape_2.ply").exists():
-        vertices, _ = es.read_ply(out / "shape_2.ply")
+        vertices, _ = read_ply(out / "shape_2.ply")
         expected = es.extract_mesh(density, level, 0.24).vertices
         np.testing.assert_allclose(vertices, expected, atol=1e-5)
 

@@ -8,13 +8,15 @@ import torch
 from generators.cameras import cam2world_from_poses, sample_poses
 from generators.generators import (ImplicitGenerator3d, LatentCodes, RenderOptions, TRUNCATION_SAMPLES,
                                    build_generator)
+from curriculums import extract_metadata, get_curriculum, with_defaults
 from losses import photometric_loss
 
 Z_DIM, HIDDEN = 32, 16
-META = dict(fov=12.0, ray_start=0.88, ray_end=1.12, img_size=8, num_steps=4, output_size=16,
-            h_mean=math.pi / 2, v_mean=math.pi / 2, h_stddev=0.3, v_stddev=0.155, sample_dist="gaussian",
-            clamp_mode="relu", last_back=False, eval_last_back=True, max_mixup_ratio=0.3,
-            stereo_auxiliary=True, hierarchical_sample=False)
+META = with_defaults(dict(fov=12.0, ray_start=0.88, ray_end=1.12, img_size=8, num_steps=4, output_size=16,
+                          h_mean=math.pi / 2, v_mean=math.pi / 2, h_stddev=0.3, v_stddev=0.155,
+                          sample_dist="gaussian", clamp_mode="relu", last_back=False, eval_last_back=True,
+                          max_mixup_ratio=0.3, stereo_auxiliary=True, hierarchical_sample=False))
+PUBLISHED = extract_metadata(get_curriculum("CelebAHQ"), 0)  # the published architecture
 
 
 def small_generator(seed=0):
@@ -47,15 +49,15 @@ def frontal(n=2, yaw_offset=0.0):
 def test_param_count_default():
     g = ImplicitGenerator3d()
     assert sum(p.numel() for p in g.parameters()) == 6_404_307
-    assert sum(p.numel() for p in build_generator({}).parameters()) == 6_404_307
+    assert sum(p.numel() for p in build_generator(PUBLISHED).parameters()) == 6_404_307
 
 
 def test_build_generator():
-    g = build_generator(dict(latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
+    g = build_generator(dict(PUBLISHED, latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
                              model="TALLSIREN"))
     assert type(g.siren).__name__ == "TALLSIREN" and g.z_dim == Z_DIM and g.hidden_dim == HIDDEN
     with pytest.raises(ValueError):
-        build_generator(dict(generator="Nope"))
+        build_generator(dict(PUBLISHED, generator="Nope"))
     with pytest.raises(ValueError):
         ImplicitGenerator3d(siren="Nope")
 
@@ -352,7 +354,7 @@ def test_density_grid(gen):
 # ---------------------------------------------------------------- sphere prior
 def prior_generator(radius=0.075, density=100.0):
     torch.manual_seed(0)
-    return build_generator(dict(latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
+    return build_generator(dict(PUBLISHED, latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
                                 sphere_prior_radius=radius, sphere_prior_density=density))
 
 
@@ -404,7 +406,9 @@ def test_sphere_prior_gives_an_untrained_field_a_sphere_silhouette_and_depth():
 def test_sphere_prior_is_validated_and_absent_from_the_published_curricula():
     import curriculums
     with pytest.raises(ValueError, match="sphere_prior"):
-        build_generator(dict(sphere_prior_radius=-0.1, sphere_prior_density=10))
+        build_generator(dict(PUBLISHED, sphere_prior_radius=-0.1, sphere_prior_density=10))
     for name in ("CelebAHQ", "FFHQ", "Cat"):
-        metadata = curriculums.extract_metadata(curriculums.CURRICULA[name], 0)
-        assert "sphere_prior_radius" not in metadata and "sphere_prior_density" not in metadata
+        curriculum = curriculums.CURRICULA[name]
+        assert "sphere_prior_radius" not in curriculum and "sphere_prior_density" not in curriculum
+        metadata = curriculums.extract_metadata(curriculum, 0)  # filled in from curriculums.KEYS: no prior
+        assert metadata["sphere_prior_radius"] == 0.0 and metadata["sphere_prior_density"] == 0.0

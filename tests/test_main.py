@@ -1,5 +1,5 @@
 """The launcher: input checks before any process starts, --set, --resume auto, curriculum changes,
-and a SIGTERM to a 2-process (gloo) run."""
+the run resolved once (its checkpoint read and hashed once), and a SIGTERM to a 2-process (gloo) run."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import main
-from utils.checkpoint import load_checkpoint
+import run_spec
+import utils.checkpoint
+from train import Trainer
+from utils.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +72,8 @@ def _busy_port():
     (["--set", "warp_projection=focal"], "warp_projection must be one of 'ray_norm', 'pinhole'"),
     (["--set", "photometric_input=half"], "photometric_input must be one of 'shifted', 'unit'"),
     (["--set", "real_resize=bicubic"], "real_resize must be one of 'nearest', 'antialias'"),
+    (["--set", "discriminator=StyleGAN2Discriminator"], "unknown discriminator 'StyleGAN2Discriminator'"),
+    (["--set", "model=NERF"], "NERF"),
 ])
 def test_bad_flags_fail_before_anything_starts(tmp_path, capsys, extra, message):
     code, err = run_main(tiny_argv(tmp_path / "run", *extra), capsys)
@@ -153,6 +159,56 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
     # --set_step belongs to the job's first start: a requeue continues, it does not rewind.
     assert main.main(tiny_argv(run, "--resume", "auto", "--set_step", "0", "--max_steps", "3")) == 0
     assert load_checkpoint(run)["step"] == 3
+
+
+def test_a_resumed_run_reads_and_hashes_its_checkpoint_once(tiny_run, tmp_path, monkeypatch):
+    """main.py resolves the run once: a single-process resume loads the checkpoint file once and computes
+    its SHA-256 once (the trainer reuses what the launcher read); before, every process did both again."""
+    _, digest = utils.checkpoint.read_checkpoint(tiny_run)
+    loads, hashed_steps = [], []
+    torch_load, state_checksum = torch.load, utils.checkpoint.state_checksum
+
+    def counting_load(f, *args, **kwargs):
+        loads.append(str(f))
+        return torch_load(f, *args, **kwargs)
+
+    def counting_checksum(state):
+        hashed_steps.append(state["step"])
+        return state_checksum(state)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(utils.checkpoint, "state_checksum", counting_checksum)
+    resumed = tmp_path / "resumed"
+    assert main.main(tiny_argv(resumed, "--load_dir", str(tiny_run), "--max_steps", "3")) == 0
+    assert loads == [str(tiny_run / "checkpoint.pth")]
+    assert hashed_steps == [2, 3]  # the verification of step 2, the save of step 3
+    options = json.loads((resumed / "options.json").read_text())
+    assert options["resume_from"] == {"path": str(tiny_run / "checkpoint.pth"), "checksum": digest}
+    assert options["args"]["eval_freq"] == 0 and options["curriculum"]["hidden_dim"] == 16
+
+
+def test_a_spawned_process_trusts_the_verified_checksum(tiny_run, tmp_path, monkeypatch):
+    """A process given only the RunSpec (as spawned ones are) reads the weights without hashing them, and
+    refuses a file that is not the one the launcher verified."""
+    config = run_spec.TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path / "run"), load_dir=str(tiny_run),
+                                  num_workers=0, progress=False)
+    spec, _ = run_spec.resolve_run(config)
+    assert spec.resume_path == str(tiny_run / "checkpoint.pth") and len(spec.resume_digest) == 64
+    hashed = []
+    monkeypatch.setattr(utils.checkpoint, "state_checksum", lambda state: hashed.append(state) or {})
+    trainer = Trainer(0, 1, spec, torch.device("cpu"))
+    trainer.load(spec.resume_path)
+    assert trainer.step == 2 and not hashed
+    stale = run_spec.RunSpec(spec.config, spec.curriculum, spec.resume_path, "0" * 64)
+    with pytest.raises(CheckpointError, match="changed since the launcher verified it"):
+        Trainer(0, 1, stale, torch.device("cpu")).load(stale.resume_path)
+
+
+def test_resume_auto_resolves_to_the_run_directorys_checkpoint(tiny_run):
+    spec, state = run_spec.resolve_run(run_spec.TrainConfig(curriculum="Synthetic", output_dir=str(tiny_run),
+                                                            resume="auto", set_step=0))
+    assert spec.resume_path == str(tiny_run / "checkpoint.pth") and state["step"] == 2
+    assert spec.config.set_step is None  # --set_step was for the job's first start, not its requeue
 
 
 def signal_during_training(tmp_path, *extra, send):

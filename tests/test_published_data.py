@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from curriculums import with_defaults
 from datasets import build_dataset, crop_transform, image_transform
 from utils.images import to_uint8
 
@@ -56,7 +57,7 @@ def test_the_dataset_class_gives_the_published_tensor_and_flips_before_the_resiz
     tensor; a flipped item is the published flip (on the crop) followed by the nearest resize,
     which picks other columns than flipping the resized image would."""
     (tmp_path / "img_c.png").write_bytes((FIXTURE / "img_c.png").read_bytes())
-    data = build_dataset({"dataset": dataset, "dataset_path": str(tmp_path), "real_resize": "nearest"}, 64, flip=False)
+    data = build_dataset(with_defaults({"dataset": dataset, "dataset_path": str(tmp_path)}), 64, flip=False)
     image, _ = data[(0, False)]
     assert torch.equal(image, expected[dataset]["img_c"]["64"])
     flipped, _ = data[(0, True)]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import siren.siren as siren_module
+from curriculums import extract_metadata
 from siren.siren import SPATIALSIRENBASELINE, SineThenLinear
 from train import TrainConfig, Trainer
 
@@ -125,7 +126,7 @@ def one_step(tmp_path, monkeypatch):
     trainer = Trainer(0, 1, TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path), progress=False,
                                         curriculum_overrides=TINY), torch.device("cpu"))
     trainer.step = 1  # nerf noise on, fade-in part-way
-    metadata = {**trainer.curriculum, **TINY[0]}
+    metadata = extract_metadata(trainer.curriculum, 0)
     real = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
     return trainer.train_step(real, metadata), grads
 

@@ -408,22 +408,3 @@ def test_the_fp16_loss_scale_never_stays_below_one(tmp_path):
     trainer.scaler.update(8.0)  # above 1 it is the scaler's own business
     trainer.train_step(real, metadata)
     assert scales[-1] == 8.0
-
-
-def test_checkpoints_written_before_the_published_defaults_keep_their_corrections(tmp_path):
-    """A run of ours trained when the corrections were the only behaviour resumes with them; an imported
-    official checkpoint and a current one resume with the curriculum's (published) values."""
-    from train import run_curriculum
-
-    config = tiny_config(tmp_path, curriculum="CelebAHQ", curriculum_overrides={"0.batch_size": 8})
-    old_curriculum = {k: v for k, v in curriculums.get_curriculum("CelebAHQ").items()
-                      if k not in curriculums.LEGACY_CORRECTIONS}
-    old = {"curriculum_name": "CelebAHQ", "curriculum": old_curriculum, "curriculum_overrides": {}}
-    curriculum, overrides = run_curriculum(config, old)
-    assert {k: curriculum[k] for k in curriculums.LEGACY_CORRECTIONS} == curriculums.LEGACY_CORRECTIONS
-    assert overrides["0.batch_size"] == 8 and overrides["photometric_input"] == "unit"
-    for state in ({**old, "imported_from": {"generator": "generator.pth"}},
-                  {**old, "curriculum": curriculums.get_curriculum("CelebAHQ")}):
-        curriculum, _ = run_curriculum(config, state)
-        assert (curriculum["photometric_input"], curriculum["warp_projection"], curriculum["real_resize"]) == \
-            ("shifted", "ray_norm", "nearest")

@@ -1,10 +1,10 @@
 """Checkpoints: one file of state dicts, written atomically, loaded with weights_only=True.
 
-A checkpoint is a dict with keys `format_version`, `step`, `epoch`, `curriculum_name`,
-`curriculum`, `generator`, `generator_ema` (decay 0.999), `generator_ema2` (0.9999),
-`discriminator`, `optimizer_G`, `optimizer_D`, `scaler`, `rng`, `sampler` and `checksum`
-(a SHA-256 over every value, verified on load so silent corruption is caught).
-Entry points: `save_checkpoint`, `load_checkpoint`, `load_generator`.
+What a checkpoint holds is written and read in this file only: `TrainingState` is its
+layout (a training run's checkpoint, or one imported from the published files), plus
+`format_version` and `checksum` (a SHA-256 over every value, verified on load so silent
+corruption is caught). Entry points: `save_checkpoint`, `load_checkpoint` (`read_checkpoint`
+also returns the verified checksum), `TrainingState`, `load_generator`.
 """
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ import hashlib
 import math
 import os
 import pickle
+import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 # 2: equalised-conv biases stored as published (the layer computes c * (W x + b)); 1 stored c * b.
 FORMAT_VERSION = 2
 LATEST_NAME = "checkpoint.pth"
-GENERATOR_KEYS = ("generator", "generator_ema", "generator_ema2")
+EMA_KEYS = ("generator_ema", "generator_ema2")  # the EMAs of decay 0.999 and 0.9999 (train.EMA_DECAYS)
+GENERATOR_KEYS = ("generator", *EMA_KEYS)
 
 
 CHECKSUM_ALGORITHM = "sha256-state-v1"
@@ -61,16 +65,27 @@ def state_checksum(state: dict) -> dict:
     return {"algorithm": CHECKSUM_ALGORITHM, "digest": digest.hexdigest()}
 
 
-def verify_checksum(state: dict, path) -> None:
-    """Raise CheckpointError if `state` carries a checksum that its contents do not match.
-    Checkpoints written before checksums existed carry none and pass; the entry is removed,
-    so a state saved again gets a fresh one."""
+def verify_checksum(state: dict, path, trusted_digest: Optional[str] = None) -> Optional[str]:
+    """Raise CheckpointError if `state` carries a checksum that its contents do not match; returns
+    its digest (None for checkpoints written before checksums existed, which pass). The entry is
+    removed, so a state saved again gets a fresh one.
+
+    `trusted_digest`: the digest this file was verified against moments ago (run_spec.RunSpec): the
+    stored digest is compared with it instead of hashing the whole state again.
+    """
     stored = state.pop("checksum", None)
     if stored is None or stored.get("algorithm") != CHECKSUM_ALGORITHM:
-        return
-    if state_checksum(state)["digest"] != stored.get("digest"):
+        return None
+    digest = stored.get("digest")
+    if trusted_digest is not None:
+        if digest != trusted_digest:
+            raise CheckpointError(f"{path} changed since the launcher verified it (another checksum); "
+                                  f"start the run again")
+        return digest
+    if state_checksum(state)["digest"] != digest:
         raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum stored when it "
                               f"was written; use another checkpoint (e.g. a numbered checkpoint_*.pth)")
+    return digest
 
 
 def save_checkpoint(path, state: dict) -> None:
@@ -196,7 +211,9 @@ def _unreadable(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"{path} is not a readable MVCGAN checkpoint (truncated or corrupt: {reason})")
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def read_checkpoint(path, map_location="cpu", trusted_digest: Optional[str] = None) -> Tuple[dict, Optional[str]]:
+    """(state, its verified checksum digest or None) of a checkpoint file or run directory, upgraded
+    to FORMAT_VERSION; `trusted_digest` as in `verify_checksum`."""
     path = resolve_checkpoint_path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -204,8 +221,127 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise _unreadable(path, error) from None
     if not isinstance(state, dict) or "generator" not in state or "curriculum" not in state:
         raise CheckpointError(f"{path} is not an MVCGAN checkpoint (missing generator/curriculum state)")
-    verify_checksum(state, path)
-    return upgrade_state(state)
+    digest = verify_checksum(state, path, trusted_digest)
+    return upgrade_state(state), digest
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """The state of a checkpoint file or run directory, verified and upgraded to FORMAT_VERSION."""
+    return read_checkpoint(path, map_location)[0]
+
+
+# --------------------------------------------------------------------------- #
+# The layout
+# --------------------------------------------------------------------------- #
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds, field by field: `to_checkpoint()` is the dict a file stores,
+    `from_checkpoint(state)` reads one back. A training run writes every field; a checkpoint
+    imported from the published files (utils/published.py) has no optimiser, scaler, RNG or data
+    position (those fields are None) and perhaps no discriminator."""
+
+    step: int
+    curriculum_name: Optional[str]
+    curriculum: dict                      # the curriculum the weights were trained with
+    generator: dict                       # state dicts of the networks ...
+    emas: List[dict]                      # ... of the EMAs of the generator, in EMA_KEYS' order
+    ema_num_updates: List[int]            # ... and their update counts (the decay warm-up)
+    discriminator: Optional[dict] = None
+    epoch: int = 0
+    batch_in_epoch: int = 0               # batches of `epoch` already trained: where the data continues
+    curriculum_overrides: dict = field(default_factory=dict)  # the --set values, applied again on resume
+    optimizer_G: Optional[dict] = None
+    optimizer_D: Optional[dict] = None
+    scaler: Optional[dict] = None         # the fp16 loss scaler
+    rng: Optional[list] = None            # `rng_state()` of each process
+    world_size: Optional[int] = None      # the number of processes that wrote it
+    imported_from: Optional[dict] = None  # {role: published file} of an imported checkpoint
+
+    @property
+    def imported(self) -> bool:
+        return self.optimizer_G is None
+
+    def to_checkpoint(self) -> dict:
+        state = {"step": self.step, "epoch": self.epoch, "curriculum_name": self.curriculum_name,
+                 "curriculum": self.curriculum, "curriculum_overrides": self.curriculum_overrides,
+                 "generator": self.generator, **dict(zip(EMA_KEYS, self.emas)),
+                 "ema_num_updates": list(self.ema_num_updates)}
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator
+        if self.imported_from is not None:
+            state["imported_from"] = self.imported_from
+        if not self.imported:
+            state.update(optimizer_G=self.optimizer_G, optimizer_D=self.optimizer_D, scaler=self.scaler,
+                         rng=self.rng, world_size=self.world_size,
+                         sampler={"epoch": self.epoch, "batch": self.batch_in_epoch})
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "TrainingState":
+        return cls(step=int(state["step"]), curriculum_name=state.get("curriculum_name"),
+                   curriculum=state["curriculum"], generator=state["generator"],
+                   emas=[state[key] for key in EMA_KEYS], ema_num_updates=[int(n) for n in state["ema_num_updates"]],
+                   discriminator=state.get("discriminator"), epoch=int(state.get("epoch", 0)),
+                   batch_in_epoch=int(state["sampler"]["batch"]) if "sampler" in state else 0,
+                   curriculum_overrides=dict(state.get("curriculum_overrides") or {}),
+                   optimizer_G=state.get("optimizer_G"), optimizer_D=state.get("optimizer_D"),
+                   scaler=state.get("scaler"), rng=state.get("rng"), world_size=state.get("world_size"),
+                   imported_from=state.get("imported_from"))
+
+
+class RecordedRun(NamedTuple):
+    """What a checkpoint says about the run that wrote it, read without touching its tensors."""
+
+    curriculum_name: Optional[str]
+    curriculum: dict
+    curriculum_overrides: dict
+    imported: bool  # from the published files (trained as published)
+
+
+def recorded_run(state: dict) -> RecordedRun:
+    return RecordedRun(state.get("curriculum_name"), state.get("curriculum") or {},
+                       dict(state.get("curriculum_overrides") or {}), "imported_from" in state)
+
+
+def checkpoint_mismatch(state: dict, generator: torch.nn.Module, discriminator: torch.nn.Module) -> Optional[str]:
+    """None if the checkpoint's weights fit the networks, else one line saying where they differ."""
+    problems = []
+    for key, module in (("generator", generator), ("discriminator", discriminator)):
+        if key not in state:  # an imported checkpoint may have no discriminator
+            continue
+        saved, expected = state[key], module.state_dict()
+        for name in sorted(set(saved) | set(expected)):
+            if name not in saved or name not in expected:
+                problems.append(f"{key}.{name} only in the {'model' if name in expected else 'checkpoint'}")
+            elif tuple(saved[name].shape) != tuple(expected[name].shape):
+                problems.append(f"{key}.{name} is {tuple(saved[name].shape)} in the checkpoint, "
+                                f"{tuple(expected[name].shape)} in the model")
+    if not problems:
+        return None
+    return (f"the checkpoint's networks have another architecture than the curriculum describes "
+            f"({len(problems)} tensors differ, e.g. {problems[0]}); resume with the curriculum and --set "
+            f"values it was trained with")
+
+
+def rng_state() -> dict:
+    """Every RNG a training step can touch, in types that `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state()` captured."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_generator(path, device="cpu", use_ema: bool = True,

@@ -30,7 +30,7 @@ from curriculums import extract_metadata, get_curriculum
 from discriminators.discriminators import FROM_RGB_CHANNELS, CCSEncoderDiscriminator
 from generators.generators import build_generator
 from siren.siren import SIRENS
-from utils.checkpoint import LATEST_NAME, CheckpointError, equalized_bias_scales
+from utils.checkpoint import EMA_KEYS, LATEST_NAME, CheckpointError, TrainingState, equalized_bias_scales
 
 logger = logging.getLogger("mvcgan.import")
 
@@ -88,10 +88,6 @@ class Record:
     @property
     def parameters(self) -> Dict[str, Optional[torch.Tensor]]:
         return dict(self.attribute("_parameters") or {})
-
-    @property
-    def buffers(self) -> Dict[str, Optional[torch.Tensor]]:
-        return dict(self.attribute("_buffers") or {})
 
     def named_records(self, prefix: str = "") -> Iterator[Tuple[str, "Record"]]:
         """This record and every sub-module record, depth first in registration order, with
@@ -455,26 +451,23 @@ def import_published(files: PublishedFiles, curriculum_name: str) -> dict:
     if not isinstance(step, int):
         logger.warning("%s records no training step: importing as step 0", files.generator)
         step = 0
-    state = {"step": step, "curriculum_name": curriculum_name, "curriculum": curriculum, "generator": raw,
-             "imported_from": {role: str(p) for role, p in vars(files).items() if p is not None}}
     epoch = generator.attribute("epoch")
-    if isinstance(epoch, int):
-        state["epoch"] = epoch
+    state = TrainingState(step=step, curriculum_name=curriculum_name, curriculum=curriculum, generator=raw,
+                          emas=[], ema_num_updates=[], epoch=epoch if isinstance(epoch, int) else 0,
+                          imported_from={role: str(p) for role, p in vars(files).items() if p is not None})
 
     names, shapes = [n for n, _ in named], [t.shape for _, t in named]
-    num_updates = []
-    for role, key in (("ema", "generator_ema"), ("ema2", "generator_ema2")):
+    for role, key in zip(("ema", "ema2"), EMA_KEYS):
         path = getattr(files, role)
         if path is None:
             logger.warning("no %s file (%s): %s starts from the raw generator weights",
                            role, PUBLISHED_FILE_NAMES[role], key)
-            state[key] = raw
-            num_updates.append(step)
+            state.emas.append(raw)
+            state.ema_num_updates.append(step)
             continue
         shadows, updates = read_ema_shadows(path, names, shapes)
-        state[key] = convert_generator_parameters(list(zip(names, shadows)), factors)
-        num_updates.append(updates)
-    state["ema_num_updates"] = num_updates
+        state.emas.append(convert_generator_parameters(list(zip(names, shadows)), factors))
+        state.ema_num_updates.append(updates)
 
     if files.discriminator is not None:
         discriminator = read_discriminator(files.discriminator)
@@ -486,5 +479,5 @@ def import_published(files: PublishedFiles, curriculum_name: str) -> dict:
         curriculum["disc_width_factor"] = architecture["disc_width_factor"]
         _check_loads(CCSEncoderDiscriminator(architecture["latent_dim"], architecture["disc_width_factor"]),
                      discriminator, "discriminator")
-        state["discriminator"] = discriminator
-    return state
+        state.discriminator = discriminator
+    return state.to_checkpoint()

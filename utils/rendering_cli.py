@@ -31,8 +31,6 @@ DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU a
 # The keys that decide the generator's architecture: a checkpoint can only be read
 # with a curriculum that agrees on all of them.
 ARCHITECTURE_KEYS = ("model", "latent_dim", "hidden_dim", "decoder_channels")
-ARCHITECTURE_DEFAULTS = {"model": "SPATIALSIRENBASELINE", "latent_dim": 256, "hidden_dim": 256,
-                         "decoder_channels": (256, 256, 128, 64)}
 
 
 class CLIError(RuntimeError):
@@ -131,7 +129,7 @@ def _architecture(curriculum: dict) -> dict:
     metadata = extract_metadata(curriculum, 0)
     values = {}
     for key in ARCHITECTURE_KEYS:
-        value = metadata.get(key, ARCHITECTURE_DEFAULTS[key])
+        value = metadata[key]
         values[key] = tuple(value) if isinstance(value, (list, tuple)) else value
     return values
 
@@ -258,7 +256,7 @@ def latent_for_seed(model: "LoadedModel", seed: int) -> torch.Tensor:
     """The seed's z (1, z_dim) from the curriculum's z_dist, drawn on the CPU so that a seed
     gives the same z on every device; returned on the model's device."""
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
-    z_dist = model.metadata.get("z_dist", "gaussian")
+    z_dist = model.metadata["z_dist"]
     return sample_z(1, model.generator.z_dim, z_dist, generator=rng).to(model.device)
 
 
