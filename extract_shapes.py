@@ -8,18 +8,25 @@ a voxel_resolution^3 grid over a cube centred at the origin, the iso-surface at
 `shape_{seed}.ply` (binary little-endian, or ASCII with --ascii) and, with
 --save_npy, the density volume `density_{seed}.npy` (indexed [x, y, z]).
 
+Vertices carry colours (PLY red, green, blue; MeshLab and Blender show them) from the
+field's RGB at the surface (`--colour`, docs/METHOD.md §11): by default the colour a ray
+sees that enters the surface at the vertex along its inward normal, volume-rendered over
+one sample spacing of the images' rays on either side (`vertex_colours`).
+
 The level is a raw density sigma of the SIREN, in 1 / world units: a layer of
 thickness t at density sigma lets exp(-sigma * t) of the light through (sigma 10
 over the 0.02 spacing of 12 samples in the faces' 0.24 ray range: 18 % absorbed).
 The default 10 is pi-GAN's. A seed whose volume never crosses the level gets no
 mesh (the message names its density range) rather than a mesh of some other level.
-Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `write_ply`, `read_ply`.
+Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `vertex_colours`,
+`coloured_mesh`, `write_ply`, `read_ply`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from dataclasses import replace
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -29,6 +36,9 @@ from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedMod
                                  available_memory_bytes, finite_float, latent_for_seed, load_model, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
+COLOUR_MODES = ("ray", "point", "none")
+COLOUR_SAMPLES = 16           # samples per vertex ray of the "ray" colours
+COLOUR_POINTS_PER_CHUNK = 2 ** 16  # field queries per chunk of vertex colours: (chunk, H) features stay small
 HOST_BYTES_PER_VOXEL = 16     # float32 volume, marching cubes' working copy, headroom for the mesh
 DEVICE_BYTES_PER_VOXEL = 4    # the float32 density grid on the device (the SIREN chunk comes on top)
 
@@ -37,6 +47,8 @@ class Mesh(NamedTuple):
     vertices: np.ndarray  # (V, 3) float32, world units (x, y, z)
     faces: np.ndarray     # (F, 3) int32 vertex indices, outward winding
     level: float          # the iso-level actually used
+    normals: Optional[np.ndarray] = None  # (V, 3) float32 outward unit normals (the density's gradient)
+    colours: Optional[np.ndarray] = None  # (V, 3) uint8 RGB, or None for a grey mesh
 
 
 def default_cube_size(metadata) -> float:
@@ -44,12 +56,20 @@ def default_cube_size(metadata) -> float:
     return 2.0 * max(1.0 - float(metadata["ray_start"]), float(metadata["ray_end"]) - 1.0)
 
 
+def seed_codes(model: LoadedModel, seed: int, psi: float):
+    """The truncated LatentCodes (batch 1) of the seed's z."""
+    import torch
+
+    with torch.no_grad():
+        return model.generator.truncated_mapping(latent_for_seed(model, seed), psi)
+
+
 def density_volume(model: LoadedModel, seed: int, resolution: int, cube_size: float, psi: float,
-                   max_batch_size: int) -> np.ndarray:
-    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z on the cube grid."""
-    z = latent_for_seed(model, seed)
-    sigma = model.generator.density_grid(z, resolution, psi=psi, half_extent=cube_size / 2,
-                                         max_batch_size=max_batch_size)
+                   max_batch_size: int, codes=None) -> np.ndarray:
+    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z (or of `codes`) on the cube grid."""
+    codes = seed_codes(model, seed, psi) if codes is None else codes
+    sigma = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,
+                                         max_batch_size=max_batch_size, codes=codes)
     return sigma[0].float().cpu().numpy()
 
 
@@ -104,26 +124,130 @@ def extract_mesh(density: np.ndarray, level: float, cube_size: float) -> Mesh:
     level = check_level(density, level)
     spacing = tuple(cube_size / (n - 1) for n in density.shape)
     # gradient_direction "descent": the object is the region of values above the level.
-    vertices, faces, _, _ = marching_cubes(density, level=level, spacing=spacing, gradient_direction="descent")
+    vertices, faces, normals, _ = marching_cubes(density, level=level, spacing=spacing,
+                                                 gradient_direction="descent")
     vertices = (vertices - cube_size / 2).astype(np.float32)
+    # skimage's normals follow the density's descent: out of the solid.
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     # skimage winds these faces clockwise seen from outside (in our right-handed [x, y, z]
     # indexing); reverse them so face normals (right-hand rule) point out of the solid.
-    return Mesh(vertices, np.ascontiguousarray(faces[:, ::-1], dtype=np.int32), level)
+    return Mesh(vertices, np.ascontiguousarray(faces[:, ::-1], dtype=np.int32), level, normals.astype(np.float32))
+
+
+# --------------------------------------------------------------------- colours
+def vertex_colours(field, vertices: np.ndarray, normals: np.ndarray, view_origin, span: float,
+                   integration, mode: str = "ray", num_samples: int = COLOUR_SAMPLES) -> np.ndarray:
+    """uint8 (V, 3) colours of mesh vertices (V, 3) with outward normals (V, 3), from a radiance field.
+
+    `field(points (M, 3), directions (M, 3))` returns (rgb (M, 3) in [0, 1], raw density (M,)),
+    torch tensors. The colour branch is asked for the colour seen from `view_origin` (3,) (the
+    curriculum's mean camera: the directions it was trained around).
+    mode "ray": a ray enters the surface at the vertex along its inward normal, from `span`
+    outside to `span` inside, `num_samples` samples, integrated like the images
+    (`volume_rendering.integrate` with `integration`, IntegrationOptions; the weight left after the
+    last sample goes to it): the colour a camera looking straight at the vertex sees.
+    mode "point": the field's rgb at the vertex itself.
+    """
+    import torch
+
+    from generators.volume_rendering import integrate
+
+    if mode not in ("ray", "point"):
+        raise ValueError(f"mode must be 'ray' or 'point', got {mode!r}")
+    vertices = torch.as_tensor(np.asarray(vertices, np.float32))
+    normals = torch.as_tensor(np.asarray(normals, np.float32))
+    origin = torch.as_tensor(np.asarray(view_origin, np.float32)).reshape(1, 3)
+    samples = num_samples if mode == "ray" else 1
+    depths = torch.linspace(0.0, 2 * span, samples)                      # along the inward normal
+    integration = replace(integration, last_back=True, white_back=False, nerf_noise=0.0)
+    colours = []
+    chunk = max(1, COLOUR_POINTS_PER_CHUNK // samples)
+    for start in range(0, len(vertices), chunk):
+        v, n = vertices[start:start + chunk], normals[start:start + chunk]
+        if mode == "point":
+            points = v[:, None, :]                                        # (m, 1, 3)
+        else:
+            points = v[:, None, :] + (span - depths)[None, :, None] * n[:, None, :]  # (m, K, 3) outside -> in
+        directions = torch.nn.functional.normalize(points - origin, dim=-1)
+        rgb, sigma = field(points.reshape(-1, 3), directions.reshape(-1, 3))
+        rgb, sigma = rgb.float().reshape(len(v), samples, 3), sigma.float().reshape(len(v), samples)
+        if mode == "point":
+            colours.append(rgb[:, 0])
+        else:
+            colours.append(integrate(rgb[None], sigma[None], depths.expand(1, len(v), samples),
+                                     options=integration).rgb[0])
+    colour = torch.cat(colours) if colours else torch.zeros(0, 3)
+    return (colour.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def generator_field(generator, codes, max_batch_size: Optional[int] = None):
+    """The `field` of `vertex_colours` for a generator's codes (batch 1)."""
+    def field(points, directions):
+        rgb, sigma, _ = generator.query_field(codes, points[None], directions[None], max_batch_size)
+        return rgb[0], sigma[0]
+    return field
+
+
+def coloured_mesh(model: LoadedModel, codes, resolution: int, cube_size: float, level: float,
+                  colour: str = "ray", max_batch_size: Optional[int] = None, density: np.ndarray = None) -> Mesh:
+    """The mesh of one object's codes (LatentCodes, batch 1) with vertex colours (`colour` "ray",
+    "point", or "none" for a grey mesh). `density`: its volume, when already computed.
+    Raises ValueError when the volume does not cross `level`."""
+    import torch
+
+    from generators.cameras import camera_origins
+    from generators.volume_rendering import IntegrationOptions
+
+    if density is None:
+        density = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,
+                                               max_batch_size=max_batch_size, codes=codes)[0].float().cpu().numpy()
+    mesh = extract_mesh(density, level, cube_size)
+    if colour == "none":
+        return mesh
+    metadata = model.metadata
+    view_origin = camera_origins(torch.tensor([float(metadata["h_mean"])]), torch.tensor([float(metadata["v_mean"])]))
+    # one sample spacing of the images' rays on either side of the surface
+    span = (float(metadata["ray_end"]) - float(metadata["ray_start"])) / max(1, int(metadata["num_steps"]) - 1)
+    device = model.device
+    field = generator_field(model.generator, codes, max_batch_size)
+    colours = vertex_colours(lambda p, d: tuple(t.cpu() for t in field(p.to(device), d.to(device))),
+                             mesh.vertices, mesh.normals, view_origin[0].numpy(), span,
+                             IntegrationOptions.from_metadata(metadata, evaluation=True), mode=colour)
+    return mesh._replace(colours=colours)
 
 
 # ------------------------------------------------------------------------ PLY
-def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True) -> Path:
-    """A PLY file with float x, y, z vertices and triangle faces (`vertex_indices`, uchar count, int indices)."""
+PLY_TYPES = {"float": "<f4", "float32": "<f4", "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4"}
+
+
+def _vertex_dtype(colours: bool) -> np.dtype:
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    return np.dtype(fields + ([("red", "u1"), ("green", "u1"), ("blue", "u1")] if colours else []))
+
+
+def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True,
+              colours: Optional[np.ndarray] = None) -> Path:
+    """A PLY file with float x, y, z vertices (and uchar red, green, blue when `colours` (V, 3)
+    uint8 are given) and triangle faces (`vertex_indices`, uchar count, int indices)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     vertices = np.asarray(vertices, dtype="<f4").reshape(-1, 3)
     faces = np.asarray(faces, dtype="<i4").reshape(-1, 3)
+    records = np.empty(len(vertices), dtype=_vertex_dtype(colours is not None))  # packed: 12 or 15 bytes
+    records["x"], records["y"], records["z"] = vertices.T
+    colour_properties = []
+    if colours is not None:
+        colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+        if len(colours) != len(vertices):
+            raise ValueError(f"{len(colours)} colours for {len(vertices)} vertices")
+        records["red"], records["green"], records["blue"] = colours.T
+        colour_properties = ["property uchar red", "property uchar green", "property uchar blue"]
     header = "\n".join([
         "ply",
         f"format {'binary_little_endian' if binary else 'ascii'} 1.0",
         "comment MVCGAN extract_shapes.py",
         f"element vertex {len(vertices)}",
-        "property float x", "property float y", "property float z",
+        "property float x", "property float y", "property float z", *colour_properties,
         f"element face {len(faces)}",
         "property list uchar int vertex_indices",
         "end_header",
@@ -131,37 +255,57 @@ def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))
         if binary:
-            f.write(vertices.tobytes())
-            records = np.empty(len(faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])  # packed, 13 bytes
-            records["count"], records["indices"] = 3, faces
             f.write(records.tobytes())
+            face_records = np.empty(len(faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])  # 13 bytes
+            face_records["count"], face_records["indices"] = 3, faces
+            f.write(face_records.tobytes())
         else:
-            np.savetxt(f, vertices, fmt="%.7g")
+            columns = [vertices] + ([colours] if colours is not None else [])
+            formats = ["%.7g"] * 3 + (["%d"] * 3 if colours is not None else [])
+            np.savetxt(f, np.concatenate([c.astype(np.float64) for c in columns], axis=1), fmt=formats)
             np.savetxt(f, np.concatenate([np.full((len(faces), 1), 3, np.int32), faces], axis=1), fmt="%d")
     return path
 
 
-def read_ply(path):
-    """Read back what `write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32)."""
+def read_ply(path, colours: bool = False):
+    """Read back what `write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32), and with
+    `colours` a third item, the (V, 3) uint8 vertex colours or None when the file has none."""
     data = Path(path).read_bytes()
     end = data.index(b"end_header\n") + len(b"end_header\n")
     header = data[:end].decode("ascii").splitlines()
     counts = {line.split()[1]: int(line.split()[2]) for line in header if line.startswith("element")}
     num_vertices, num_faces = counts["vertex"], counts["face"]
+    vertex_lines = header[header.index(next(l for l in header if l.startswith("element vertex"))) + 1:]
+    properties = []
+    for line in vertex_lines:
+        if not line.startswith("property"):
+            break
+        _, kind, name = line.split()
+        properties.append((name, PLY_TYPES[kind]))
+    vertex_dtype = np.dtype(properties)
     body = data[end:]
     if "format binary_little_endian 1.0" in header:
-        vertices = np.frombuffer(body, dtype="<f4", count=3 * num_vertices).reshape(-1, 3)
-        records = np.frombuffer(body, dtype=[("count", "u1"), ("indices", "<i4", (3,))], count=num_faces,
-                                offset=12 * num_vertices)
-        if num_faces and not (records["count"] == 3).all():
+        records = np.frombuffer(body, dtype=vertex_dtype, count=num_vertices)
+        face_records = np.frombuffer(body, dtype=[("count", "u1"), ("indices", "<i4", (3,))], count=num_faces,
+                                     offset=vertex_dtype.itemsize * num_vertices)
+        if num_faces and not (face_records["count"] == 3).all():
             raise ValueError(f"{path}: only triangle faces are supported")
-        return vertices.copy(), records["indices"].astype(np.int32)
-    lines = body.decode("ascii").split("\n")
-    vertices = np.array([[float(v) for v in line.split()] for line in lines[:num_vertices]],
-                        dtype=np.float32).reshape(-1, 3)
-    faces = np.array([[int(v) for v in line.split()[1:]] for line in lines[num_vertices:num_vertices + num_faces]],
-                     dtype=np.int32).reshape(-1, 3)
-    return vertices, faces
+        faces = face_records["indices"].astype(np.int32)
+    else:
+        lines = body.decode("ascii").split("\n")
+        values = np.array([[float(v) for v in line.split()] for line in lines[:num_vertices]]).reshape(-1, len(properties))
+        records = np.empty(num_vertices, dtype=vertex_dtype)
+        for column, (name, _) in enumerate(properties):
+            records[name] = values[:, column]
+        faces = np.array([[int(v) for v in line.split()[1:]]
+                          for line in lines[num_vertices:num_vertices + num_faces]], dtype=np.int32).reshape(-1, 3)
+    vertices = np.stack([records["x"], records["y"], records["z"]], axis=1).astype(np.float32)
+    if not colours:
+        return vertices, faces
+    names = vertex_dtype.names
+    rgb = (np.stack([records["red"], records["green"], records["blue"]], axis=1).astype(np.uint8)
+           if {"red", "green", "blue"} <= set(names) else None)
+    return vertices, faces, rgb
 
 
 # ------------------------------------------------------------------------ CLI
@@ -188,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_npy", action="store_true",
                         help="also write the density volume density_{seed}.npy (float32, indexed [x, y, z])")
     parser.add_argument("--ascii", action="store_true", help="write ASCII PLY instead of binary little-endian")
+    parser.add_argument("--colour", choices=COLOUR_MODES, default="ray",
+                        help="vertex colours from the field's RGB (docs/METHOD.md §11): ray, the colour a ray "
+                             "entering the surface at the vertex along its inward normal sees (volume-rendered "
+                             "like the images); point, the RGB at the vertex itself; none, a grey mesh")
     return parser
 
 
@@ -209,18 +357,21 @@ def extract(args) -> list:
           f"psi {args.psi}, {args.voxel_resolution}^3 voxels over a {cube_size:g} cube on {model.device}")
     written, args.skipped = [], []
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
-        density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size)
+        codes = seed_codes(model, seed, args.psi)
+        density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size, codes)
         if args.save_npy:
             npy = output_dir / f"density_{seed}.npy"
             np.save(npy, density)
             written.append(npy)
         try:
-            mesh = extract_mesh(density, args.level, cube_size)
+            mesh = coloured_mesh(model, codes, args.voxel_resolution, cube_size, args.level, args.colour,
+                                 args.max_batch_size, density=density)
         except ValueError as error:
             tqdm.write(f"seed {seed}: no mesh written: {error}", file=sys.stderr)
             args.skipped.append(seed)
             continue
-        written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii))
+        written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii,
+                                 colours=mesh.colours))
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
     if written:
         print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))

@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 import extract_shapes as es
 
@@ -51,6 +52,15 @@ def test_sphere_mesh():
     assert signed_volume(mesh.vertices, mesh.faces) == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
 
 
+def test_sphere_normals_point_outwards():
+    cube, radius, resolution = 0.24, 0.08, 40
+    density, centre = sphere_density(resolution, cube, radius)
+    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    radial = (mesh.vertices - centre) / np.linalg.norm(mesh.vertices - centre, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(mesh.normals, axis=1), 1, atol=1e-5)
+    assert (mesh.normals * radial).sum(1).min() > 0.99
+
+
 def test_level_outside_the_density_range_is_refused():
     """No silent fall-back to another level (the mean of a nearly empty field meshes its noise)."""
     density, _ = sphere_density(16, 0.24, 0.08)
@@ -77,6 +87,81 @@ def test_ply_round_trip(tmp_path, binary):
     np.testing.assert_array_equal(f, faces)
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_coloured_ply_round_trip(tmp_path, binary):
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.5]], np.float32)
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32)
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [7, 128, 250]], np.uint8)
+    path = es.write_ply(tmp_path / "t.ply", vertices, faces, binary=binary, colours=colours)
+    header, nv, nf, body = parse_ply(path)
+    assert "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n" in header
+    if binary:
+        assert len(body) == 15 * nv + 13 * nf
+    else:  # one "x y z r g b" line per vertex, as MeshLab and Blender read them
+        assert body.decode().splitlines()[3] == "0 0 1.5 7 128 250"
+    v, f, c = es.read_ply(path, colours=True)
+    np.testing.assert_array_equal(v, vertices)
+    np.testing.assert_array_equal(f, faces)
+    np.testing.assert_array_equal(c, colours)
+    assert es.read_ply(es.write_ply(tmp_path / "grey.ply", vertices, faces, binary=binary), colours=True)[2] is None
+    with pytest.raises(ValueError, match="3 colours for 4 vertices"):
+        es.write_ply(tmp_path / "bad.ply", vertices, faces, colours=colours[:3])
+
+
+def sphere_field(centre, radius, colour, slope=2000.0):
+    """A radiance field: density slope * (radius - |p - c|) (the level-0 surface is the sphere), rgb = colour(p)."""
+    centre_t = torch.as_tensor(centre, dtype=torch.float32)
+
+    def field(points, directions):
+        return colour(points), slope * (radius - torch.linalg.vector_norm(points - centre_t, dim=-1))
+    return field
+
+
+@pytest.mark.parametrize("mode", ["ray", "point"])
+def test_vertex_colours_of_a_field_whose_colour_is_known(mode):
+    """rgb = 0.5 + 0.5 * the unit vector from the centre: constant along each normal, so both
+    modes must give it at every vertex; and it varies over the sphere like a normal map."""
+    from generators.volume_rendering import IntegrationOptions
+
+    cube, radius, resolution = 0.24, 0.08, 32
+    density, centre = sphere_density(resolution, cube, radius)
+    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    centre_t = torch.as_tensor(centre, dtype=torch.float32)
+    field = sphere_field(centre, radius, lambda p: 0.5 + 0.5 * torch.nn.functional.normalize(p - centre_t, dim=-1))
+    colours = es.vertex_colours(field, mesh.vertices, mesh.normals, view_origin=(0, 0, 1), span=0.02,
+                                integration=IntegrationOptions(clamp_mode="relu"), mode=mode)
+    assert colours.shape == (len(mesh.vertices), 3) and colours.dtype == np.uint8
+    radial = (mesh.vertices - centre) / np.linalg.norm(mesh.vertices - centre, axis=1, keepdims=True)
+    expected = np.round((0.5 + 0.5 * radial) * 255)
+    # 1 for rounding; the vertices sit on the grid's linear interpolation of the surface
+    assert np.abs(colours.astype(float) - expected).max() <= 2
+    assert colours.min(0).max() < 30 and colours.max(0).min() > 225  # every channel spans its range
+
+
+def test_ray_colours_are_what_a_camera_sees_not_the_level_set():
+    """A thin, nearly transparent red skin at the level surface over an opaque green inside: a
+    camera sees green, and the "ray" colours say so; "point" colours read the skin's red."""
+    from generators.volume_rendering import IntegrationOptions
+
+    cube, radius, resolution = 0.24, 0.08, 32
+    density, centre = sphere_density(resolution, cube, radius)
+    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    centre_t = torch.as_tensor(centre, dtype=torch.float32)
+
+    def field(points, directions):
+        depth_inside = radius - torch.linalg.vector_norm(points - centre_t, dim=-1)
+        skin = depth_inside < 0.004
+        rgb = torch.where(skin[:, None], torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0]))
+        sigma = torch.where(skin, torch.full_like(depth_inside, 5.0), torch.full_like(depth_inside, 5000.0))
+        return rgb, torch.where(depth_inside < 0, torch.zeros_like(sigma), sigma)
+
+    options = IntegrationOptions(clamp_mode="relu")
+    ray = es.vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="ray")
+    point = es.vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="point")
+    assert np.median(ray[:, 1]) > 200 and np.median(ray[:, 0]) < 40
+    assert np.median(point[:, 0]) > 200
+
+
 def test_default_cube_size():
     assert es.default_cube_size({"ray_start": 0.88, "ray_end": 1.12}) == pytest.approx(0.24)
     assert es.default_cube_size({"ray_start": 0.8, "ray_end": 1.2}) == pytest.approx(0.4)
@@ -94,10 +179,13 @@ def test_cli_end_to_end(tmp_path, tiny_checkpoint):
     density = np.load(out / "density_0.npy")
     assert density.shape == (16, 16, 16) and density.dtype == np.float32
     header, nv, nf, body = parse_ply(out / "shape_0.ply")
-    assert nv > 0 and nf > 0 and len(body) == 12 * nv + 13 * nf
-    vertices, faces = es.read_ply(out / "shape_0.ply")
+    # coloured by default: x, y, z floats and red, green, blue bytes per vertex
+    assert "property uchar red\nproperty uchar green\nproperty uchar blue" in header
+    assert nv > 0 and nf > 0 and len(body) == 15 * nv + 13 * nf
+    vertices, faces, colours = es.read_ply(out / "shape_0.ply", colours=True)
     assert np.abs(vertices).max() <= 0.15 + 1e-6
     assert faces.min() >= 0 and faces.max() < nv
+    assert colours.shape == (nv, 3) and colours.dtype == np.uint8
 
 
 def test_cli_matches_library(tmp_path, tiny_checkpoint):
@@ -115,6 +203,25 @@ def test_cli_matches_library(tmp_path, tiny_checkpoint):
         vertices, _ = es.read_ply(out / "shape_2.ply")
         expected = es.extract_mesh(density, level, 0.24).vertices
         np.testing.assert_allclose(vertices, expected, atol=1e-5)
+
+
+def test_cli_colours_are_the_library_s_and_none_writes_a_grey_mesh(tmp_path, tiny_checkpoint):
+    out = tmp_path / "shapes"
+    model = es.load_model(tiny_checkpoint, device="cpu")
+    codes = es.seed_codes(model, 1, 0.5)
+    density = es.density_volume(model, 1, 16, 0.3, 0.5, 10_000, codes=codes)
+    level = float(np.median(density))
+    for colour in ("ray", "point", "none"):
+        assert es.main(["--path", str(tiny_checkpoint), "--output_dir", str(out / colour), "--seeds", "1",
+                        "--voxel_resolution", "16", "--level", str(level), "--device", "cpu", "--cube_size", "0.3",
+                        "--colour", colour]) == 0
+        vertices, faces, colours = es.read_ply(out / colour / "shape_1.ply", colours=True)
+        expected = es.coloured_mesh(model, codes, 16, 0.3, level, colour, density=density)
+        np.testing.assert_allclose(vertices, expected.vertices, atol=1e-6)
+        if colour == "none":
+            assert colours is None
+        else:
+            np.testing.assert_array_equal(colours, expected.colours)
 
 
 def test_cli_skips_a_seed_whose_volume_misses_the_level(tmp_path, tiny_checkpoint, capsys):
