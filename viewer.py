@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 VIEWER_REQUIREMENTS = "requirements-viewer.txt"
 SEED_MAX = 9999
 MESH_RESOLUTIONS = (32, 256)
+CAMERA_WAIT_S = 3.0  # how long a new tab's frames wait for its camera to reach the start pose
 
 
 def import_viser():
@@ -158,9 +159,10 @@ class Session:
         self.version, self.last_change, self.frames = 0, time.monotonic(), 0
         self.running = True
         self.last_frame = None
+        self.connected_at = time.monotonic()
+        self.camera_ready = False  # the browser has reported its camera at the start pose (or gave up)
         self._build_gui()
-        self.reset_camera()
-        client.camera.on_update(lambda _: self.touch())
+        client.camera.on_update(self._camera_moved)
         self.thread = threading.Thread(target=self._loop, name=f"render-{client.client_id}", daemon=True)
         self.thread.start()
 
@@ -213,6 +215,18 @@ class Session:
         camera.look_at = (0.0, 0.0, 0.0)
         self.touch()
 
+    def _camera_moved(self, camera) -> None:
+        """A camera report from the browser. A new tab reports its own default camera before it applies
+        the server's start pose (viser's initial_camera); frames wait until it is at the start pose."""
+        if not self.camera_ready:
+            from visualize.frames import pose_from_camera
+
+            start = pose_from_camera(start_position(self.app.renderer))
+            now = pose_from_camera(camera.position, camera.look_at)
+            self.camera_ready = (max(abs(a - b) for a, b in zip(start, now)) < 1e-3
+                                 or time.monotonic() - self.connected_at > CAMERA_WAIT_S)
+        self.touch()
+
     def touch(self) -> None:
         """Something changed: render again (small while changes keep coming)."""
         with self.state_lock:
@@ -241,7 +255,7 @@ class Session:
             with self.state_lock:
                 version, quiet = self.version, time.monotonic() - self.last_change
             still = quiet >= self.app.args.settle
-            if version == shown_version and (shown_full or not still):
+            if not self.camera_ready or (version == shown_version and (shown_full or not still)):
                 continue
             try:
                 settings = self.settings()
