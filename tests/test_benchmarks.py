@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 import bench_demo  # noqa: E402
 import bench_step  # noqa: E402
+import bench_viewer  # noqa: E402
 import bench_warp_signal  # noqa: E402
 from curriculums import get_curriculum  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
@@ -72,3 +73,13 @@ def test_bench_warp_signal_separates_true_depth_from_a_sphere_only_at_higher_res
     assert excess(high) > 0.2 and excess(low) < excess(high) / 3
     printed = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
     assert [row["size"] for row in printed] == [16, 64]
+
+
+def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
+    record = bench_viewer.main(["--path", str(tiny_checkpoint), "--frames", "1", "--threads", "1"])
+    assert record["full"]["nerf"] == 16 and record["moving"]["nerf"] == 8
+    for kind in ("full", "moving"):
+        assert 0 < record[kind]["render_s_median"] <= record[kind]["frame_s_median"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threads"] == 1
+    random = bench_viewer.main(["--curriculum", "Synthetic", "--step", "800", "--frames", "1", "--threads", "1"])
+    assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"
