@@ -153,11 +153,16 @@ class FrameRenderer:
         return Frame(np.ascontiguousarray(image), time.perf_counter() - start, options.rays.img_size, moving, settings)
 
 
+def _sent_size(width: int, height: int, max_side: int):
+    """(scale, width, height) of the picture sent for a canvas: the canvas scaled down to at most max_side."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return scale, max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def letterbox(frame: np.ndarray, width: int, height: int, max_side: int = MAX_CANVAS_SIDE) -> np.ndarray:
     """The square uint8 frame (s, s, 3) nearest-upscaled into the middle of a canvas of width x height
     (scaled down to at most `max_side` per side, same shape), the rest `BAR_COLOUR`: uint8 (H, W, 3)."""
-    scale = min(1.0, max_side / max(width, height, 1))
-    width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    _, width, height = _sent_size(width, height, max_side)
     side = min(width, height)
     canvas = np.empty((height, width, 3), dtype=np.uint8)
     canvas[:] = BAR_COLOUR
@@ -168,8 +173,6 @@ def letterbox(frame: np.ndarray, width: int, height: int, max_side: int = MAX_CA
 
 def frame_square(width: int, height: int, max_side: int = MAX_CANVAS_SIDE):
     """(left, top, side) of the frame inside a canvas of width x height, in the canvas's own pixels."""
-    scale = min(1.0, max_side / max(width, height, 1))
-    sent_w, sent_h = max(1, round(width * scale)), max(1, round(height * scale))
-    side = min(sent_w, sent_h)
-    left, top = (sent_w - side) // 2, (sent_h - side) // 2
-    return left / scale, top / scale, side / scale
+    scale, sent_width, sent_height = _sent_size(width, height, max_side)
+    side = min(sent_width, sent_height)
+    return (sent_width - side) // 2 / scale, (sent_height - side) // 2 / scale, side / scale
