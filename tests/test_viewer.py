@@ -164,6 +164,19 @@ def test_bad_codes_files_are_one_line_errors(tmp_path, model):
     refused(None, "not a codes file readable", name="pickle.pt")
 
 
+def test_a_codes_file_on_the_command_line_opens_at_its_camera(tmp_path, tiny_checkpoint, model):
+    codes = model.generator.truncated_mapping(latent_for_seed(model, 2), 1.0)
+    path = save_codes(tmp_path / "photo.pt", codes, yaw=FRONT - 0.3, pitch=FRONT + 0.1)
+    args = viewer.build_parser().parse_args(["--path", str(tiny_checkpoint), "--codes", str(path), "--device", "cpu"])
+    renderer = viewer.prepare(args)
+    assert renderer.moving.rays.img_size == 8 and renderer.full.rays.img_size == 16
+    np.testing.assert_allclose(viewer.start_position(renderer), camera_position(FRONT - 0.3, FRONT + 0.1))
+    np.testing.assert_allclose(viewer.start_position(renderer, codes_camera=False), camera_position(FRONT, FRONT))
+    frame = renderer.render(ViewSettings(use_codes_file=True, yaw=FRONT - 0.3, pitch=FRONT + 0.1, seed=7))
+    seed_two = renderer.render(ViewSettings(seed=2, psi=1.0, yaw=FRONT - 0.3, pitch=FRONT + 0.1))
+    np.testing.assert_array_equal(frame.image, seed_two.image)  # the file's codes, not seed 7's
+
+
 # ----------------------------------------------------------------------- CLI
 def test_every_flag_has_help():
     for action in viewer.build_parser()._actions:
