@@ -36,7 +36,14 @@ from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedMod
                                  available_memory_bytes, finite_float, latent_for_seed, load_model, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
-COLOUR_MODES = ("ray", "point", "none")
+COLOUR_MODES = ("ray", "point", "image", "none")
+# "image" colours: the decoded images of views around the object, as yaw and pitch offsets (radians)
+# from the mean pose: every 45 degrees all the way round at the mean pitch, and from 1 rad above and
+# below at the front, the sides and the back; every direction is within 45 degrees of a view.
+_ROUND, _QUARTERS = (0.0, 0.785, -0.785, 1.571, -1.571, 2.356, -2.356, 3.142), (0.0, 1.571, -1.571, 3.142)
+IMAGE_VIEW_YAWS = _ROUND + _QUARTERS * 2
+IMAGE_VIEW_PITCHES = (0.0,) * 8 + (-1.0,) * 4 + (1.0,) * 4
+IMAGE_DEPTH_TOLERANCE = 0.15  # of the ray range: a vertex is visible in a view within this of its depth
 COLOUR_SAMPLES = 16           # samples per vertex ray of the "ray" colours
 COLOUR_POINTS_PER_CHUNK = 2 ** 16  # field queries per chunk of vertex colours: (chunk, H) features stay small
 HOST_BYTES_PER_VOXEL = 16     # float32 volume, marching cubes' working copy, headroom for the mesh
@@ -188,10 +195,80 @@ def generator_field(generator, codes, max_batch_size: Optional[int] = None):
     return field
 
 
+def project_colours(vertices: np.ndarray, normals: np.ndarray, images, depths, opacities, cam2world,
+                    fov: float, depth_tolerance: float) -> np.ndarray:
+    """uint8 (V, 3) colours of vertices (V, 3) with outward normals (V, 3) from rendered views:
+    decoded images (n, 3, out, out) in [0, 1], NeRF depth and opacity (n, S, S), cameras (n, 4, 4).
+
+    A view colours a vertex that projects inside it, faces it (normal towards the camera), lies
+    within `depth_tolerance` of the view's depth there and where the view is opaque (> 0.5); the
+    views are averaged with weights cos^2 of the angle between normal and view ray, so the most
+    frontal views dominate. A vertex no view sees so (a pocket) takes the facing views without the
+    depth test, and one that faces none the mean colour of the rest.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from generators.cameras import project_to_camera
+
+    images, depths, opacities = images.float().cpu(), depths.float().cpu(), opacities.float().cpu()
+    cam2world = cam2world.float().cpu()
+    n, size = depths.shape[0], depths.shape[-1]
+    points = torch.as_tensor(np.asarray(vertices, np.float32))[None].expand(n, -1, 3)       # (n, V, 3)
+    grid, z = project_to_camera(points, cam2world, fov)                                       # (n, V, 2), (n, V)
+    rays = points - cam2world[:, None, :3, 3]
+    distance = torch.linalg.vector_norm(rays, dim=-1)                                          # t along the unit ray
+    facing = -(F.normalize(rays, dim=-1) * torch.as_tensor(np.asarray(normals, np.float32))[None]).sum(-1)
+    # S x S maps have their pixel centres at the rays (align_corners=True); the decoded image spans
+    # half a NeRF pixel more on each side (each NeRF pixel becomes a block of out/S pixels).
+    sample = lambda maps, coords, corners: F.grid_sample(maps, coords[:, :, None, :], align_corners=corners)[..., 0]
+    depth = sample(depths[:, None], grid, True)[:, 0]                                          # (n, V)
+    opaque = sample(opacities[:, None], grid, True)[:, 0] > 0.5
+    colour = sample(images, grid * (size - 1) / size, False)                                   # (n, 3, V)
+    inside = (grid.abs() <= 1).all(-1) & (z < 0) & (facing > 0)
+    visible = inside & opaque & ((distance - depth).abs() < depth_tolerance)
+    result = torch.zeros(points.shape[1], 3)
+    assigned = torch.zeros(points.shape[1], dtype=torch.bool)
+    for mask in (visible, inside):
+        weights = torch.where(mask, facing.clamp(min=0) ** 2, torch.zeros_like(facing))      # (n, V)
+        total = weights.sum(0)
+        new = (total > 0) & ~assigned
+        result[new] = (torch.einsum("nv,ncv->vc", weights, colour) / total.clamp(min=1e-12)[:, None])[new]
+        assigned |= new
+    if assigned.any() and not assigned.all():
+        result[~assigned] = result[assigned].mean(0)
+    return (result.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def image_colours(model: LoadedModel, codes, mesh: Mesh, max_batch_size: Optional[int] = None,
+                  batch_size: int = 4) -> np.ndarray:
+    """uint8 (V, 3) vertex colours from the decoded images (what the rendering scripts and the viewer show)
+    of the object's codes from the IMAGE_VIEW_* cameras at the checkpoint's trained stage (`project_colours`)."""
+    import torch
+
+    from generators.generators import LatentCodes
+    from utils.rendering_cli import cameras_around_mean, decoder_alpha, render_options
+
+    options = render_options(model)
+    cameras = cameras_around_mean(options, IMAGE_VIEW_YAWS, IMAGE_VIEW_PITCHES, device=model.device)
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(cameras), batch_size):
+            cams = cameras[start:start + batch_size]
+            out = model.generator.render_codes(LatentCodes(*(c.expand(len(cams), -1) for c in codes)), options, cams,
+                                               decoder_alpha(model, options), max_batch_size)
+            outputs.append(((out.image + 1) / 2, out.depth, out.opacity))
+    images, depths, opacities = (torch.cat(parts).cpu() for parts in zip(*outputs))
+    tolerance = IMAGE_DEPTH_TOLERANCE * (options.rays.ray_end - options.rays.ray_start)
+    return project_colours(mesh.vertices, mesh.normals, images, depths, opacities, cameras.cpu(), options.rays.fov,
+                           tolerance)
+
+
 def coloured_mesh(model: LoadedModel, codes, resolution: int, cube_size: float, level: float,
                   colour: str = "ray", max_batch_size: Optional[int] = None, density: np.ndarray = None) -> Mesh:
-    """The mesh of one object's codes (LatentCodes, batch 1) with vertex colours (`colour` "ray",
-    "point", or "none" for a grey mesh). `density`: its volume, when already computed.
+    """The mesh of one object's codes (LatentCodes, batch 1) with vertex colours (`colour` "ray" or
+    "point": the field's RGB, `vertex_colours`; "image": the decoded images', `image_colours`; "none":
+    a grey mesh). `density`: its volume, when already computed.
     Raises ValueError when the volume does not cross `level`."""
     import torch
 
@@ -204,6 +281,8 @@ def coloured_mesh(model: LoadedModel, codes, resolution: int, cube_size: float, 
     mesh = extract_mesh(density, level, cube_size)
     if colour == "none":
         return mesh
+    if colour == "image":
+        return mesh._replace(colours=image_colours(model, codes, mesh, max_batch_size))
     metadata = model.metadata
     view_origin = camera_origins(torch.tensor([float(metadata["h_mean"])]), torch.tensor([float(metadata["v_mean"])]))
     # one sample spacing of the images' rays on either side of the surface
@@ -333,9 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the density volume density_{seed}.npy (float32, indexed [x, y, z])")
     parser.add_argument("--ascii", action="store_true", help="write ASCII PLY instead of binary little-endian")
     parser.add_argument("--colour", choices=COLOUR_MODES, default="ray",
-                        help="vertex colours from the field's RGB (docs/METHOD.md §11): ray, the colour a ray "
-                             "entering the surface at the vertex along its inward normal sees (volume-rendered "
-                             "like the images); point, the RGB at the vertex itself; none, a grey mesh")
+                        help="vertex colours (docs/METHOD.md §11): ray, the field's RGB as a ray entering the "
+                             "surface at the vertex along its inward normal sees it (volume-rendered like the "
+                             "images); point, the field's RGB at the vertex itself; image, the decoded images of "
+                             "16 views around the object projected onto the vertices each view sees (the colours "
+                             "the rendered pictures have; the field's can be plain); none, a grey mesh")
     return parser
 
 
