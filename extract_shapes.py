@@ -43,6 +43,7 @@ COLOUR_MODES = ("ray", "point", "image", "none")
 _ROUND, _QUARTERS = (0.0, 0.785, -0.785, 1.571, -1.571, 2.356, -2.356, 3.142), (0.0, 1.571, -1.571, 3.142)
 IMAGE_VIEW_YAWS = _ROUND + _QUARTERS * 2
 IMAGE_VIEW_PITCHES = (0.0,) * 8 + (-1.0,) * 4 + (1.0,) * 4
+PLAIN_COLOUR_STD = 2.0        # vertex colours varying less than this (0-255) are "plain": say so
 IMAGE_DEPTH_TOLERANCE = 0.15  # of the ray range: a vertex is visible in a view within this of its depth
 COLOUR_SAMPLES = 16           # samples per vertex ray of the "ray" colours
 COLOUR_POINTS_PER_CHUNK = 2 ** 16  # field queries per chunk of vertex colours: (chunk, H) features stay small
@@ -453,6 +454,10 @@ def extract(args) -> list:
             continue
         written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii,
                                  colours=mesh.colours))
+        if args.colour in ("ray", "point") and len(mesh.colours) and mesh.colours.std(0).max() < PLAIN_COLOUR_STD:
+            tqdm.write(f"seed {seed}: note: the field's colours are plain (RGB {mesh.colours.mean(0).round():}, "
+                       "the same everywhere): this checkpoint's NeRF RGB does not carry the appearance; "
+                       "--colour image takes the decoded images' colours", file=sys.stderr)
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
     if written:
         print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
