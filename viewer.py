@@ -11,7 +11,8 @@ orbit the object (any yaw and pitch, inside and beyond the training range), scro
 controls set the seed, the truncation psi, style mixing (the decoder's style from a second
 seed), what is shown (the decoded image, the NeRF's low-resolution RGB, its depth, its
 shaded geometry) and the field of view; two buttons save the current view as PNG and the
-current object as a coloured PLY mesh (written to --output_dir and offered as a download).
+current object as a coloured PLY mesh (colours from the decoded images by default, or the
+field's RGB; written to --output_dir and offered as a download).
 While the camera moves, frames are rendered at a lower NeRF size and sent as JPEG; once it
 has been still for --settle seconds, at full size as PNG. Each frame reports its time.
 Frames are rendered by `visualize.frames`; the codes file format is `visualize.codes`.
@@ -32,6 +33,7 @@ from typing import Optional, Sequence
 VIEWER_REQUIREMENTS = "requirements-viewer.txt"
 SEED_MAX = 9999
 MESH_RESOLUTIONS = (32, 256)
+MESH_COLOURS = {"decoded images": "image", "field RGB": "ray", "none": "none"}  # -> extract_shapes --colour
 CAMERA_WAIT_S = 3.0  # how long a new tab's frames wait for its camera to reach the start pose
 
 
@@ -200,8 +202,12 @@ class Session:
             self.mesh_resolution = gui.add_slider("mesh resolution", min=MESH_RESOLUTIONS[0],
                                                   max=MESH_RESOLUTIONS[1], step=16,
                                                   initial_value=args.mesh_resolution)
-            save_mesh = gui.add_button("save mesh (PLY)", hint=f"marching cubes at density 10 with vertex colours "
-                                                                f"from the field, to {args.output_dir}")
+            self.mesh_colours = gui.add_dropdown("mesh colours", tuple(MESH_COLOURS), initial_value="decoded images",
+                                                 hint="decoded images: the pictures' colours projected from 16 "
+                                                      "views; field RGB: the NeRF's colour at the surface "
+                                                      "(extract_shapes.py --colour image / ray)")
+            save_mesh = gui.add_button("save mesh (PLY)", hint=f"marching cubes at density 10 with vertex colours, "
+                                                                f"to {args.output_dir}")
         save_view.on_click(lambda _: self._guarded(self.save_view))
         save_mesh.on_click(lambda _: self._guarded(self.save_mesh))
         for handle in (self.use_codes, self.seed, self.psi, self.mix, self.style_seed, self.mode, self.fov):
@@ -336,7 +342,7 @@ class Session:
             with self.app.render_lock:
                 codes = renderer.codes(settings)
                 mesh = coloured_mesh(model, codes, resolution, default_cube_size(model.metadata), DEFAULT_LEVEL,
-                                     "ray", self.app.args.max_batch_size)
+                                     MESH_COLOURS[self.mesh_colours.value], self.app.args.max_batch_size)
         except ValueError as error:  # no surface at this level
             self.client.add_notification("no mesh", str(error), color="yellow", auto_close_seconds=10)
             return None
