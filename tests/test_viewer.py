@@ -303,6 +303,17 @@ class Page:
             time.sleep(0.3)
         raise AssertionError("the frame in the page did not settle")
 
+    def full_frame(self, condition, size, what):
+        """(status, pixels) of a full frame that satisfies `condition` and that is still the last one after
+        its picture settled (the camera-controls' damping can send a few more cameras after a drag)."""
+        for _ in range(20):
+            status = self.wait_for(lambda s: s["kind"] == "full" and condition(s), what=what)
+            self.close_notifications()
+            pixels = self.stable_frame(size)
+            if self.status() == status:
+                return status, pixels
+        raise AssertionError(f"the frames did not come to rest ({what})")
+
     def click_button(self, text):
         from selenium.webdriver.common.by import By
 
@@ -375,12 +386,10 @@ def test_the_page_shows_the_camera_s_render_and_follows_the_mouse_and_the_seed(r
     page = Page(url)
     try:
         # 1. the first full frame is the direct render of the front camera (not a blank page, not noise)
-        first = page.wait_for(lambda s: s["kind"] == "full" and abs(s["yaw"] - FRONT) + abs(s["pitch"] - FRONT) < 1e-5,
-                              what="full frame from the front camera")
+        first, shown = page.full_frame(lambda s: abs(s["yaw"] - FRONT) + abs(s["pitch"] - FRONT) < 1e-5, size,
+                                       what="full frame from the front camera")
         assert first["fov"] == pytest.approx(12.0) and first["mode"] == "image" and first["object"] == "seed 0 psi 0.5"
         assert first["nerf"] == options.rays.img_size and first["size"] == size and first["render_s"] > 0
-        page.close_notifications()
-        shown = page.stable_frame(size)
         front = direct_render(model)
         assert np.abs(shown.astype(int) - front.astype(int)).max() <= PNG_TOLERANCE
         assert front.std() > 10  # a frame with content: a uniform page could not match it
@@ -397,23 +406,24 @@ def test_the_page_shows_the_camera_s_render_and_follows_the_mouse_and_the_seed(r
             status = page.status()
             kinds.add((status["kind"], status["nerf"]) if status else None)
         ActionChains(page.driver).release().perform()
-        moved = page.wait_for(lambda s: s["kind"] == "full" and abs(s["yaw"] - FRONT) > 0.05, what="turned frame")
+        moved, shown = page.full_frame(lambda s: abs(s["yaw"] - FRONT) > 0.05, size, what="turned frame")
         assert abs(moved["pitch"] - FRONT) < 0.05  # a horizontal drag turns the yaw
         assert ("moving", moving_size) in kinds, kinds
-        page.close_notifications()
-        shown = page.stable_frame(size)
         turned = direct_render(model, yaw=moved["yaw"], pitch=moved["pitch"], fov=moved["fov"])
         assert np.abs(shown.astype(int) - turned.astype(int)).max() <= PNG_TOLERANCE
         assert mean_difference(shown, front) > 5  # the old camera's frame would fail above
 
         # 3. the seed slider, with the keyboard: seed 1 from the same camera
         thumb = page.driver.find_elements(By.CSS_SELECTOR, "[role=slider]")[0]
-        thumb.click()
-        thumb.send_keys(Keys.ARROW_RIGHT)
-        reseeded = page.wait_for(lambda s: s["kind"] == "full" and s["object"].startswith("seed 1 "),
-                                 what="seed 1 frame")
-        page.close_notifications()
-        shown = page.stable_frame(size)
+        assert thumb.get_attribute("aria-valuenow") == "0"
+        for _ in range(10):  # a key press can land before the thumb has the focus: press until it moved
+            page.driver.execute_script("arguments[0].focus();", thumb)
+            thumb.send_keys(Keys.ARROW_RIGHT)
+            time.sleep(0.3)
+            if thumb.get_attribute("aria-valuenow") != "0":
+                break
+        assert thumb.get_attribute("aria-valuenow") == "1"
+        reseeded, shown = page.full_frame(lambda s: s["object"].startswith("seed 1 "), size, what="seed 1 frame")
         other = direct_render(model, seed=1, yaw=reseeded["yaw"], pitch=reseeded["pitch"], fov=reseeded["fov"])
         assert np.abs(shown.astype(int) - other.astype(int)).max() <= PNG_TOLERANCE
         assert mean_difference(shown, turned) > 5
