@@ -109,7 +109,8 @@ def render_geometry(model: LoadedModel, seed: int, options: RenderOptions, psi: 
             cams = cameras[part]
             view = model.generator.render_view(LatentCodes(*(c.expand(cams.shape[0], -1) for c in codes)), cams,
                                                geometry_options, jitter=False, max_batch_size=max_batch_size)
-            images.append(geometry_images(view.depth.cpu(), view.opacity.cpu(), options.rays.fov))
+            images.append(geometry_images(view.depth.cpu(), view.opacity.cpu(), options.rays.fov,
+                                          options.rays.ray_end if options.integration.last_back else None))
     return np.concatenate(images)
 
 

@@ -2,10 +2,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from generators.cameras import camera_ray_directions
-from utils.shading import BACKGROUND, geometry_images, normals_from_depth, shade
+from utils.shading import BACKGROUND, geometry_images, normals_from_depth, shade, surface_depth
 
 FOV = 12.0
 
@@ -64,3 +65,12 @@ def test_shade_is_the_lambert_formula():
     light = np.array([-0.5, 0.6, 0.62]) / math.sqrt(0.25 + 0.36 + 0.62 ** 2)
     expected = np.round(255 * 0.85 * (0.2 + 0.8 * np.array([light[2], 1.0])))
     np.testing.assert_array_equal(image[0, 0, :, 0], expected)
+
+
+def test_surface_depth_undoes_the_light_that_passed():
+    """A silhouette pixel 60 % opaque: its rendered depth is 0.6 t + 0.4 far with last_back, 0.6 t without."""
+    t, opacity = torch.tensor([[[0.95, 0.97]]]), torch.tensor([[[1.0, 0.6]]])
+    rendered = opacity * t + (1 - opacity) * 1.12
+    torch.testing.assert_close(surface_depth(rendered, opacity, far=1.12), t)
+    torch.testing.assert_close(surface_depth(opacity * t, opacity), t)
+    assert surface_depth(torch.tensor([1.12]), torch.tensor([0.0]), far=1.12).item() == pytest.approx(1.12)  # empty

@@ -6,9 +6,11 @@ docs/METHOD.md §2) is unprojected to camera-space points P = t * d, the normal 
 pixel is the cross product of P's differences to its neighbours, and `shade` lights
 them like the Synthetic data (from the upper left, a little in front). Pixels the NeRF
 leaves transparent (opacity <= 0.5) are background. Entry points: `normals_from_depth`,
-`shade`, `geometry_images`.
+`shade`, `surface_depth`, `geometry_images`.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
@@ -71,8 +73,18 @@ def shade(normals: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return torch.where(mask[..., None].bool(), image, background).cpu().numpy()
 
 
-def geometry_images(depth: torch.Tensor, opacity: torch.Tensor, fov: float) -> np.ndarray:
+def surface_depth(depth: torch.Tensor, opacity: torch.Tensor, far: Optional[float] = None) -> torch.Tensor:
+    """The depth of what the opaque part of each ray hits: a rendered depth (n, S, S) is the mean over
+    the whole ray, so where the ray is partly transparent (the silhouette) it is pulled towards the
+    light that passed: to `far` with last_back (docs/METHOD.md §2: the leftover weight sits on the last
+    sample, at ray_end), to 0 without (far None). Undone: (depth - (1 - opacity) far) / opacity."""
+    leftover = (1 - opacity) * (far if far is not None else 0.0)
+    return torch.where(opacity > 0, (depth - leftover) / opacity.clamp(min=1e-6), depth)
+
+
+def geometry_images(depth: torch.Tensor, opacity: torch.Tensor, fov: float, far: Optional[float] = None) -> np.ndarray:
     """The shaded surface of rendered views: depth and opacity (n, S, S) -> uint8 (n, S, S, 3).
-    A pixel is surface where the NeRF is more than half opaque (the silhouette of docs/METHOD.md §4)."""
+    A pixel is surface where the NeRF is more than half opaque (the silhouette of docs/METHOD.md §4);
+    `far`: the ray_end the render put the leftover weight at (last_back), else None (`surface_depth`)."""
     mask = opacity > 0.5
-    return shade(normals_from_depth(depth.float(), fov, mask), mask)
+    return shade(normals_from_depth(surface_depth(depth.float(), opacity.float(), far), fov, mask), mask)

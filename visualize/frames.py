@@ -149,7 +149,8 @@ class FrameRenderer:
             elif settings.mode == "depth":
                 image = depth_to_uint8(view.depth[0], options.rays.ray_start, options.rays.ray_end)
             else:
-                image = geometry_images(view.depth.cpu(), view.opacity.cpu(), options.rays.fov)[0]
+                image = geometry_images(view.depth.cpu(), view.opacity.cpu(), options.rays.fov,
+                                        options.rays.ray_end if options.integration.last_back else None)[0]
         return Frame(np.ascontiguousarray(image), time.perf_counter() - start, options.rays.img_size, moving, settings)
 
 
