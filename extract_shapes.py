@@ -454,11 +454,12 @@ def extract(args) -> list:
             continue
         written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii,
                                  colours=mesh.colours))
-        if args.colour in ("ray", "point") and len(mesh.colours) and mesh.colours.std(0).max() < PLAIN_COLOUR_STD:
-            tqdm.write(f"seed {seed}: note: the field's colours are plain (RGB {mesh.colours.mean(0).round():}, "
-                       "the same everywhere): this checkpoint's NeRF RGB does not carry the appearance; "
-                       "--colour image takes the decoded images' colours", file=sys.stderr)
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
+        if args.colour in ("ray", "point") and len(mesh.colours) and mesh.colours.std(0).max() < PLAIN_COLOUR_STD:
+            rgb = ", ".join(str(int(round(c))) for c in mesh.colours.mean(0))
+            tqdm.write(f"seed {seed}: note: the field's colours are plain (RGB {rgb} nearly everywhere): this "
+                       "checkpoint's NeRF RGB does not carry the appearance; --colour image takes the decoded "
+                       "images' colours", file=sys.stderr)
     if written:
         print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
     return written
