@@ -21,6 +21,7 @@ Entry point: `main(argv)`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -427,6 +428,10 @@ def serve(args) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """0 after Ctrl-C or SIGTERM, 2 for bad input or a missing viser (one `error:` line)."""
+    # Before torch starts OpenMP: idle threads sleep instead of spinning. The server waits between
+    # frames, often beside a training run; spinning threads that wait for a preempted one made a demo
+    # frame 0.66 s instead of 0.09 s on 2 busy cores (benchmarks/bench_viewer.py).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from utils.rendering_cli import run_cli
 
     args = build_parser().parse_args(argv)
