@@ -159,9 +159,11 @@ def test_bad_codes_files_are_one_line_errors(tmp_path, model):
     refused({**good, "yaw": "left"}, "'yaw' must be a number")
     refused({**good, "frequencies": torch.zeros(shapes["frequencies"], dtype=torch.long)}, "float tensor")
     (tmp_path / "text.pt").write_text("not a torch file")
-    refused(None, "not a codes file readable", name="text.pt")
+    refused(None, "not a codes file: it was not written by torch.save", name="text.pt")
     torch.save({**good, "module": torch.nn.Linear(1, 1)}, tmp_path / "pickle.pt")  # needs unpickling code
-    refused(None, "not a codes file readable", name="pickle.pt")
+    refused(None, "not a codes file: it holds pickled Python objects, which are never loaded", name="pickle.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "pickle.pt").read_bytes()[:200])
+    refused(None, r"not a codes file: truncated or corrupt \(", name="cut.pt")
 
 
 def test_a_codes_file_on_the_command_line_opens_at_its_camera(tmp_path, tiny_checkpoint, model):

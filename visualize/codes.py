@@ -17,12 +17,14 @@ checkpoint's `hidden_dim`. Other keys are ignored. Entry points: `load_codes`, `
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
 
 from generators.generators import ImplicitGenerator3d, LatentCodes
+from utils.checkpoint import _TORCH_SIGNATURES as TORCH_SIGNATURES
 
 CODE_KEYS = LatentCodes._fields  # ("frequencies", "phases", "style")
 CAMERA_KEYS = ("yaw", "pitch")
@@ -52,6 +54,18 @@ def _scalar(value, key: str, path) -> float:
     return number
 
 
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """In words, and never torch's advice to retry with weights_only=False (that runs a pickle's code)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(TORCH_SIGNATURES):
+        return "it was not written by torch.save"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it holds pickled Python objects, which are never loaded because unpickling can run arbitrary "
+                "code; save tensors and numbers only")
+    return f"truncated or corrupt ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+
+
 def load_codes(path, generator: ImplicitGenerator3d) -> CodesFile:
     """Read and check a codes file against `generator`; ValueError (one line) for anything wrong."""
     path = Path(path)
@@ -60,8 +74,7 @@ def load_codes(path, generator: ImplicitGenerator3d) -> CodesFile:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors all mean "not a codes file"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is not a codes file readable with torch.load(weights_only=True): {first}") from None
+        raise ValueError(f"{path} is not a codes file: {_why_unreadable(path, error)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a codes file holds a dict with keys {', '.join(CODE_KEYS)}; got a "
                          f"{type(data).__name__}")
