@@ -8,18 +8,25 @@ a voxel_resolution^3 grid over a cube centred at the origin, the iso-surface at
 `shape_{seed}.ply` (binary little-endian, or ASCII with --ascii) and, with
 --save_npy, the density volume `density_{seed}.npy` (indexed [x, y, z]).
 
+Vertices carry colours (PLY red, green, blue; MeshLab and Blender show them) from the
+field's RGB at the surface (`--colour`, docs/METHOD.md §11): by default the colour a ray
+sees that enters the surface at the vertex along its inward normal, volume-rendered over
+one sample spacing of the images' rays on either side (`vertex_colours`).
+
 The level is a raw density sigma of the SIREN, in 1 / world units: a layer of
 thickness t at density sigma lets exp(-sigma * t) of the light through (sigma 10
 over the 0.02 spacing of 12 samples in the faces' 0.24 ray range: 18 % absorbed).
 The default 10 is pi-GAN's. A seed whose volume never crosses the level gets no
 mesh (the message names its density range) rather than a mesh of some other level.
-Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `write_ply`.
+Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `vertex_colours`,
+`coloured_mesh`, `write_ply`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from dataclasses import replace
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -29,6 +36,17 @@ from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedMod
                                  available_memory_bytes, finite_float, latent_for_seed, load_model, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
+COLOUR_MODES = ("ray", "point", "image", "none")
+# "image" colours: the decoded images of views around the object, as yaw and pitch offsets (radians)
+# from the mean pose: every 45 degrees all the way round at the mean pitch, and from 1 rad above and
+# below at the front, the sides and the back; every direction is within 45 degrees of a view.
+_ROUND, _QUARTERS = (0.0, 0.785, -0.785, 1.571, -1.571, 2.356, -2.356, 3.142), (0.0, 1.571, -1.571, 3.142)
+IMAGE_VIEW_YAWS = _ROUND + _QUARTERS * 2
+IMAGE_VIEW_PITCHES = (0.0,) * 8 + (-1.0,) * 4 + (1.0,) * 4
+PLAIN_COLOUR_STD = 4.0        # vertex colours whose std is below this (of 255) in every channel are "plain": say so
+IMAGE_DEPTH_TOLERANCE = 0.15  # of the ray range: a vertex is visible in a view within this of its depth
+COLOUR_SAMPLES = 16           # samples per vertex ray of the "ray" colours
+COLOUR_POINTS_PER_CHUNK = 2 ** 16  # field queries per chunk of vertex colours: (chunk, H) features stay small
 HOST_BYTES_PER_VOXEL = 16     # float32 volume, marching cubes' working copy, headroom for the mesh
 DEVICE_BYTES_PER_VOXEL = 4    # the float32 density grid on the device (the SIREN chunk comes on top)
 
@@ -37,6 +55,8 @@ class Mesh(NamedTuple):
     vertices: np.ndarray  # (V, 3) float32, world units (x, y, z)
     faces: np.ndarray     # (F, 3) int32 vertex indices, outward winding
     level: float          # the iso-level actually used
+    normals: Optional[np.ndarray] = None  # (V, 3) float32 outward unit normals (the density's gradient)
+    colours: Optional[np.ndarray] = None  # (V, 3) uint8 RGB, or None for a grey mesh
 
 
 def default_cube_size(metadata) -> float:
@@ -44,12 +64,20 @@ def default_cube_size(metadata) -> float:
     return 2.0 * max(1.0 - float(metadata["ray_start"]), float(metadata["ray_end"]) - 1.0)
 
 
+def seed_codes(model: LoadedModel, seed: int, psi: float):
+    """The truncated LatentCodes (batch 1) of the seed's z."""
+    import torch
+
+    with torch.no_grad():
+        return model.generator.truncated_mapping(latent_for_seed(model, seed), psi)
+
+
 def density_volume(model: LoadedModel, seed: int, resolution: int, cube_size: float, psi: float,
-                   max_batch_size: int) -> np.ndarray:
-    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z on the cube grid."""
-    z = latent_for_seed(model, seed)
-    sigma = model.generator.density_grid(z, resolution, psi=psi, half_extent=cube_size / 2,
-                                         max_batch_size=max_batch_size)
+                   max_batch_size: int, codes=None) -> np.ndarray:
+    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z (or of `codes`) on the cube grid."""
+    codes = seed_codes(model, seed, psi) if codes is None else codes
+    sigma = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,
+                                         max_batch_size=max_batch_size, codes=codes)
     return sigma[0].float().cpu().numpy()
 
 
@@ -104,26 +132,202 @@ def extract_mesh(density: np.ndarray, level: float, cube_size: float) -> Mesh:
     level = check_level(density, level)
     spacing = tuple(cube_size / (n - 1) for n in density.shape)
     # gradient_direction "descent": the object is the region of values above the level.
-    vertices, faces, _, _ = marching_cubes(density, level=level, spacing=spacing, gradient_direction="descent")
+    vertices, faces, normals, _ = marching_cubes(density, level=level, spacing=spacing,
+                                                 gradient_direction="descent")
     vertices = (vertices - cube_size / 2).astype(np.float32)
+    # skimage's normals follow the density's descent: out of the solid.
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     # skimage winds these faces clockwise seen from outside (in our right-handed [x, y, z]
     # indexing); reverse them so face normals (right-hand rule) point out of the solid.
-    return Mesh(vertices, np.ascontiguousarray(faces[:, ::-1], dtype=np.int32), level)
+    return Mesh(vertices, np.ascontiguousarray(faces[:, ::-1], dtype=np.int32), level, normals.astype(np.float32))
+
+
+# --------------------------------------------------------------------- colours
+def vertex_colours(field, vertices: np.ndarray, normals: np.ndarray, view_origin, span: float,
+                   integration, mode: str = "ray", num_samples: int = COLOUR_SAMPLES) -> np.ndarray:
+    """uint8 (V, 3) colours of mesh vertices (V, 3) with outward normals (V, 3), from a radiance field.
+
+    `field(points (M, 3), directions (M, 3))` returns (rgb (M, 3) in [0, 1], raw density (M,)),
+    torch tensors. The colour branch is asked for the colour seen from `view_origin` (3,) (the
+    curriculum's mean camera: the directions it was trained around).
+    mode "ray": a ray enters the surface at the vertex along its inward normal, from `span`
+    outside to `span` inside, `num_samples` samples, integrated like the images
+    (`volume_rendering.integrate` with `integration`, IntegrationOptions; the weight left after the
+    last sample goes to it): the colour a camera looking straight at the vertex sees.
+    mode "point": the field's rgb at the vertex itself.
+    """
+    import torch
+
+    from generators.volume_rendering import integrate
+
+    if mode not in ("ray", "point"):
+        raise ValueError(f"mode must be 'ray' or 'point', got {mode!r}")
+    vertices = torch.as_tensor(np.asarray(vertices, np.float32))
+    normals = torch.as_tensor(np.asarray(normals, np.float32))
+    origin = torch.as_tensor(np.asarray(view_origin, np.float32)).reshape(1, 3)
+    samples = num_samples if mode == "ray" else 1
+    depths = torch.linspace(0.0, 2 * span, samples)                      # along the inward normal
+    integration = replace(integration, last_back=True, white_back=False, nerf_noise=0.0)
+    colours = []
+    chunk = max(1, COLOUR_POINTS_PER_CHUNK // samples)
+    for start in range(0, len(vertices), chunk):
+        v, n = vertices[start:start + chunk], normals[start:start + chunk]
+        if mode == "point":
+            points = v[:, None, :]                                        # (m, 1, 3)
+        else:
+            points = v[:, None, :] + (span - depths)[None, :, None] * n[:, None, :]  # (m, K, 3) outside -> in
+        directions = torch.nn.functional.normalize(points - origin, dim=-1)
+        rgb, sigma = field(points.reshape(-1, 3), directions.reshape(-1, 3))
+        rgb, sigma = rgb.float().reshape(len(v), samples, 3), sigma.float().reshape(len(v), samples)
+        if mode == "point":
+            colours.append(rgb[:, 0])
+        else:
+            colours.append(integrate(rgb[None], sigma[None], depths.expand(1, len(v), samples),
+                                     options=integration).rgb[0])
+    colour = torch.cat(colours) if colours else torch.zeros(0, 3)
+    return (colour.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def generator_field(generator, codes, max_batch_size: Optional[int] = None):
+    """The `field` of `vertex_colours` for a generator's codes (batch 1)."""
+    def field(points, directions):
+        rgb, sigma, _ = generator.query_field(codes, points[None], directions[None], max_batch_size)
+        return rgb[0], sigma[0]
+    return field
+
+
+def project_colours(vertices: np.ndarray, normals: np.ndarray, images, depths, opacities, cam2world,
+                    fov: float, depth_tolerance: float) -> np.ndarray:
+    """uint8 (V, 3) colours of vertices (V, 3) with outward normals (V, 3) from rendered views:
+    decoded images (n, 3, out, out) in [0, 1], NeRF depth and opacity (n, S, S), cameras (n, 4, 4).
+
+    A view colours a vertex that projects inside it, faces it (normal towards the camera), lies
+    within `depth_tolerance` of the view's depth there and where the view is opaque (> 0.5); the
+    views are averaged with weights cos^2 of the angle between normal and view ray, so the most
+    frontal views dominate. A vertex no view sees so (a pocket) takes the facing views without the
+    depth test, and one that faces none the mean colour of the rest.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from generators.cameras import project_to_camera
+
+    images, depths, opacities = images.float().cpu(), depths.float().cpu(), opacities.float().cpu()
+    cam2world = cam2world.float().cpu()
+    n, size = depths.shape[0], depths.shape[-1]
+    points = torch.as_tensor(np.asarray(vertices, np.float32))[None].expand(n, -1, 3)       # (n, V, 3)
+    grid, z = project_to_camera(points, cam2world, fov)                                       # (n, V, 2), (n, V)
+    rays = points - cam2world[:, None, :3, 3]
+    distance = torch.linalg.vector_norm(rays, dim=-1)                                          # t along the unit ray
+    facing = -(F.normalize(rays, dim=-1) * torch.as_tensor(np.asarray(normals, np.float32))[None]).sum(-1)
+    # S x S maps have their pixel centres at the rays (align_corners=True); the decoded image spans
+    # half a NeRF pixel more on each side (each NeRF pixel becomes a block of out/S pixels).
+    sample = lambda maps, coords, corners: F.grid_sample(maps, coords[:, :, None, :], align_corners=corners)[..., 0]
+    depth = sample(depths[:, None], grid, True)[:, 0]                                          # (n, V)
+    opaque = sample(opacities[:, None], grid, True)[:, 0] > 0.5
+    colour = sample(images, grid * (size - 1) / size, False)                                   # (n, 3, V)
+    inside = (grid.abs() <= 1).all(-1) & (z < 0) & (facing > 0)
+    visible = inside & opaque & ((distance - depth).abs() < depth_tolerance)
+    result = torch.zeros(points.shape[1], 3)
+    assigned = torch.zeros(points.shape[1], dtype=torch.bool)
+    for mask in (visible, inside):
+        weights = torch.where(mask, facing.clamp(min=0) ** 2, torch.zeros_like(facing))      # (n, V)
+        total = weights.sum(0)
+        new = (total > 0) & ~assigned
+        result[new] = (torch.einsum("nv,ncv->vc", weights, colour) / total.clamp(min=1e-12)[:, None])[new]
+        assigned |= new
+    if assigned.any() and not assigned.all():
+        result[~assigned] = result[assigned].mean(0)
+    return (result.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def image_colours(model: LoadedModel, codes, mesh: Mesh, max_batch_size: Optional[int] = None,
+                  batch_size: int = 4) -> np.ndarray:
+    """uint8 (V, 3) vertex colours from the decoded images (what the rendering scripts and the viewer show)
+    of the object's codes from the IMAGE_VIEW_* cameras at the checkpoint's trained stage (`project_colours`)."""
+    import torch
+
+    from generators.generators import LatentCodes
+    from utils.rendering_cli import cameras_around_mean, decoder_alpha, render_options
+
+    options = render_options(model)
+    cameras = cameras_around_mean(options, IMAGE_VIEW_YAWS, IMAGE_VIEW_PITCHES, device=model.device)
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(cameras), batch_size):
+            cams = cameras[start:start + batch_size]
+            out = model.generator.render_codes(LatentCodes(*(c.expand(len(cams), -1) for c in codes)), options, cams,
+                                               decoder_alpha(model, options), max_batch_size)
+            outputs.append(((out.image + 1) / 2, out.depth, out.opacity))
+    images, depths, opacities = (torch.cat(parts).cpu() for parts in zip(*outputs))
+    tolerance = IMAGE_DEPTH_TOLERANCE * (options.rays.ray_end - options.rays.ray_start)
+    return project_colours(mesh.vertices, mesh.normals, images, depths, opacities, cameras.cpu(), options.rays.fov,
+                           tolerance)
+
+
+def coloured_mesh(model: LoadedModel, codes, resolution: int, cube_size: float, level: float,
+                  colour: str = "ray", max_batch_size: Optional[int] = None, density: np.ndarray = None) -> Mesh:
+    """The mesh of one object's codes (LatentCodes, batch 1) with vertex colours (`colour` "ray" or
+    "point": the field's RGB, `vertex_colours`; "image": the decoded images', `image_colours`; "none":
+    a grey mesh). `density`: its volume, when already computed.
+    Raises ValueError when the volume does not cross `level`."""
+    import torch
+
+    from generators.cameras import camera_origins
+    from generators.volume_rendering import IntegrationOptions
+
+    if density is None:
+        density = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,
+                                               max_batch_size=max_batch_size, codes=codes)[0].float().cpu().numpy()
+    mesh = extract_mesh(density, level, cube_size)
+    if colour == "none":
+        return mesh
+    if colour == "image":
+        return mesh._replace(colours=image_colours(model, codes, mesh, max_batch_size))
+    metadata = model.metadata
+    view_origin = camera_origins(torch.tensor([float(metadata["h_mean"])]), torch.tensor([float(metadata["v_mean"])]))
+    # one sample spacing of the images' rays on either side of the surface
+    span = (float(metadata["ray_end"]) - float(metadata["ray_start"])) / max(1, int(metadata["num_steps"]) - 1)
+    device = model.device
+    field = generator_field(model.generator, codes, max_batch_size)
+    colours = vertex_colours(lambda p, d: tuple(t.cpu() for t in field(p.to(device), d.to(device))),
+                             mesh.vertices, mesh.normals, view_origin[0].numpy(), span,
+                             IntegrationOptions.from_metadata(metadata, evaluation=True), mode=colour)
+    return mesh._replace(colours=colours)
 
 
 # ------------------------------------------------------------------------ PLY
-def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True) -> Path:
-    """A PLY file with float x, y, z vertices and triangle faces (`vertex_indices`, uchar count, int indices)."""
+PLY_TYPES = {"float": "<f4", "float32": "<f4", "uchar": "u1", "uint8": "u1", "int": "<i4", "int32": "<i4"}
+
+
+def _vertex_dtype(colours: bool) -> np.dtype:
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    return np.dtype(fields + ([("red", "u1"), ("green", "u1"), ("blue", "u1")] if colours else []))
+
+
+def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True,
+              colours: Optional[np.ndarray] = None) -> Path:
+    """A PLY file with float x, y, z vertices (and uchar red, green, blue when `colours` (V, 3)
+    uint8 are given) and triangle faces (`vertex_indices`, uchar count, int indices)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     vertices = np.asarray(vertices, dtype="<f4").reshape(-1, 3)
     faces = np.asarray(faces, dtype="<i4").reshape(-1, 3)
+    records = np.empty(len(vertices), dtype=_vertex_dtype(colours is not None))  # packed: 12 or 15 bytes
+    records["x"], records["y"], records["z"] = vertices.T
+    colour_properties = []
+    if colours is not None:
+        colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+        if len(colours) != len(vertices):
+            raise ValueError(f"{len(colours)} colours for {len(vertices)} vertices")
+        records["red"], records["green"], records["blue"] = colours.T
+        colour_properties = ["property uchar red", "property uchar green", "property uchar blue"]
     header = "\n".join([
         "ply",
         f"format {'binary_little_endian' if binary else 'ascii'} 1.0",
         "comment MVCGAN extract_shapes.py",
         f"element vertex {len(vertices)}",
-        "property float x", "property float y", "property float z",
+        "property float x", "property float y", "property float z", *colour_properties,
         f"element face {len(faces)}",
         "property list uchar int vertex_indices",
         "end_header",
@@ -131,12 +335,14 @@ def write_ply(path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True
     with open(path, "wb") as f:
         f.write(header.encode("ascii"))
         if binary:
-            f.write(vertices.tobytes())
-            records = np.empty(len(faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])  # packed, 13 bytes
-            records["count"], records["indices"] = 3, faces
             f.write(records.tobytes())
+            face_records = np.empty(len(faces), dtype=[("count", "u1"), ("indices", "<i4", (3,))])  # 13 bytes
+            face_records["count"], face_records["indices"] = 3, faces
+            f.write(face_records.tobytes())
         else:
-            np.savetxt(f, vertices, fmt="%.7g")
+            columns = [vertices] + ([colours] if colours is not None else [])
+            formats = ["%.7g"] * 3 + (["%d"] * 3 if colours is not None else [])
+            np.savetxt(f, np.concatenate([c.astype(np.float64) for c in columns], axis=1), fmt=formats)
             np.savetxt(f, np.concatenate([np.full((len(faces), 1), 3, np.int32), faces], axis=1), fmt="%d")
     return path
 
@@ -165,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_npy", action="store_true",
                         help="also write the density volume density_{seed}.npy (float32, indexed [x, y, z])")
     parser.add_argument("--ascii", action="store_true", help="write ASCII PLY instead of binary little-endian")
+    parser.add_argument("--colour", choices=COLOUR_MODES, default="ray",
+                        help="vertex colours (docs/METHOD.md §11): ray, the field's RGB as a ray entering the "
+                             "surface at the vertex along its inward normal sees it (volume-rendered like the "
+                             "images); point, the field's RGB at the vertex itself; image, the decoded images of "
+                             "16 views around the object projected onto the vertices each view sees (the colours "
+                             "the rendered pictures have; the field's can be plain); none, a grey mesh")
     return parser
 
 
@@ -186,19 +398,27 @@ def extract(args) -> list:
           f"psi {args.psi}, {args.voxel_resolution}^3 voxels over a {cube_size:g} cube on {model.device}")
     written, args.skipped = [], []
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
-        density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size)
+        codes = seed_codes(model, seed, args.psi)
+        density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size, codes)
         if args.save_npy:
             npy = output_dir / f"density_{seed}.npy"
             np.save(npy, density)
             written.append(npy)
         try:
-            mesh = extract_mesh(density, args.level, cube_size)
+            mesh = coloured_mesh(model, codes, args.voxel_resolution, cube_size, args.level, args.colour,
+                                 args.max_batch_size, density=density)
         except ValueError as error:
             tqdm.write(f"seed {seed}: no mesh written: {error}", file=sys.stderr)
             args.skipped.append(seed)
             continue
-        written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii))
+        written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii,
+                                 colours=mesh.colours))
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
+        if args.colour in ("ray", "point") and len(mesh.colours) and mesh.colours.std(0).max() < PLAIN_COLOUR_STD:
+            rgb = ", ".join(str(int(round(c))) for c in mesh.colours.mean(0))
+            tqdm.write(f"seed {seed}: note: the field's colours are plain (RGB {rgb} nearly everywhere): this "
+                       "checkpoint's NeRF RGB does not carry the appearance; --colour image takes the decoded "
+                       "images' colours", file=sys.stderr)
     if written:
         print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
     return written

@@ -8,7 +8,10 @@ EMA weights, psi = 0.5, no NeRF noise, no auxiliary view and eval_last_back, sav
 one row `image_{seed}.png`. Sizes and samples per ray default to the stage the
 checkpoint was last trained in (`utils.rendering_cli.trained_stage`). `--depth` adds
 the colour-mapped depth of the same views with a near/far colour bar
-(`depth_{seed}.png`), `--video` a looping yaw/pitch sweep (`video_{seed}.gif`).
+(`depth_{seed}.png`), `--video` a looping yaw/pitch sweep (`video_{seed}.gif`), and
+`--geometry` the geometry turntable: the same views as a grey surface shaded from the
+normals of the NeRF's depth (`geometry_{seed}.png`, with `--video` `geometry_{seed}.gif`;
+`utils.shading`).
 `--mode style_mix` renders NeRF geometry from one seed with the decoder style of
 another; `--mode interpolate` walks between the codes of consecutive seeds.
 Entry point: `main(argv)`; the render_* functions are importable.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -24,15 +28,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generators.generators import RenderOptions, StagedOutput
+from generators.generators import LatentCodes, RenderOptions, StagedOutput
 from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, render_in_batches
 from utils.images import depth_legend, depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
+from utils.shading import geometry_images
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
                                  decoder_alpha, finite_float, latent_for_seed, load_model, render_options, run_cli)
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
 VIDEO_PITCH_AMPLITUDE = 0.15  # radians: about one v_stddev of the face curricula
+MAX_DEFAULT_GEOMETRY_SIZE = 256  # the geometry turntable's NeRF size defaults to the output size, at most this
 
 
 # ------------------------------------------------------------------ rendering
@@ -75,6 +81,26 @@ def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, p
     cameras = cameras_around_mean(options, yaw, pitch, device=device)
     out = render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
     return list(to_uint8(out.image))
+
+
+def render_geometry(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
+                    size: int, yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS,
+                    pitch_offsets: Optional[Sequence[float]] = None, batch_size: int = 8) -> np.ndarray:
+    """The seed's surface from the given offsets around the mean pose, shaded from the normals of the
+    NeRF's depth rendered at `size` px (no decoder): uint8 (n, size, size, 3), white where transparent."""
+    device = model.device
+    geometry_options = options.replace(rays=replace(options.rays, img_size=size))
+    cameras = cameras_around_mean(options, yaw_offsets, pitch_offsets, device=device)
+    with torch.no_grad():
+        codes = model.generator.truncated_mapping(latent_for_seed(model, seed), psi)
+        images = []
+        for part in batch_slices(cameras.shape[0], batch_size):
+            cams = cameras[part]
+            view = model.generator.render_view(LatentCodes(*(c.expand(cams.shape[0], -1) for c in codes)), cams,
+                                               geometry_options, max_batch_size=max_batch_size)
+            images.append(geometry_images(view.depth.cpu(), view.opacity.cpu(), options.rays.fov,
+                                          options.rays.ray_end if options.integration.last_back else None))
+    return np.concatenate(images)
 
 
 def render_style_mix(model: LoadedModel, geometry_seed: int, style_seeds: Sequence[int], options: RenderOptions,
@@ -133,7 +159,25 @@ def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: 
             frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
                                          args.batch_size)
             written.append(save_gif(frames, output_dir / f"video_{seed}.gif", fps=args.fps))
+        if args.geometry:
+            size = geometry_size(args, options)
+            row = render_geometry(model, seed, options, args.psi, args.max_batch_size, size,
+                                  batch_size=args.batch_size)
+            # Nearest-upscaled to the images' size when smaller, so the rows line up; never shrunk.
+            shown = max(size, options.output_size)
+            written.append(save_image(make_row([resize(im, shown) for im in row]), output_dir / f"geometry_{seed}.png"))
+            if args.video:
+                yaw, pitch = video_offsets(args.num_frames)
+                frames = render_geometry(model, seed, options, args.psi, args.max_batch_size, size, yaw, pitch,
+                                         args.batch_size)
+                written.append(save_gif([resize(f, shown) for f in frames], output_dir / f"geometry_{seed}.gif",
+                                        fps=args.fps))
     return written
+
+
+def geometry_size(args, options: RenderOptions) -> int:
+    """--geometry_size, else the output size (so the rows line up) up to MAX_DEFAULT_GEOMETRY_SIZE."""
+    return args.geometry_size or min(options.output_size, MAX_DEFAULT_GEOMETRY_SIZE)
 
 
 def run_style_mix(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
@@ -205,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="multiview mode: also write depth_{seed}.png, the depth of the same views in the "
                              "turbo colour map over [ray_start, ray_end] (dark red near, dark purple far), with "
                              "a colour bar labelled near/far below the row")
+    parser.add_argument("--geometry", action="store_true",
+                        help="multiview mode: also write geometry_{seed}.png, the geometry turntable: the same "
+                             "views as a grey surface lit from the upper left, shaded from the normals of the "
+                             "NeRF's depth (white where the NeRF is transparent); with --video also "
+                             "geometry_{seed}.gif")
+    parser.add_argument("--geometry_size", type=int, default=None,
+                        help="NeRF resolution of the geometry turntable (only the field is rendered, not the "
+                             f"decoder; default: the output size, at most {MAX_DEFAULT_GEOMETRY_SIZE}); a size "
+                             "below the output size is nearest-upscaled to it so the rows line up")
     parser.add_argument("--video", action="store_true",
                         help="multiview: also write video_{seed}.gif, a looping yaw/pitch sweep; "
                              "interpolate: also write interp_{a}_{b}.gif, a -> b -> a")
@@ -219,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(parser: argparse.ArgumentParser, args) -> None:
-    if args.depth and args.mode != "multiview":
-        parser.error("--depth only applies to --mode multiview")
+    for flag in ("depth", "geometry"):
+        if getattr(args, flag) and args.mode != "multiview":
+            parser.error(f"--{flag} only applies to --mode multiview")
+    if args.geometry_size is not None and args.geometry_size < 2:
+        parser.error("--geometry_size must be at least 2")
     for name in ("num_frames", "num_interp", "batch_size", "max_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")

@@ -349,17 +349,25 @@ class ImplicitGenerator3d(nn.Module):
         return self.render_codes(codes, options, **kwargs)
 
     @torch.no_grad()
-    def density_grid(self, z: torch.Tensor, resolution: int, psi: float = 1.0, half_extent: float = 0.12,
-                     max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
+    def query_field(self, codes: LatentCodes, points: torch.Tensor, directions: torch.Tensor,
+                    max_batch_size: Optional[int] = 2400000):
+        """The field at arbitrary points (n, M, 3) seen along directions (n, M, 3), without grad:
+        (rgb (n, M, 3) in [0, 1], raw density with the sphere prior (n, M), features (n, M, H))."""
+        return self._query_field(codes, points, directions, max_batch_size)
+
+    @torch.no_grad()
+    def density_grid(self, z: Optional[torch.Tensor], resolution: int, psi: float = 1.0, half_extent: float = 0.12,
+                     max_batch_size: Optional[int] = 2400000, codes: Optional[LatentCodes] = None) -> torch.Tensor:
         """Raw density (the sphere prior included) on a resolution^3 cube grid spanning
-        [-half_extent, half_extent]^3.
+        [-half_extent, half_extent]^3, of the truncated codes of z or, when given, of `codes`
+        (then z and psi are not used).
 
         Returns (n, resolution, resolution, resolution) indexed [x, y, z]. Points are made
         and queried a chunk at a time and only the density is kept, so memory is the
         output (4 bytes per voxel and latent) plus one chunk.
         """
-        codes = self.truncated_mapping(z, psi)
-        n, device = z.shape[0], z.device
+        codes = self.truncated_mapping(z, psi) if codes is None else codes
+        n, device = codes.style.shape[0], codes.style.device
         axis = torch.linspace(-half_extent, half_extent, resolution, device=device)
         num_points = resolution ** 3
         chunk = num_points if max_batch_size is None else max(1, max_batch_size // n)

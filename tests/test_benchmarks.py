@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 import bench_demo  # noqa: E402
 import bench_step  # noqa: E402
+import bench_viewer  # noqa: E402
 import bench_warp_signal  # noqa: E402
 from curriculums import get_curriculum  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
@@ -86,3 +87,13 @@ def test_bench_corrections_measures_what_method_md_quotes(capsys):
     assert 0 < warp["mean_px"] < warp["max_px"] <= 0.5
     for dataset in ("FFHQ", "Cat"):
         assert 0 < record["real_resize_antialias_vs_nearest_at_64px"][dataset]["mean"] < 0.2
+
+
+def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
+    record = bench_viewer.main(["--path", str(tiny_checkpoint), "--frames", "1", "--threads", "1"])
+    assert record["full"]["nerf"] == 16 and record["moving"]["nerf"] == 8
+    for kind in ("full", "moving"):
+        assert 0 < record[kind]["render_s_median"] <= record[kind]["frame_s_median"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threads"] == 1
+    random = bench_viewer.main(["--curriculum", "Synthetic", "--step", "800", "--frames", "1", "--threads", "1"])
+    assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"

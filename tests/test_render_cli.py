@@ -60,6 +60,31 @@ def test_multiview_depth_video(tmp_path, trained_checkpoint, capsys):
     assert str(out) in capsys.readouterr().out
 
 
+def test_geometry_turntable(tmp_path, trained_checkpoint, tiny_model):
+    """geometry_{seed}.png: the 7 views shaded from the NeRF's depth, white where it is transparent;
+    the tiny generator's sphere prior makes a lit disc, brighter at its upper left."""
+    code, out = run(tmp_path, trained_checkpoint, "--seeds", "3", "--geometry", "--video", "--num_frames", "4",
+                    "--geometry_size", "16")
+    assert code == 0
+    with Image.open(out / "geometry_3.png") as im:
+        row = np.asarray(im)
+    assert row.shape == (16, 7 * 16, 3)
+    options = render_options(tiny_model, 8, 16, num_steps=4)
+    views = rmi.render_geometry(tiny_model, 3, options, 0.5, 10_000, size=16)
+    np.testing.assert_array_equal(row, np.concatenate(list(views), axis=1))
+    with torch.no_grad():
+        codes = tiny_model.generator.truncated_mapping(latent_for_seed(tiny_model, 3), 0.5)
+        cams = rmi.cameras_around_mean(options, rmi.MULTIVIEW_YAW_OFFSETS)
+        view = tiny_model.generator.render_view(rmi.LatentCodes(*(c.expand(7, -1) for c in codes)), cams,
+                                                options.replace(rays=rmi.replace(options.rays, img_size=16)))
+    surface = (view.opacity > 0.5).numpy()
+    assert 0.2 < surface.mean() < 0.9
+    assert (views[~surface] == 255).all() and (views[surface] < 255).all()
+    frontal = views[3, ..., 0].astype(int)
+    assert frontal[5, 5] > frontal[10, 10]
+    assert frames_of(out / "geometry_3.gif") == (4, (16, 16))
+
+
 def test_run_directory_and_raw_weights(tmp_path, trained_checkpoint):
     code, out = run(tmp_path, trained_checkpoint.parent, "--seeds", "0", "1", "--no_ema", "--lock_view_dependence")
     assert code == 0
@@ -220,6 +245,10 @@ def test_flag_conflicts_are_usage_errors(tmp_path, tiny_checkpoint):
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path, tiny_checkpoint, "--mode", "style_mix", "--depth")
     assert exit_info.value.code == 2
+    for flags in (["--mode", "interpolate", "--geometry"], ["--geometry", "--geometry_size", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run(tmp_path, tiny_checkpoint, *flags)
+        assert exit_info.value.code == 2
 
 
 def test_every_flag_has_help():
