@@ -32,8 +32,12 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from generators.cameras import camera_origins, project_to_camera
+from generators.generators import LatentCodes
+from generators.volume_rendering import IntegrationOptions, integrate
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
-                                 available_memory_bytes, finite_float, latent_for_seed, load_model, run_cli)
+                                 available_memory_bytes, cameras_around_mean, decoder_alpha, finite_float,
+                                 latent_for_seed, load_model, render_options, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 COLOUR_MODES = ("ray", "point", "image", "none")
@@ -158,7 +162,6 @@ def vertex_colours(field, vertices: np.ndarray, normals: np.ndarray, view_origin
     """
     import torch
 
-    from generators.volume_rendering import integrate
 
     if mode not in ("ray", "point"):
         raise ValueError(f"mode must be 'ray' or 'point', got {mode!r}")
@@ -210,7 +213,6 @@ def project_colours(vertices: np.ndarray, normals: np.ndarray, images, depths, o
     import torch
     import torch.nn.functional as F
 
-    from generators.cameras import project_to_camera
 
     images, depths, opacities = images.float().cpu(), depths.float().cpu(), opacities.float().cpu()
     cam2world = cam2world.float().cpu()
@@ -247,8 +249,6 @@ def image_colours(model: LoadedModel, codes, mesh: Mesh, max_batch_size: Optiona
     of the object's codes from the IMAGE_VIEW_* cameras at the checkpoint's trained stage (`project_colours`)."""
     import torch
 
-    from generators.generators import LatentCodes
-    from utils.rendering_cli import cameras_around_mean, decoder_alpha, render_options
 
     options = render_options(model)
     cameras = cameras_around_mean(options, IMAGE_VIEW_YAWS, IMAGE_VIEW_PITCHES, device=model.device)
@@ -273,8 +273,6 @@ def coloured_mesh(model: LoadedModel, codes, resolution: int, cube_size: float, 
     Raises ValueError when the volume does not cross `level`."""
     import torch
 
-    from generators.cameras import camera_origins
-    from generators.volume_rendering import IntegrationOptions
 
     if density is None:
         density = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,

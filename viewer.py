@@ -406,7 +406,7 @@ def serve(args) -> None:
     renderer = prepare(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     app = ViewerApp(args, renderer, viser)
-    stage, rays = renderer.model.stage, renderer.full.rays
+    rays = renderer.full.rays
     print(f"{renderer.model.checkpoint_path}: step {renderer.model.step}, "
           f"{'EMA' if renderer.model.use_ema else 'raw'} weights; frames at a {rays.img_size} px NeRF x "
           f"{rays.num_steps} steps -> {renderer.full.output_size} px ({renderer.moving.rays.img_size} px NeRF "

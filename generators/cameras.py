@@ -220,3 +220,12 @@ def perspective_divide(points_world: torch.Tensor, cam2world: torch.Tensor):
     safe_z = torch.where(z.abs() < 1e-8, torch.full_like(z, -1e-8), z)
     return torch.stack([-cam[..., 0] / safe_z, cam[..., 1] / safe_z], dim=-1), z
 
+
+def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
+    """Pinhole projection of world points (n, M, 3) into a camera.
+
+    Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
+    top-left pixel centre): f·(-X/Z, Y/Z), and the camera-space z (n, M) (negative in front).
+    """
+    divided, z = perspective_divide(points_world, cam2world)
+    return focal_from_fov(fov) * divided, z

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from generators.cameras import (PITCH_EPS, PoseDistribution, RaySampling, cam2world_from_poses,
                                 camera_origins, camera_ray_directions, focal_from_fov, jitter_draws,
-                                perspective_divide, rays_for_cameras, sample_depths, sample_poses, to_world)
+                                project_to_camera, rays_for_cameras, sample_depths, sample_poses,
+                                to_world)
 
 HALF_PI = math.pi / 2
 
@@ -33,16 +34,6 @@ def sample_rays(n: int, pose: PoseDistribution, ray: RaySampling, jitter: bool, 
     draws = jitter_draws(n, ray.img_size ** 2, ray.num_steps, device, generator) if jitter else None
     points, directions, depths = rays_for_cameras(cam2world, ray, draws)
     return Rays(points, directions, depths, cam2world, yaw, pitch)
-
-
-def project_to_camera(points_world: torch.Tensor, cam2world: torch.Tensor, fov: float):
-    """Pinhole projection of world points (n, M, 3) into a camera.
-
-    Returns the grid_sample coordinates (n, M, 2) (align_corners=True, (-1, -1) the
-    top-left pixel centre): f·(-X/Z, Y/Z), and the camera-space z (n, M) (negative in front).
-    """
-    divided, z = perspective_divide(points_world, cam2world)
-    return focal_from_fov(fov) * divided, z
 
 
 def random_poses(n=64, seed=0):

@@ -1,5 +1,6 @@
 """Tests for extract_shapes.py: marching cubes on analytic densities, the PLY writer, the CLI."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest

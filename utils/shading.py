@@ -50,7 +50,7 @@ def normals_from_depth(depth: torch.Tensor, fov: float, mask: torch.Tensor = Non
 
     `mask` (n, S, S) bool says which pixels are surface (default: all); outside it the normal is 0.
     """
-    n, size = depth.shape[0], depth.shape[-1]
+    size = depth.shape[-1]
     mask = torch.ones_like(depth, dtype=torch.bool) if mask is None else mask.bool()
     directions = camera_ray_directions(size, fov, device=depth.device).to(depth.dtype).reshape(size, size, 3)
     points = depth[..., None] * directions                               # (n, S, S, 3) camera space
