@@ -25,8 +25,9 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
-                                 available_memory_bytes, finite_float, latent_for_seed, load_model, run_cli)
+from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_codes_argument,
+                                 add_model_arguments, available_memory_bytes, finite_float, latent_for_seed,
+                                 load_fitted_codes, load_model, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 HOST_BYTES_PER_VOXEL = 16     # float32 volume, marching cubes' working copy, headroom for the mesh
@@ -44,9 +45,10 @@ def default_cube_size(metadata) -> float:
     return 2.0 * max(1.0 - float(metadata["ray_start"]), float(metadata["ray_end"]) - 1.0)
 
 
-def density_volume(model: LoadedModel, seed: int, resolution: int, cube_size: float, psi: float,
+def density_volume(model: LoadedModel, seed, resolution: int, cube_size: float, psi: float,
                    max_batch_size: int) -> np.ndarray:
-    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z on the cube grid."""
+    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z (or of a `FittedCodes`'
+    codes) on the cube grid."""
     z = latent_for_seed(model, seed)
     sigma = model.generator.density_grid(z, resolution, psi=psi, half_extent=cube_size / 2,
                                          max_batch_size=max_batch_size)
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract marching-cubes meshes (PLY) of generated shapes from an MVCGAN checkpoint.",
         formatter_class=HelpFormatter)
     add_model_arguments(parser)
+    add_codes_argument(parser)
     parser.add_argument("--output_dir", default="shapes", help="folder the files are written to")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                         help="random seeds of the latent codes z (one shape per seed)")
@@ -200,6 +203,8 @@ def extract(args) -> list:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     check_memory(args.voxel_resolution, model.device)
+    if args.codes:
+        args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
     cube_size = args.cube_size if args.cube_size is not None else default_cube_size(model.metadata)
     if not cube_size > 0:
         raise CLIError(f"--cube_size must be positive, got {cube_size}")

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generators.generators import RenderOptions, StagedOutput
-from utils.images import depth_legend, depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
-from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
-                                 decoder_alpha, finite_float, latent_for_seed, load_model, render_options, run_cli)
+from generators.generators import LatentCodes, RenderOptions, StagedOutput
+from utils.images import depth_row, make_grid, make_row, save_gif, save_image, to_uint8
+from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
+                                 cameras_around_mean, decoder_alpha, finite_float, latent_for_seed, load_fitted_codes,
+                                 load_model, render_options, run_cli)
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
@@ -44,10 +45,11 @@ def _in_chunks(n: int, chunk: int):
         yield slice(start, min(n, start + max(1, chunk)))
 
 
-def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, options: RenderOptions,
+def render_views(model: LoadedModel, z, cameras: torch.Tensor, options: RenderOptions,
                  psi: float, max_batch_size: int, batch_size: int = 8) -> StagedOutput:
-    """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time,
-    with the decoder fade-in of the trained stage (`decoder_alpha`).
+    """One z (1, z_dim) (or fitted LatentCodes, rendered without truncation) rendered from every
+    camera (n, 4, 4), `batch_size` views at a time, with the decoder fade-in of the trained stage
+    (`decoder_alpha`).
 
     Returns the StagedOutput of all views, on the CPU.
     """
@@ -55,8 +57,13 @@ def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, opt
     parts = []
     for part in _in_chunks(cameras.shape[0], batch_size):
         cams = cameras[part]
-        out = model.generator.staged_forward(z.expand(cams.shape[0], -1), options, psi=psi,
-                                             max_batch_size=max_batch_size, cam2world=cams, alpha=alpha)
+        if isinstance(z, LatentCodes):
+            with torch.no_grad():
+                out = model.generator.render_codes(LatentCodes(*(c.expand(cams.shape[0], -1) for c in z)), options,
+                                                   cams, alpha=alpha, max_batch_size=max_batch_size)
+        else:
+            out = model.generator.staged_forward(z.expand(cams.shape[0], -1), options, psi=psi,
+                                                 max_batch_size=max_batch_size, cam2world=cams, alpha=alpha)
         parts.append(StagedOutput(*(t.cpu() for t in out)))
     return _cat_outputs(parts)
 
@@ -136,10 +143,8 @@ def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: 
         out = render_multiview(model, seed, options, args.psi, args.max_batch_size, args.batch_size)
         written.append(save_image(make_row(to_uint8(out.image)), output_dir / f"image_{seed}.png"))
         if args.depth:
-            # Depth lives at the NeRF resolution; nearest-upscaled so it lines up with the images.
-            depth = make_row([resize(d, options.output_size) for d in depth_to_uint8(out.depth, near, far)])
-            depth = np.concatenate([depth, depth_legend(depth.shape[1], near, far)])  # colour bar below
-            written.append(save_image(depth, output_dir / f"depth_{seed}.png"))
+            written.append(save_image(depth_row(out.depth, near, far, options.output_size),
+                                      output_dir / f"depth_{seed}.png"))
         if args.video:
             frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
                                          args.batch_size)
@@ -187,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from an MVCGAN checkpoint.",
         formatter_class=HelpFormatter)
     add_model_arguments(parser)
+    add_codes_argument(parser)
     parser.add_argument("--output_dir", default="render_dir", help="folder the files are written to")
     parser.add_argument("--mode", choices=sorted(MODES), default="multiview",
                         help="multiview: image_{seed}.png, a row of 7 yaw offsets per seed; "
@@ -241,6 +247,8 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--fps must be positive")
     if args.style_seeds and args.mode != "style_mix":
         parser.error("--style_seeds only applies to --mode style_mix")
+    if args.codes and args.mode != "multiview":
+        parser.error("--codes only applies to --mode multiview")
 
 
 def render(args) -> List[Path]:
@@ -248,6 +256,8 @@ def render(args) -> List[Path]:
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence,
                              args.allow_untrained_blocks)
+    if args.codes:
+        args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     weights = "EMA" if model.use_ema else "raw"

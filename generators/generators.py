@@ -283,17 +283,17 @@ class ImplicitGenerator3d(nn.Module):
         return self.render_codes(codes, options, **kwargs)
 
     @torch.no_grad()
-    def density_grid(self, z: torch.Tensor, resolution: int, psi: float = 1.0, half_extent: float = 0.12,
+    def density_grid(self, z, resolution: int, psi: float = 1.0, half_extent: float = 0.12,
                      max_batch_size: Optional[int] = 2400000) -> torch.Tensor:
         """Raw density (the sphere prior included) on a resolution^3 cube grid spanning
-        [-half_extent, half_extent]^3.
+        [-half_extent, half_extent]^3, for latents z (n, z_dim) (psi-truncated) or given LatentCodes.
 
         Returns (n, resolution, resolution, resolution) indexed [x, y, z]. Points are made
         and queried a chunk at a time and only the density is kept, so memory is the
         output (4 bytes per voxel and latent) plus one chunk.
         """
-        codes = self.truncated_mapping(z, psi)
-        n, device = z.shape[0], z.device
+        codes = z if isinstance(z, LatentCodes) else self.truncated_mapping(z, psi)
+        n, device = codes.style.shape[0], codes.style.device
         axis = torch.linspace(-half_extent, half_extent, resolution, device=device)
         num_points = resolution ** 3
         chunk = num_points if max_batch_size is None else max(1, max_batch_size // n)
