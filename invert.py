@@ -34,7 +34,7 @@ from tqdm import tqdm
 from extract_shapes import DEFAULT_LEVEL, check_memory, default_cube_size, extract_mesh, write_ply
 from generators.cameras import cam2world_from_poses
 from inversion.codes_file import save_codes
-from inversion.fitting import LATENT_SPACES, TUNABLE, InversionSettings, invert
+from inversion.fitting import LATENT_SPACES, TUNABLE, InversionSettings, invert, search_rounds
 from inversion.photo import align_face, prepare_target, read_photo
 from render_multiview_image import MULTIVIEW_YAW_OFFSETS, render_views, video_offsets
 from utils.images import depth_row, make_row, resize, save_gif, save_image, to_uint8
@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="starting pitch offsets from the mean pose, radians, comma-separated (every "
                              "yaw/pitch pair is a start)")
     parser.add_argument("--search_steps", type=int, default=defaults.search_steps,
-                        help="optimisation steps every start gets before the best is kept")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="further steps of the best start")
+                        help="camera search by successive halving: steps per round, after which the better half "
+                             "of the starts goes on (0: no search, the start nearest the mean pose)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help="further steps of the start the search kept")
     parser.add_argument("--lr", type=finite_float, default=defaults.lr,
                         help="Adam learning rate of the codes, in units of their standard deviation over random z")
     parser.add_argument("--camera_lr", type=finite_float, default=defaults.camera_lr,
@@ -238,7 +240,7 @@ def invert_photo(args) -> List[Path]:
           f"{'EMA' if model.use_ema else 'raw'} weights; fitting {settings.latent_space} codes"
           f"{'' if args.fixed_camera else f' and the camera from {starts} starts'} at {options.rays.img_size} px NeRF "
           f"x {options.rays.num_steps} steps -> {options.output_size} px on {model.device}")
-    progress = Progress((settings.search_steps if starts > 1 else 0) + settings.steps + settings.tune_steps)
+    progress = Progress(settings.search_steps * search_rounds(starts) + settings.steps + settings.tune_steps)
     try:
         result = invert(model.generator, target, options, settings, alpha=decoder_alpha(model, options),
                         seed=args.seed, progress=progress)

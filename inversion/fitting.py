@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -39,13 +40,13 @@ LATENT_SPACES = ("w", "codes")
 class InversionSettings:
     """Everything the optimisation needs besides the generator, the target and the render options."""
 
-    latent_space: str = "w"
+    latent_space: str = "codes"
     fit_camera: bool = True
     # Starting poses: offsets (radians) from the curriculum's mean yaw and pitch; every pair is a start.
     yaw_starts: Sequence[float] = (-0.4, -0.2, 0.0, 0.2, 0.4)
-    pitch_starts: Sequence[float] = (0.0,)
-    search_steps: int = 40      # steps every start gets (all starts in one batch)
-    steps: int = 200            # further steps of the best start
+    pitch_starts: Sequence[float] = (-0.15, 0.0, 0.15)
+    search_steps: int = 10      # steps per round of successive halving (the better half of the starts goes on)
+    steps: int = 100            # further steps of the last start
     lr: float = 0.05            # Adam, on the offsets in units of the codes' standard deviation
     camera_lr: float = 0.01     # Adam, radians
     ssim_weight: float = 0.85   # PhotometricLoss: ssim_weight * SSIM term + (1 - ssim_weight) * L1
@@ -116,10 +117,10 @@ class LatentParameters:
         shapes = [stats.mean.style] if space == "w" else list(stats.mean)
         self.offsets = [torch.zeros(count, s.shape[-1], device=s.device, requires_grad=True) for s in shapes]
 
-    def select(self, index: int) -> "LatentParameters":
-        """A copy holding start `index` only (new leaf tensors)."""
+    def select(self, indices: Sequence[int]) -> "LatentParameters":
+        """A copy holding the starts `indices` only (new leaf tensors)."""
         chosen = copy.copy(self)
-        chosen.offsets = [o.detach()[index:index + 1].clone().requires_grad_() for o in self.offsets]
+        chosen.offsets = [o.detach()[list(indices)].clone().requires_grad_() for o in self.offsets]
         return chosen
 
     def w(self) -> torch.Tensor:
@@ -138,6 +139,19 @@ class LatentParameters:
     def prior(self) -> torch.Tensor:
         """(K,) mean squared offset per start, in standard deviations."""
         return torch.cat([o.square() for o in self.offsets], dim=-1).mean(-1)
+
+
+@contextmanager
+def frozen(module: torch.nn.Module):
+    """No parameter of `module` requires grad inside the block (so backward computes only the
+    codes' and the camera's gradients); the flags are restored after it."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 # ---------------------------------------------------------------- rendering
@@ -163,17 +177,32 @@ def _set_lr(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
 
 
 # ------------------------------------------------------------------ phase 1
+def survivors(starts: int) -> int:
+    """How many of `starts` candidates a round of successive halving keeps: half (rounded down), or
+    one of two."""
+    return starts // 2 if starts > 2 else 1
+
+
+def search_rounds(starts: int) -> int:
+    """Rounds of successive halving that bring `starts` down to one."""
+    rounds = 0
+    while starts > 1:
+        starts, rounds = survivors(starts), rounds + 1
+    return rounds
+
+
 def fit_codes_and_camera(generator: ImplicitGenerator3d, target: torch.Tensor, options: RenderOptions,
                          settings: InversionSettings, alpha: float = 1.0,
                          progress: Optional[Callable[[str, int, int, float], None]] = None):
     """Fit codes (and the camera, unless `settings.fit_camera` is False) to `target` (1, 3, out, out) in [0, 1].
 
-    Every (yaw, pitch) start of `settings` gets `search_steps` Adam steps in one batch; the start
-    with the lowest loss then gets `steps` more. Without camera fitting there is one start, the
-    mean pose, and the search is skipped. Returns (LatentParameters of one start, yaw (1,), pitch (1,),
-    per-step losses). `progress(phase, step, total, loss)` is called after every step.
+    Camera search by successive halving: every (yaw, pitch) start gets `search_steps` Adam steps
+    (all starts in one batch, codes and camera together), the better half (by loss) is kept and
+    gets `search_steps` more, and so on until one is left; it then gets `steps` more with a
+    learning rate that decays along a half cosine. Without camera fitting there is one start, the
+    mean pose. Returns (LatentParameters of one start, yaw (1,), pitch (1,), per-step losses).
+    `progress(phase, step, total, loss)` is called after every step.
     """
-    generator.requires_grad_(False)
     photometric = PhotometricLoss(settings.ssim_weight)
     stats = code_statistics(generator)
     pose = options.pose
@@ -187,37 +216,43 @@ def fit_codes_and_camera(generator: ImplicitGenerator3d, target: torch.Tensor, o
     latent = LatentParameters(generator, settings.latent_space, stats, len(starts))
     history: List[float] = []
 
-    def run(latent, yaw, pitch, steps, phase):
-        params = [{"params": latent.offsets, "lr": settings.lr}]
+    def run(latent, yaw, pitch, steps, phase, decay, codes=True):
+        params = [{"params": latent.offsets, "lr": settings.lr if codes else 0.0}]
         if settings.fit_camera:
-            yaw.requires_grad_(True)
-            pitch.requires_grad_(True)
-            params.append({"params": [yaw, pitch], "lr": settings.camera_lr})
+            params.append({"params": [yaw.requires_grad_(True), pitch.requires_grad_(True)],
+                           "lr": settings.camera_lr})
         optimizer = torch.optim.Adam(params)
         per_start = torch.zeros(len(yaw))
         for step in range(steps):
-            _set_lr(optimizer, [cosine_lr(g_lr, step, steps) for g_lr in (settings.lr, settings.camera_lr)])
+            if decay:
+                _set_lr(optimizer, [cosine_lr(base, step, steps) for base in (settings.lr, settings.camera_lr)])
             image = render_at(generator, latent.codes(), yaw, pitch, options, alpha)
             data = photometric.per_pixel(image, target.expand_as(image)).flatten(1).mean(1)  # (K,)
             loss = data + settings.prior_weight * latent.prior()
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # the starts are independent: the sum gives each its own gradient
             optimizer.step()
-            per_start = data.detach().cpu()
-            history.append(float(per_start.min()))
+            per_start = loss.detach().cpu()  # the search keeps the starts with the lowest loss
+            history.append(float(data.detach().min()))
             if progress:
-                progress(phase, step, steps, float(per_start.min()))
+                progress(phase, step, steps, float(data.detach().min()))
         return per_start
 
-    if len(starts) > 1 and settings.search_steps > 0:
-        per_start = run(latent, yaw, pitch, settings.search_steps, "search")
-        best = int(per_start.argmin())
-        latent = latent.select(best)
-        yaw, pitch = yaw.detach()[best:best + 1].clone(), pitch.detach()[best:best + 1].clone()
-    elif len(starts) > 1:  # no search: the mean pose
-        latent = latent.select(len(starts) // 2)
-        yaw, pitch = torch.tensor([pose.h_mean], device=device), torch.tensor([pose.v_mean], device=device)
-    run(latent, yaw, pitch, settings.steps, "fit")
+    first = True
+    while len(yaw) > 1 and settings.search_steps > 0:
+        # The first round moves the cameras only, the codes staying the mean: fitted together from the
+        # start, the codes (and the decoder's style) adapt faster than the camera and repaint the
+        # picture at whatever pose they begin.
+        per_start = run(latent, yaw, pitch, settings.search_steps, "search", decay=False, codes=not first)
+        first = False
+        keep = per_start.argsort()[:survivors(len(yaw))].tolist()
+        latent = latent.select(keep)
+        yaw, pitch = yaw.detach()[keep].clone(), pitch.detach()[keep].clone()
+    if len(yaw) > 1:  # no search asked for: the start nearest the mean pose
+        nearest = int(((yaw - pose.h_mean).square() + (pitch - pose.v_mean).square()).argmin())
+        latent = latent.select([nearest])
+        yaw, pitch = yaw.detach()[[nearest]].clone(), pitch.detach()[[nearest]].clone()
+    run(latent, yaw, pitch, settings.steps, "fit", decay=True)
     return latent, yaw.detach(), pitch.detach(), history
 
 
@@ -234,7 +269,6 @@ def tune_generator(generator: ImplicitGenerator3d, codes: LatentCodes, yaw: torc
     Returns (tuned generator in eval mode, per-step losses).
     """
     tuned = copy.deepcopy(generator).eval()
-    generator.requires_grad_(False)
     tuned.requires_grad_(False)
     parameters = TUNABLE[settings.tune_parameters](tuned)
     for p in parameters:
@@ -283,7 +317,7 @@ def invert(generator: ImplicitGenerator3d, target: torch.Tensor, options: Render
                          f"{options.output_size} x {options.output_size} images")
     seconds = {}
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), frozen(generator):
         torch.manual_seed(seed)
         latent, yaw, pitch, fit_history = fit_codes_and_camera(generator, target, options, settings, alpha, progress)
     seconds["fit"] = time.perf_counter() - started
@@ -293,8 +327,9 @@ def invert(generator: ImplicitGenerator3d, target: torch.Tensor, options: Render
     result_generator, tuned = generator, False
     if settings.tune_steps > 0:
         started = time.perf_counter()
-        result_generator, history["tune"] = tune_generator(generator, codes, yaw, pitch, target, options, settings,
-                                                           alpha, seed, progress)
+        with frozen(generator):
+            result_generator, history["tune"] = tune_generator(generator, codes, yaw, pitch, target, options,
+                                                               settings, alpha, seed, progress)
         tuned = True
         seconds["tune"] = time.perf_counter() - started
     with torch.no_grad():
