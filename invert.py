@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not fit the camera: keep the curriculum's mean (frontal) pose, as pi-GAN's "
                              "inverse_render does")
     parser.add_argument("--yaw_starts", type=floats, default=list(defaults.yaw_starts),
-                        help="starting yaw offsets from the mean pose, radians, comma-separated")
+                        help="starting yaw offsets from the mean pose, radians, comma-separated (with a negative "
+                             "first value write --yaw_starts=-0.3,0,0.3)")
     parser.add_argument("--pitch_starts", type=floats, default=list(defaults.pitch_starts),
                         help="starting pitch offsets from the mean pose, radians, comma-separated (every "
                              "yaw/pitch pair is a start)")
