@@ -67,7 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an InversionSettings field for every fitting variant (a Python literal)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--example_dir", default=None, help="write example.png (the first head) here")
+    p.add_argument("--example_dir", default=None, help="write example.png (the most turned head) here")
+    p.add_argument("--full_model_steps", type=int, default=0,
+                   help="instead of the benchmark: time this many fit steps (one start, codes and camera) of the "
+                        "paper's full generator (FFHQ widths, untrained) at its 64 px NeRF, 16 samples, 64 px out")
+    p.add_argument("--device", default="cpu", help="device of --full_model_steps (cpu or cuda)")
     return p.parse_args(argv)
 
 
@@ -193,9 +197,40 @@ def example_figure(truth: Truth, rows: dict, near: float, far: float, size: int)
     return make_grid(cells, ncols=1 + 2 * len(HELD_OUT_YAWS))
 
 
+def time_full_model(steps: int, threads: int, device: str = "cpu") -> dict:
+    """Seconds per fit step of the paper's generator at its stage-0 size, one start (the search runs
+    its starts as one batch: a round costs about this times the starts)."""
+    from curriculums import extract_metadata, get_curriculum
+    from generators.generators import RenderOptions, build_generator
+    from inversion.fitting import InversionSettings, invert
+
+    metadata = extract_metadata(get_curriculum("FFHQ"), 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        generator = build_generator(metadata).to(device).eval()
+    options = RenderOptions.from_metadata(metadata, evaluation=True)
+    target = torch.rand(1, 3, options.output_size, options.output_size, device=device)
+    settings = InversionSettings(yaw_starts=(0.0,), pitch_starts=(0.0,), steps=steps + 1)
+    stamps = []
+
+    def progress(phase, step, total, loss):  # called after each step: time between the first and the last
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    invert(generator, target, options, settings, progress=progress)
+    record = {"full_model_sec_per_step": (stamps[-1] - stamps[0]) / steps, "steps": steps, "threads": threads,
+              "device": device, "img_size": options.rays.img_size, "num_steps": options.rays.num_steps,
+              "output_size": options.output_size}
+    print(json.dumps(record))
+    return record
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.full_model_steps:
+        return time_full_model(args.full_model_steps, args.threads, args.device)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or args.num_heads < 1:
