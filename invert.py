@@ -3,9 +3,9 @@
     python invert.py --path CKPT --image photo.png --output_dir inv/
     python invert.py --path ffhq.pth --image selfie.jpg --align --tune_generator 100 --output_dir inv/
 
-Fits the codes (in the 256-d "w" space of the mapping code by default, starting from the mean)
-and the camera (yaw, pitch; from several starting poses, so that a turned head is not caught in
-the frontal minimum) with the photometric loss of training (SSIM + L1), then, with
+Fits the codes (FiLM frequencies, phases and the decoder's style by default, or the 256-d "w"
+mapping code; starting from the mean) and the camera (yaw, pitch; a search from 15 starting
+poses, so that a turned head is not caught in the frontal minimum) with the photometric loss of training (SSIM + L1), then, with
 `--tune_generator STEPS`, tunes a copy of the generator around the fitted codes (pivotal
 tuning, with a regulariser that keeps other latents' renders unchanged). Writes to --output_dir:
 
@@ -37,7 +37,7 @@ from inversion.codes_file import save_codes
 from inversion.fitting import LATENT_SPACES, TUNABLE, InversionSettings, invert, search_rounds
 from inversion.photo import align_face, prepare_target, read_photo
 from render_multiview_image import MULTIVIEW_YAW_OFFSETS, render_views, video_offsets
-from utils.images import depth_row, make_row, resize, save_gif, save_image, to_uint8
+from utils.images import depth_row, make_row, save_gif, save_image, to_uint8
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
                                  cameras_around_mean, decoder_alpha, finite_float, load_model, render_options,
                                  run_cli)

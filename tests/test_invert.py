@@ -22,8 +22,8 @@ import invert
 import render_multiview_image
 from curriculums import extract_metadata, get_curriculum
 from generators.cameras import PoseDistribution
-from generators.generators import LatentCodes, RenderOptions, build_generator
-from inversion.codes_file import load_codes, read_codes_file, save_codes, weights_fingerprint
+from generators.generators import RenderOptions, build_generator
+from inversion.codes_file import load_codes, read_codes_file
 from inversion.fitting import (InversionSettings, LatentParameters, code_statistics, invert as fit,
                                render_at, tune_generator)
 from inversion.photo import align_face, face_crop_box, prepare_target, read_photo
