@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import bench_demo  # noqa: E402
@@ -97,3 +98,27 @@ def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["threads"] == 1
     random = bench_viewer.main(["--curriculum", "Synthetic", "--step", "800", "--frames", "1", "--threads", "1"])
     assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"
+
+
+def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
+    import bench_inversion
+
+    state = tiny_generator.state_dict()
+    path = tmp_path / "checkpoint.pth"  # the 16 -> 32 px stage after its fade-in: one trained decoder block
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 900,
+                           "curriculum": get_curriculum("Synthetic"), "curriculum_name": "Synthetic"})
+    summary = bench_inversion.main(["--path", str(path), "--num_heads", "1", "--variants", "mean,camera_codes",
+                                    "--search_steps", "1", "--steps", "2", "--threads", "1",
+                                    "--example_dir", str(tmp_path)])
+    assert set(summary) == {"mean", "camera_codes"}
+    for scores in summary.values():
+        assert scores["pose_error_deg"] >= 0 and scores["held_out_psnr"] > 0 and 0 < scores["depth_error"] < 1
+    # the fit moved away from the mean codes: the input view is reconstructed better
+    assert summary["camera_codes"]["input_psnr"] > summary["mean"]["input_psnr"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"variant"')]
+    assert [line["variant"] for line in lines] == ["mean", "camera_codes"]
+    from PIL import Image
+    with Image.open(tmp_path / "example.png") as figure:  # truth + one fitted row; 1 + 3 images + 3 depths
+        assert figure.size == (7 * 32, 2 * 32)
+    with pytest.raises(SystemExit, match="training seed"):
+        bench_inversion.main(["--path", str(path), "--held_out_seed", "0", "--num_heads", "1"])
