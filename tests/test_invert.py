@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import extract_shapes
+from test_extract_shapes import read_ply
 import invert
 import render_multiview_image
 from curriculums import extract_metadata, get_curriculum
@@ -313,7 +314,7 @@ def test_invert_writes_every_output(inverted, tiny_checkpoint):
         assert im.size == (7 * 16 * scale, 16 * scale)
     with Image.open(out / "turntable.gif") as im:
         assert im.n_frames == 3 and im.size == (16 * scale, 16 * scale)
-    vertices, faces = extract_shapes.read_ply(out / "shape.ply")
+    vertices, faces = read_ply(out / "shape.ply")
     assert len(vertices) > 0 and len(faces) > 0
 
 

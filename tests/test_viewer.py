@@ -1,4 +1,4 @@
-"""Tests for the browser viewer: its frames (visualize/frames.py), the codes file (visualize/codes.py),
+"""Tests for the browser viewer: its frames (visualize/frames.py), invert.py's codes file as its object,
 the CLI (viewer.py), and the page itself in headless Chromium.
 
 The browser test runs where Debian's `chromium` and `chromium-driver`, selenium and viser are
