@@ -184,7 +184,8 @@ def test_bad_flags_are_usage_errors(tiny_checkpoint, capsys, flags, message):
 def test_bad_inputs_after_viser_are_usage_errors(tmp_path, tiny_checkpoint, capsys):
     (tmp_path / "codes.pt").write_text("junk")
     assert viewer.main(["--path", str(tiny_checkpoint), "--codes", str(tmp_path / "codes.pt")]) == 2
-    assert capsys.readouterr().err.startswith("error: --codes: ")
+    err = capsys.readouterr().err
+    assert err.startswith("error: --codes ") and "not a codes file" in err and err.count("\n") == 1
     assert viewer.main(["--path", str(tmp_path / "none.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
