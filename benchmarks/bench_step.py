@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py --threads 2                 # the paper's stage-0 size, CPU
     python benchmarks/bench_step.py --img_size 32 --num_steps 12 --threads 1
     python benchmarks/bench_step.py --device cuda --precision bf16 --batch_size 56 --batch_split 4
+    python benchmarks/bench_step.py --threads 2 --field_impl reference   # the field's plain formula
 
 A step is what the training loop does: the D phase (G forward without grad, D on real
 and fake, R1, pose loss, one backward), clipping and the D optimiser step, the G phase
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 
 import curriculums  # noqa: E402
 from benchmarks.common import add_size_arguments, apply_threads  # noqa: E402
+from siren.siren import FIELD_IMPLS, resolve_impl  # noqa: E402
 from train import TrainConfig, Trainer  # noqa: E402
 
 
@@ -78,6 +80,9 @@ def main(argv=None):
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp32",
                    help="autocast dtype on CUDA (CPU always runs fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the FiLM-SIREN (TrainConfig.compile)")
+    p.add_argument("--field_impl", choices=FIELD_IMPLS, default="auto",
+                   help="how the FiLM-SIREN computes its forward (siren.siren.FIELD_IMPLS; auto: cpu_lowmem on "
+                        "CPU, recompute elsewhere; reference: the plain autograd formula)")
     p.add_argument("--keep_freed_memory", action="store_true",
                    help="CPU: malloc keeps freed blocks (TrainConfig.keep_freed_memory): less kernel time, more RSS")
     p.add_argument("--count_fresh_pages", action="store_true",
@@ -101,6 +106,7 @@ def main(argv=None):
                          compile=args.compile, keep_freed_memory=args.keep_freed_memory,
                          curriculum_overrides={0: stage_keys, 10 ** 9: {}})
     trainer = Trainer(0, 1, config, device)
+    trainer.generator.siren.impl = args.field_impl  # the field the step trains (the EMA copies only average it)
     trainer.step = args.step
     metadata = curriculums.extract_metadata(trainer.curriculum, 0)
     real = torch.rand(args.batch_size, 3, args.output_size, args.output_size, device=device) * 2 - 1
@@ -141,7 +147,8 @@ def main(argv=None):
     if device.type == "cuda":
         result["cuda_max_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
     result.update(first_step_losses={k: round(v, 6) for k, v in first_stats.items()}, **vars(args),
-                  threads_used=torch.get_num_threads(), torch=torch.__version__)
+                  field_impl_used=resolve_impl(args.field_impl, device), threads_used=torch.get_num_threads(),
+                  torch=torch.__version__)
     print(json.dumps(result))
 
 
