@@ -371,7 +371,11 @@ class Trainer:
             return
         self.optimizer_G.load_state_dict(saved.optimizer_G)
         self.optimizer_D.load_state_dict(saved.optimizer_D)
-        self.scaler.load_state_dict(saved.scaler)
+        if saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        elif self.scaler.is_enabled():  # GradScaler refuses the empty state of a disabled scaler
+            logger.warning("%s was trained without an fp16 loss scaler (on the CPU, or in bf16/fp32): the loss "
+                           "scale starts afresh at %g", path, self.scaler.get_scale())
         self.batch_in_epoch = saved.batch_in_epoch
         rng = saved.rng or []
         if saved.world_size == self.world_size and self.rank < len(rng):

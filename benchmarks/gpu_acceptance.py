@@ -199,7 +199,9 @@ def smoke_sizes(args) -> Sizes:
         device="cpu", train_steps=2, train_set=tiny_stage,
         bench_args=("--curriculum", "Synthetic", "--batch_size", "2", "--img_size", "8", "--num_steps", "4",
                     "--output_size", "8", "--iterations", "1", "--threads", "1"),
-        learn_set=tiny_stage + ("sphere_prior_density=0.0",), learn_max_steps=2, learn_min_s=5,
+        # globals, as the GPU plan sets its 64 px: the tiny sizes for every stage
+        learn_set=("batch_size=2", "img_size=8", "output_size=8", "num_steps=4", *TINY_WIDTHS,
+                   "sphere_prior_density=0.0"), learn_max_steps=2, learn_min_s=5,
         score_args=("--num_synthetic", "4", "--num_mvc", "2"),
         # one quick device-aware test: the smoke proves the script, the suite proves the tests
         test_args=("--device", "cpu", "tests/test_train.py", "-k", "checkpoint_restores"),

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import curriculums  # noqa: E402
 import gpu_acceptance  # noqa: E402
 from gpu_acceptance import Step, run_plan  # noqa: E402
 
@@ -101,3 +102,31 @@ def test_bad_flags_are_one_error_line(capsys):
             gpu_acceptance.main(argv + (["--work_dir", "runs/gpu_acceptance_flag_test"] if "--smoke" in argv else []))
         assert info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_gpu_plans_training_and_scoring_commands_are_accepted(tmp_path):
+    """What the plan runs on a GPU, checked here without one: main.py's flags and --set values pass every
+    check made before training starts (the 64 px learning run: a valid curriculum, both stages 64 px),
+    fid_evaluation.py accepts its flags, and the bench steps ask for the paper's batch in 4 chunks."""
+    import fid_evaluation
+    import main as main_module
+
+    _, args = gpu_acceptance.parse_args([])
+    steps = {s.name: s for s in gpu_acceptance.build_plan(args, gpu_acceptance.gpu_sizes(args), tmp_path / "work",
+                                                          tmp_path / "out")}
+    for name in ("train_fp16", "train_bf16", "learn_train"):
+        command = steps[name].command
+        assert command[1] == "main.py" and "cuda" in command
+        flags = main_module.parse_args(command[2:])
+        spec, _ = main_module.prepare_run(flags, world_size=1)
+        if name == "learn_train":
+            for stage in (0, 800):
+                metadata = curriculums.extract_metadata(spec.curriculum, stage)
+                assert (metadata["img_size"], metadata["output_size"]) == (64, 64)
+                assert metadata["sphere_prior_density"] == 0.0
+    score = steps["learn_score"].command
+    parser = fid_evaluation.build_parser()
+    fid_evaluation.validate_args(parser, parser.parse_args(score[2:]))
+    bench = steps["bench_fp16_split4"].command
+    assert bench[bench.index("--batch_size") + 1] == "56" and bench[bench.index("--batch_split") + 1] == "4"
+    assert steps["tests"].command[-2:] == ["--device", "cuda"]

@@ -429,7 +429,7 @@ def test_a_training_step_at_each_precision_is_finite_and_trains(tmp_path, device
         metadata = curriculums.extract_metadata(trainer.curriculum, 0)
         real = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
         steps = []
-        while len(steps) < 8 and (not steps or steps[-1]["skipped"]):
+        while len(steps) < 16 and (not steps or steps[-1]["skipped"]):
             steps.append(trainer.train_step(real, metadata))
             trainer.step += 1
         assert not steps[-1]["skipped"], (precision, len(steps))
@@ -471,3 +471,17 @@ def test_a_checkpoint_restores_weights_optimisers_scaler_and_random_streams(tmp_
     for old, new in zip(trainer.optimizer_G.state.values(), resumed.optimizer_G.state.values()):
         assert new["exp_avg"].device.type == device.type and torch.equal(old["exp_avg"], new["exp_avg"])
     assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+def test_a_checkpoint_trained_without_a_loss_scaler_resumes_in_fp16(tmp_path, device):
+    """A run trained on the CPU, or in bf16/fp32, saves the empty state of a disabled GradScaler; resuming it
+    in fp16 (on CUDA, the default precision) starts a fresh loss scale instead of failing in GradScaler."""
+    first = tiny_config(tmp_path, "fp32", max_steps=1, precision="fp32")
+    Trainer(0, 1, first, device).run()
+    assert load_checkpoint(Path(first.output_dir))["scaler"] == {}
+    resumed = Trainer(0, 1, tiny_config(tmp_path, "fp32", max_steps=2, precision="fp16",
+                                        load_dir=first.output_dir), device)
+    if not resumed.scaler.is_enabled():  # CPU: the fp16 scaler that CUDA would have
+        resumed.scaler = resumed.loss.scaler = torch.amp.GradScaler(device.type)
+    resumed.load(resumed.spec.resume_path)
+    assert resumed.step == 1 and resumed.scaler.get_scale() == 2.0 ** 16
