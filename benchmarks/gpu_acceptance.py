@@ -62,6 +62,7 @@ class Step:
     graceful: bool = False                # at the time box: SIGTERM (training saves and stops), not a failure
     grace_s: float = 60.0                 # after SIGTERM, seconds before SIGKILL
     check: Optional[Callable[["Step", dict], dict]] = None  # reads the outputs: {"results": ..., "failed": [...]}
+    check_failures: bool = False          # run `check` on a failed step too (what failed, out of memory)
     skip_reason: Optional[str] = None     # planned skip (e.g. --compile in --smoke)
     reserve_for_later: bool = True        # keep the learning part's minimum free (all but the learn steps)
     env: dict = field(default_factory=dict)
@@ -145,7 +146,8 @@ def run_plan(steps: List[Step], work_dir: Path, budget_s: float, learn_reserve_s
                 outcome = run_step(step, log_dir, box)
                 if box < step.time_box:
                     outcome["time_box_cut_from_s"] = step.time_box
-                if step.check is not None and outcome["status"] in ("ok", "stopped"):
+                if step.check is not None and (outcome["status"] in ("ok", "stopped") or
+                                               step.check_failures and outcome["status"] == "failed"):
                     try:
                         checked = step.check(step, outcome)
                     except Exception as error:  # a check that cannot read the outputs is a failed step
@@ -272,6 +274,9 @@ def check_training(run_dir: Path, output_dir: Path, picture: Optional[str]) -> C
 
 
 def check_bench(step: Step, outcome: dict) -> dict:
+    if outcome["status"] == "failed":  # e.g. 56 images in one chunk: did the GPU run out of memory?
+        text = Path(outcome["log"]).read_text(errors="replace")
+        return {"results": {"out_of_memory": "OutOfMemoryError" in text or "out of memory" in text}}
     record = _last_json_line(Path(outcome["log"]))
     keys = ("sec_per_step_best", "sec_per_step_median", "cuda_max_allocated_gb", "cuda_max_reserved_gb",
             "peak_rss_gb", "modelled_peak_gb", "batch_size", "batch_split_used", "precision", "compile",
@@ -321,7 +326,7 @@ def build_plan(args, sizes: Sizes, work_dir: Path, output_dir: Path) -> List[Ste
     py = [PYTHON]
     steps = [Step("tests", "tests", py + ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-m",
                                           "device_aware", *sizes.test_args],
-                  sizes.boxes["tests"], check=check_tests)]
+                  sizes.boxes["tests"], check=check_tests, check_failures=True)]
 
     # On the CPU every precision trains in fp32: --smoke runs the fp16 steps only.
     same_as_fp16 = "--smoke: on the CPU bf16 trains in fp32, as the fp16 step did" if args.smoke else None
@@ -354,7 +359,8 @@ def build_plan(args, sizes: Sizes, work_dir: Path, output_dir: Path) -> List[Ste
              compile_skip),
             ("bench_bf16_split4_compile", ["--precision", "bf16", "--batch_split", "4", "--compile"], "bench_compile",
              compile_skip)):
-        steps.append(Step(name, "bench", bench + extra, sizes.boxes[kind], check=check_bench, skip_reason=skip))
+        steps.append(Step(name, "bench", bench + extra, sizes.boxes[kind], check=check_bench, check_failures=True,
+                          skip_reason=skip))
 
     # 4. 3D learning at the paper's NeRF size, for the time that remains
     learn_dir, render_dir = work_dir / "learn", work_dir / "learn_render"
@@ -415,15 +421,26 @@ def _jsonable(value):
     return value
 
 
-def environment(device: str) -> dict:
-    import torch
+ENVIRONMENT_PROBE = """
+import json, sys, torch
+info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
+if torch.cuda.is_available():
+    properties = torch.cuda.get_device_properties(0)
+    info.update(gpu=properties.name, gpu_memory_gb=round(properties.total_memory / 2 ** 30, 1),
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+print(json.dumps(info))
+"""
 
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "device": device,
-            "cuda_available": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        properties = torch.cuda.get_device_properties(0)
-        info.update(gpu=properties.name, gpu_memory_gb=round(properties.total_memory / 2 ** 30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+
+def environment(device: str) -> dict:
+    """Versions, the GPU and the commit. Read in a subprocess: a CUDA context in this process would hold
+    GPU memory for the whole run, which the steps' memory measurements would then lack."""
+    info = {"device": device}
+    try:
+        probe = subprocess.run([PYTHON, "-c", ENVIRONMENT_PROBE], capture_output=True, text=True, timeout=120)
+        info.update(json.loads(probe.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        info["probe_error"] = f"{type(error).__name__}: {error}"
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True, timeout=10).stdout.strip() or None

@@ -130,3 +130,16 @@ def test_the_gpu_plans_training_and_scoring_commands_are_accepted(tmp_path):
     bench = steps["bench_fp16_split4"].command
     assert bench[bench.index("--batch_size") + 1] == "56" and bench[bench.index("--batch_split") + 1] == "4"
     assert steps["tests"].command[-2:] == ["--device", "cuda"]
+
+
+def test_failing_tests_and_an_out_of_memory_bench_say_what_failed(tmp_path):
+    pytest_output = ("import sys\nprint('F.')\nprint('FAILED tests/test_train.py::test_x[cuda] - AssertionError')\n"
+                     "print('=== 1 failed, 1 passed in 2.00s ===')\nsys.exit(1)")
+    oom = "import sys\nprint('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB')\nsys.exit(1)"
+    steps = [python_step("tests", pytest_output, 20, check=gpu_acceptance.check_tests, check_failures=True),
+             python_step("bench", oom, 20, check=gpu_acceptance.check_bench, check_failures=True)]
+    outcomes = run_plan(steps, tmp_path, budget_s=100)
+    assert outcomes["tests"]["status"] == "failed"
+    assert outcomes["tests"]["failed_tests"] == ["tests/test_train.py::test_x[cuda]"]
+    assert outcomes["tests"]["pytest"] == "1 failed, 1 passed in 2.00s"
+    assert outcomes["bench"]["status"] == "failed" and outcomes["bench"]["out_of_memory"] is True
