@@ -55,6 +55,7 @@ class Key:
     default: Any = REQUIRED    # what extract_metadata fills in where a curriculum leaves the key out
     choices: tuple = ()        # the values it may take, where they are a fixed set; the first is the
                                # published behaviour, the others opt-in corrections (docs/METHOD.md §13)
+    words: tuple = ()          # strings it accepts besides its numbers (batch_split: "auto")
 
 
 # Every key a curriculum may hold, with its default: the one table. `extract_metadata` fills the
@@ -67,7 +68,8 @@ KEYS = {
     "num_steps": Key(STAGE),            # depth samples per ray
     "img_size": Key(STAGE),             # NeRF resolution S
     "output_size": Key(STAGE),          # decoder output: img_size * 2**n
-    "batch_split": Key(STAGE),          # a batch is processed in this many chunks
+    "batch_split": Key(STAGE, words=("auto",)),  # a batch is processed in this many chunks; "auto": the
+                                                 # fewest that fit the device's memory (utils/memory_model.py)
     "gen_lr": Key(STAGE),
     "disc_lr": Key(STAGE),
     "pos_lambda": Key(STAGE),           # weight of the discriminator's pose loss
@@ -421,9 +423,14 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
         if not (levels == int(levels) and 0 <= levels <= MAX_UPSAMPLE_LEVELS):
             problems.append(f"stage {boundary}: output_size ({out}) must be img_size ({img}) "
                             f"times 2**n with 0 <= n <= {MAX_UPSAMPLE_LEVELS}")
-        if merged["batch_size"] % merged["batch_split"] != 0:
+        split = merged["batch_split"]
+        if split in KEYS["batch_split"].words:
+            pass  # chosen at the stage's first step (utils/memory_model.py); it divides the batch
+        elif isinstance(split, bool) or not isinstance(split, int) or split < 1:
+            problems.append(f"stage {boundary}: batch_split must be a positive integer or 'auto', not {split!r}")
+        elif merged["batch_size"] % split != 0:
             problems.append(f"stage {boundary}: batch_size ({merged['batch_size']}) is not "
-                            f"divisible by batch_split ({merged['batch_split']})")
+                            f"divisible by batch_split ({split})")
 
     if "ray_start" in curriculum and "ray_end" in curriculum \
             and not curriculum["ray_start"] < curriculum["ray_end"]:
@@ -457,8 +464,11 @@ def parse_override(text: str) -> tuple:
     return key, value
 
 
-def _same_kind(old, new) -> bool:
-    """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string)."""
+def _same_kind(old, new, words: tuple = ()) -> bool:
+    """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string). `words`:
+    the key's strings that stand for a number (Key.words); they replace a number and a number them."""
+    if new in words or old in words:
+        return not isinstance(new, str) or new in words
     if old is None or new is None:
         return True
     if isinstance(old, bool) or isinstance(new, bool):
@@ -505,7 +515,7 @@ def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
         if name not in known:
             raise ValueError(f"--set {key}: unknown key {name!r}; known keys: {', '.join(sorted(known))}")
         old = target.get(name, extract_metadata(curriculum, 0).get(name))
-        if not _same_kind(old, value):
+        if not _same_kind(old, value, KEYS[name].words if name in KEYS else ()):
             raise ValueError(f"--set {key}={value!r}: expected {type(old).__name__} like the curriculum's {old!r}")
         target[name] = copy.deepcopy(value)
     return curriculum

@@ -20,6 +20,19 @@ from curriculums import get_curriculum  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 
 
+def test_bench_step_chooses_auto_chunks_and_reports_the_modelled_memory(capsys):
+    """--batch_split auto is utils/memory_model.py's choice (on this machine's memory: one chunk for a tiny
+    step), and every line carries what the memory model predicts next to the measured peak."""
+    bench_step.main(["--curriculum", "Synthetic", "--img_size", "8", "--num_steps", "4", "--output_size", "8",
+                     "--batch_size", "2", "--batch_split", "auto", "--iterations", "1", "--threads", "1"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["batch_split"] == "auto" and record["batch_split_used"] == 1
+    assert record["hidden_dim"] == 64 and 1.0 < record["modelled_peak_gb"] < 2.0  # mostly the fixed 1.18 GB
+    with pytest.raises(SystemExit) as info:
+        bench_step.main(["--batch_split", "0"])
+    assert info.value.code == 2 and "positive integer or 'auto'" in capsys.readouterr().err
+
+
 def test_bench_step_prints_one_json_line_with_the_breakdown(capsys):
     bench_step.main(["--curriculum", "Synthetic", "--img_size", "8", "--num_steps", "4", "--output_size", "8",
                      "--iterations", "1", "--threads", "1"])

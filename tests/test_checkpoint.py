@@ -123,3 +123,20 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
         path.write_bytes(b"x")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
+def test_cuda_rng_states_of_more_gpus_than_this_machine_has_restore_the_ones_it_has(monkeypatch):
+    """A checkpoint from a process that saw 8 GPUs, resumed where 1 is visible: GPU 0's state is restored
+    and the others are left out (torch.cuda.set_rng_state_all would fail on GPU 1)."""
+    from utils.checkpoint import rng_state, set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.full((4,), i, dtype=torch.uint8)
+                                                                 for i in range(8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state[0].item())))
+    state = rng_state()
+    assert len(state["cuda"]) == 8
+    set_rng_state(state)
+    assert restored == [(0, 0)]

@@ -34,22 +34,26 @@ def test_auto_picks_what_each_device_runs():
         field.impl = "fast"
 
 
-# (impl, BLOCK_ELEMENTS): 16 * 7 makes cpu_lowmem's row blocks 7 rows of the 50, the last one partial
+# (impl, BLOCK_ELEMENTS): 16 * 7 makes cpu_lowmem's row blocks 7 rows of the 50, the last one partial;
+# "auto" is what training runs (cpu_lowmem on CPU, recompute on CUDA)
 @pytest.mark.parametrize("impl, block_elements", [("recompute", None), ("cpu_lowmem", 2 ** 20),
-                                                  ("cpu_lowmem", 16 * 7)],
-                         ids=["recompute", "cpu_lowmem", "cpu_lowmem_partial_block"])
-def test_field_and_its_gradients_match_the_formula(monkeypatch, impl, block_elements):
+                                                  ("cpu_lowmem", 16 * 7), ("auto", None)],
+                         ids=["recompute", "cpu_lowmem", "cpu_lowmem_partial_block", "auto"])
+def test_field_and_its_gradients_match_the_formula(monkeypatch, impl, block_elements, device):
     if block_elements is not None:
         monkeypatch.setattr(cpu_kernels, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
-    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double()
+    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double().to(device)
     g = torch.Generator().manual_seed(1)
-    points = (torch.randn(2, 50, 3, generator=g, dtype=torch.float64) * 0.1).requires_grad_()
-    dirs = torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1)
-    dirs.requires_grad_()
-    freq = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
-    phase = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
-    weights = [torch.randn(2, 50, c, generator=g, dtype=torch.float64) for c in (3, 1, 16)]
+
+    def leaf(tensor):
+        return tensor.to(device).requires_grad_()
+
+    points = leaf(torch.randn(2, 50, 3, generator=g, dtype=torch.float64) * 0.1)
+    dirs = leaf(torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1))
+    freq = leaf(torch.randn(2, 9 * 16, generator=g, dtype=torch.float64))
+    phase = leaf(torch.randn(2, 9 * 16, generator=g, dtype=torch.float64))
+    weights = [torch.randn(2, 50, c, generator=g, dtype=torch.float64).to(device) for c in (3, 1, 16)]
     inputs = [points, dirs, freq, phase, *field.parameters()]
 
     def outputs_and_grads(field_impl):
@@ -66,6 +70,48 @@ def test_field_and_its_gradients_match_the_formula(monkeypatch, impl, block_elem
             assert grad is None
         else:
             torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
+
+
+def field_error(field, impl, points, freq, phase, dirs, reference, dtype, device):
+    """Largest error of the field's (rgb, sigma) under `dtype` autocast against `reference` (float64),
+    and the gradients of its parameters."""
+    field.impl = impl
+    field.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=dtype):
+        rgb, sigma, features = field(points, freq, phase, dirs)
+    (rgb.float().sum() + sigma.float().mean() + features.float().mean()).backward()
+    errors = [(out.double() - ref).abs().max().item() for out, ref in zip((rgb, sigma), reference)]
+    return errors, {name: p.grad for name, p in field.named_parameters() if p.grad is not None}
+
+
+def test_the_fast_field_under_autocast_is_as_accurate_as_the_formula_under_autocast(device):
+    """What fp16/bf16 training runs (on CUDA: impl auto -> recompute, siren/fast.py, under autocast): its
+    outputs are as close to the float64 formula as the formula's own autocast run is (within 2x, and
+    small), and its gradients reach every parameter in the parameter's dtype, finite."""
+    torch.manual_seed(0)
+    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=32).to(device)
+    g = torch.Generator().manual_seed(1)
+    points = (torch.randn(2, 64, 3, generator=g) * 0.1).to(device)
+    dirs = torch.nn.functional.normalize(torch.randn(2, 64, 3, generator=g), dim=-1).to(device)
+    freq, phase = (torch.randn(2, 9 * 32, generator=g) * 0.3).to(device), (torch.randn(2, 9 * 32, generator=g)).to(device)
+    with torch.no_grad():
+        exact = field.double()
+        exact.impl = "reference"
+        reference = exact(points.double(), freq.double(), phase.double(), dirs.double())[:2]
+        field.float()
+    dtypes = [torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    for dtype in dtypes:
+        formula_errors, formula_grads = field_error(field, "reference", points, freq, phase, dirs, reference, dtype,
+                                                    device)
+        # training autocasts on CUDA only, where auto is recompute; CPU trains in fp32 (its auto, cpu_lowmem,
+        # writes into preallocated outputs, which autocast does not cast)
+        for impl in ("recompute", "auto") if device.type == "cuda" else ("recompute",):
+            errors, grads = field_error(field, impl, points, freq, phase, dirs, reference, dtype, device)
+            assert grads.keys() == formula_grads.keys(), (dtype, impl)
+            for name, grad in grads.items():
+                assert grad.dtype == torch.float32 and bool(torch.isfinite(grad).all()), (dtype, impl, name)
+            for error, formula_error, what in zip(errors, formula_errors, ("rgb", "sigma")):
+                assert error <= 2 * formula_error + 1e-3, (dtype, impl, what, error, formula_error)
 
 
 def test_a_second_backward_through_an_overwritten_input_fails_loudly():
@@ -116,8 +162,8 @@ TINY = {0: dict(batch_size=2, num_steps=6, img_size=8, output_size=16, batch_spl
         "synthetic_size": 16}
 
 
-def one_step(tmp_path, monkeypatch, field_impl="auto"):
-    """Stats of one training step (field `field_impl`) and every gradient the optimisers were given."""
+def one_step(tmp_path, monkeypatch, field_impl="auto", device=torch.device("cpu")):
+    """Stats of one fp32 training step (field `field_impl`) and every gradient the optimisers were given."""
     grads = {}
     finish_phase = Trainer.finish_phase
 
@@ -128,18 +174,21 @@ def one_step(tmp_path, monkeypatch, field_impl="auto"):
 
     monkeypatch.setattr(Trainer, "finish_phase", recording)
     trainer = Trainer(0, 1, TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path), progress=False,
-                                        curriculum_overrides=TINY), torch.device("cpu"))
+                                        precision="fp32", curriculum_overrides=TINY), device)
     trainer.generator.siren.impl = field_impl
     trainer.step = 1  # nerf noise on, fade-in part-way
     metadata = extract_metadata(trainer.curriculum, 0)
-    real = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    real = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1).to(device)
     return trainer.train_step(real, metadata), grads
 
 
 @pytest.mark.parametrize("field_impl", ["cpu_lowmem", "recompute"])
-def test_training_step_matches_the_straightforward_step(tmp_path, monkeypatch, field_impl):
-    stats, grads = one_step(tmp_path / "fast", monkeypatch, field_impl)
-    ref_stats, ref_grads = one_step(tmp_path / "reference", monkeypatch, field_impl="reference")
+def test_training_step_matches_the_straightforward_step(tmp_path, monkeypatch, field_impl, device):
+    # the same float32 arithmetic in both steps: no TF32 (cuDNN's default for convolutions on CUDA)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    stats, grads = one_step(tmp_path / "fast", monkeypatch, field_impl, device)
+    ref_stats, ref_grads = one_step(tmp_path / "reference", monkeypatch, field_impl="reference", device=device)
     for key in ("d_loss", "r1", "d_pose", "g_loss", "photometric", "g_pose", "d_grad_norm", "g_grad_norm"):
         assert stats[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
     assert stats["r1"] > 0 and stats["photometric"] > 0
