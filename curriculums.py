@@ -268,9 +268,8 @@ Synthetic = {
     "nerf_noise_steps": 300,   # density noise decays within the short run (5000 when absent)
     "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
     "max_mixup_ratio": 1.0,    # pulls density up; at 0.1 and 0.5 some runs drifted to noise
-    # Corrections on (docs/METHOD.md §8.1 measures both against the published behaviour):
-    "photometric_input": "unit",
-    "warp_projection": "pinhole",
+    # photometric_input, warp_projection: the published "shifted" and "ray_norm" (FACE_GLOBALS); with the
+    # corrections on, the demo's appearance was worse (docs/METHOD.md §8.1).
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
     # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
     # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
