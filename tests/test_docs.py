@@ -39,3 +39,27 @@ def test_nothing_points_outside_the_repository():
                  and re.search(r"\.\./shared|SPEC §|SPEC\.md", path.read_text(errors="replace"))]
     assert not offenders
     assert "docs/METHOD.md" in (ROOT / "README.md").read_text()
+
+
+def test_links_and_pictures_of_the_documents_exist():
+    """The README is a front page that sends readers to docs/: every relative link and picture of
+    the README and docs/*.md must exist in the repository."""
+    broken = []
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = document.read_text()
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text) + re.findall(r'<img src="([^"]+)"', text)
+        for target in targets:
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (document.parent / target).exists():
+                broken.append(f"{document.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+
+
+def test_readme_starts_with_the_install_and_run_command_then_the_test_command():
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks[0].strip() == ("pip install -r requirements.txt && "
+                                 "python main.py --curriculum Synthetic --output_dir runs/demo")
+    assert blocks[1].strip() == "python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == blocks[1].strip(), "CI must run the README's test command"
