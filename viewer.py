@@ -88,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh_resolution", type=int, default=128,
                         help=f"voxels per axis of saved meshes, {MESH_RESOLUTIONS[0]} to {MESH_RESOLUTIONS[1]} "
                              "(a slider in the page)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for rendering (default: torch's choice, all cores)")
     return parser
 
 
@@ -109,8 +107,6 @@ def check_args(args) -> None:
                        f"got {args.mesh_resolution}")
     if args.settle < 0:
         raise CLIError(f"--settle must be >= 0, got {args.settle}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be at least 1, got {args.threads}")
     if args.max_batch_size < 1:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
 

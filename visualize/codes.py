@@ -17,14 +17,13 @@ checkpoint's `hidden_dim`. Other keys are ignored. Entry points: `load_codes`, `
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
 
 from generators.generators import ImplicitGenerator3d, LatentCodes
-from utils.checkpoint import _TORCH_SIGNATURES as TORCH_SIGNATURES
+from utils.checkpoint import CheckpointError, require_safe_torch, why_unreadable
 
 CODE_KEYS = LatentCodes._fields  # ("frequencies", "phases", "style")
 CAMERA_KEYS = ("yaw", "pitch")
@@ -56,14 +55,8 @@ def _scalar(value, key: str, path) -> float:
 
 def _why_unreadable(path: Path, error: Exception) -> str:
     """In words, and never torch's advice to retry with weights_only=False (that runs a pickle's code)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith(TORCH_SIGNATURES):
-        return "it was not written by torch.save"
-    if isinstance(error, pickle.UnpicklingError):
-        return ("it holds pickled Python objects, which are never loaded because unpickling can run arbitrary "
-                "code; save tensors and numbers only")
-    return f"truncated or corrupt ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    kind, reason = why_unreadable(path, error)
+    return f"{reason}; save tensors and numbers only" if kind == "pickle" else reason
 
 
 def load_codes(path, generator: ImplicitGenerator3d) -> CodesFile:
@@ -71,6 +64,10 @@ def load_codes(path, generator: ImplicitGenerator3d) -> CodesFile:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"codes file not found: {path}")
+    try:
+        require_safe_torch()
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors all mean "not a codes file"
