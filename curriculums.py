@@ -65,7 +65,9 @@ class Range:
         kind = "an integer" if self.integer else "a finite number"
         text = (f"{'[' if self.low_included else '('}{self.low:g}, {self.high:g}"
                 f"{']' if self.high_included else ')'}")
-        if math.isinf(self.low) and math.isinf(self.high):
+        if self.integer and self.low == 1 and self.low_included and math.isinf(self.high):
+            text = "a positive integer"
+        elif math.isinf(self.low) and math.isinf(self.high):
             text = kind
         elif math.isinf(self.high):
             text = f"{kind} {'>=' if self.low_included else '>'} {self.low:g}"
@@ -111,6 +113,15 @@ class Key:
     choices: tuple = ()        # the values it may take, where they are a fixed set; the first is the
                                # published behaviour, the others opt-in corrections (docs/METHOD.md §13)
     valid: Optional[Range] = None  # the numbers it may take (validate_curriculum); None: not a number
+    words: tuple = ()          # strings it accepts besides its numbers (batch_split: "auto")
+
+    def accepts(self, value) -> bool:
+        """Whether `value` is within `valid` or one of `words`."""
+        return (isinstance(value, str) and value in self.words) or self.valid.contains(value)
+
+    def expected(self) -> str:
+        """What `accepts` takes, in words: "an integer >= 1 or 'auto'"."""
+        return " or ".join([str(self.valid), *map(repr, self.words)])
 
 
 # Every key a curriculum may hold, with its default and, for numbers, the values it accepts: the one
@@ -130,7 +141,9 @@ KEYS = {
     "img_size": Key(STAGE, valid=POSITIVE_INT),       # NeRF resolution S
     # decoder output: img_size * 2**n, a resolution the discriminator takes (a power of 2, checked below)
     "output_size": Key(STAGE, valid=interval("[2, 1024]", integer=True)),
-    "batch_split": Key(STAGE, valid=POSITIVE_INT),    # a batch is processed in this many chunks
+    # a batch is processed in this many chunks; "auto": the fewest that fit the device's memory
+    # (utils/memory_model.py)
+    "batch_split": Key(STAGE, valid=POSITIVE_INT, words=("auto",)),
     "gen_lr": Key(STAGE, valid=NON_NEGATIVE),
     "disc_lr": Key(STAGE, valid=NON_NEGATIVE),
     "pos_lambda": Key(STAGE, valid=NON_NEGATIVE),     # weight of the discriminator's pose loss
@@ -494,9 +507,12 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
         elif out not in DISCRIMINATOR_SIZES:
             problems.append(f"stage {boundary}: output_size ({out}) must be a size the discriminator takes: "
                             f"{', '.join(map(str, sorted(DISCRIMINATOR_SIZES)))}")
-        if merged["batch_size"] % merged["batch_split"] != 0:
+        split = merged["batch_split"]
+        if split in KEYS["batch_split"].words:
+            pass  # chosen at the stage's first step (utils/memory_model.py); it divides the batch
+        elif merged["batch_size"] % split != 0:
             problems.append(f"stage {boundary}: batch_size ({merged['batch_size']}) is not "
-                            f"divisible by batch_split ({merged['batch_split']})")
+                            f"divisible by batch_split ({split})")
 
     if "ray_start" in curriculum and "ray_end" in curriculum \
             and not curriculum["ray_start"] < curriculum["ray_end"]:
@@ -520,13 +536,13 @@ def _values_out_of_range(curriculum: Mapping, boundaries: list) -> list:
         if key.valid is None:
             continue
         if name in globals_:  # a global applies to every stage (extract_metadata)
-            if not key.valid.contains(globals_[name]):
-                problems.append((name, f"{name} must be {key.valid}, not {globals_[name]!r}"))
+            if not key.accepts(globals_[name]):
+                problems.append((name, f"{name} must be {key.expected()}, not {globals_[name]!r}"))
             continue
         for boundary in boundaries[:-1]:
             stage = curriculum[boundary]
-            if isinstance(stage, Mapping) and name in stage and not key.valid.contains(stage[name]):
-                problems.append((name, f"stage {boundary}: {name} must be {key.valid}, not {stage[name]!r}"))
+            if isinstance(stage, Mapping) and name in stage and not key.accepts(stage[name]):
+                problems.append((name, f"stage {boundary}: {name} must be {key.expected()}, not {stage[name]!r}"))
     return problems
 
 
@@ -549,8 +565,11 @@ def parse_override(text: str) -> tuple:
     return key, value
 
 
-def _same_kind(old, new) -> bool:
-    """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string)."""
+def _same_kind(old, new, words: tuple = ()) -> bool:
+    """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string). `words`:
+    the key's strings that stand for a number (Key.words); they replace a number and a number them."""
+    if new in words or old in words:
+        return not isinstance(new, str) or new in words
     if old is None or new is None:
         return True
     if isinstance(old, bool) or isinstance(new, bool):
@@ -597,7 +616,7 @@ def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
         if name not in known:
             raise ValueError(f"--set {key}: unknown key {name!r}; known keys: {', '.join(sorted(known))}")
         old = target.get(name, extract_metadata(curriculum, 0).get(name))
-        if not _same_kind(old, value):
+        if not _same_kind(old, value, KEYS[name].words if name in KEYS else ()):
             raise ValueError(f"--set {key}={value!r}: expected {type(old).__name__} like the curriculum's {old!r}")
         target[name] = copy.deepcopy(value)
     return curriculum

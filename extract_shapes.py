@@ -36,10 +36,10 @@ from generators.cameras import camera_origins, project_to_camera
 from generators.generators import LatentCodes
 from generators.volume_rendering import IntegrationOptions, integrate
 from utils.cpu_runtime import set_threads
-from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
-                                 available_memory_bytes, cameras_around_mean, check_memory, decoder_alpha,
-                                 finite_float, latent_for_seed, load_model, prepare_output_dir, render_options,
-                                 run_cli)
+from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_codes_argument,
+                                 add_model_arguments, available_memory_bytes, cameras_around_mean, check_memory,
+                                 codes_for_seed, decoder_alpha, finite_float, load_fitted_codes, load_model,
+                                 prepare_output_dir, render_options, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 COLOUR_MODES = ("ray", "point", "image", "none")
@@ -70,18 +70,11 @@ def default_cube_size(metadata) -> float:
     return 2.0 * max(1.0 - float(metadata["ray_start"]), float(metadata["ray_end"]) - 1.0)
 
 
-def seed_codes(model: LoadedModel, seed: int, psi: float):
-    """The truncated LatentCodes (batch 1) of the seed's z."""
-    import torch
-
-    with torch.no_grad():
-        return model.generator.truncated_mapping(latent_for_seed(model, seed), psi)
-
-
-def density_volume(model: LoadedModel, seed: int, resolution: int, cube_size: float, psi: float,
+def density_volume(model: LoadedModel, seed, resolution: int, cube_size: float, psi: float,
                    max_batch_size: int, codes=None) -> np.ndarray:
-    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z (or of `codes`) on the cube grid."""
-    codes = seed_codes(model, seed, psi) if codes is None else codes
+    """Raw density (float32, (R, R, R), indexed [x, y, z]) of the seed's z (or of a `FittedCodes`, or
+    of `codes`) on the cube grid."""
+    codes = codes_for_seed(model, seed, psi) if codes is None else codes
     sigma = model.generator.density_grid(None, resolution, half_extent=cube_size / 2,
                                          max_batch_size=max_batch_size, codes=codes)
     return sigma[0].float().cpu().numpy()
@@ -350,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract marching-cubes meshes (PLY) of generated shapes from an MVCGAN checkpoint.",
         formatter_class=HelpFormatter)
     add_model_arguments(parser)
+    add_codes_argument(parser)
     parser.add_argument("--output_dir", default="shapes", help="folder the files are written to")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                         help="random seeds of the latent codes z (one shape per seed)")
@@ -387,6 +381,8 @@ def extract(args) -> list:
     set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     check_voxel_memory(args.voxel_resolution, model.device)
+    if args.codes:
+        args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
     cube_size = args.cube_size if args.cube_size is not None else default_cube_size(model.metadata)
     if not cube_size > 0:
         raise CLIError(f"--cube_size must be positive, got {cube_size}")
@@ -395,7 +391,7 @@ def extract(args) -> list:
           f"psi {args.psi}, {args.voxel_resolution}^3 voxels over a {cube_size:g} cube on {model.device}")
     written, args.skipped = [], []
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
-        codes = seed_codes(model, seed, args.psi)
+        codes = codes_for_seed(model, seed, args.psi)
         density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size, codes)
         if args.save_npy:
             npy = output_dir / f"density_{seed}.npy"

@@ -29,13 +29,14 @@ import torch
 from tqdm import tqdm
 
 from generators.generators import LatentCodes, RenderOptions, StagedOutput
-from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, render_in_batches
-from utils.images import depth_legend, depth_to_uint8, make_grid, make_row, resize, save_gif, save_image, to_uint8
+from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, expand_latents, render_in_batches
+from utils.images import depth_row, make_grid, make_row, resize, save_gif, save_image, to_uint8
 from utils.shading import geometry_images
 from utils.cpu_runtime import set_threads
-from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_model_arguments, cameras_around_mean,
-                                 check_memory, decoder_alpha, finite_float, latent_for_seed, load_model,
-                                 prepare_output_dir, render_memory_bytes, render_options, run_cli)
+from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
+                                 cameras_around_mean, check_memory, codes_for_seed, decoder_alpha, finite_float,
+                                 latent_for_seed, load_fitted_codes, load_model, prepare_output_dir,
+                                 render_memory_bytes, render_options, run_cli)
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
@@ -44,14 +45,15 @@ MAX_DEFAULT_GEOMETRY_SIZE = 256  # the geometry turntable's NeRF size defaults t
 
 
 # ------------------------------------------------------------------ rendering
-def render_views(model: LoadedModel, z: torch.Tensor, cameras: torch.Tensor, options: RenderOptions,
+def render_views(model: LoadedModel, z, cameras: torch.Tensor, options: RenderOptions,
                  psi: float, max_batch_size: int, batch_size: int = RENDER_BATCH_SIZE) -> StagedOutput:
-    """One z (1, z_dim) rendered from every camera (n, 4, 4), `batch_size` views at a time,
-    with the decoder fade-in of the trained stage (`decoder_alpha`).
+    """One z (1, z_dim) (or fitted LatentCodes of batch 1, rendered without truncation) rendered from
+    every camera (n, 4, 4), `batch_size` views at a time, with the decoder fade-in of the trained
+    stage (`decoder_alpha`).
 
     Returns the StagedOutput of all views, on the CPU.
     """
-    batches = render_in_batches(model.generator, z.expand(cameras.shape[0], -1), cameras, options, psi=psi,
+    batches = render_in_batches(model.generator, expand_latents(z, cameras.shape[0]), cameras, options, psi=psi,
                                 alpha=decoder_alpha(model, options), batch_size=batch_size,
                                 max_batch_size=max_batch_size)
     return cat_outputs([StagedOutput(*(t.cpu() for t in out)) for out in batches])
@@ -94,7 +96,7 @@ def render_geometry(model: LoadedModel, seed: int, options: RenderOptions, psi: 
     geometry_options = options.replace(rays=replace(options.rays, img_size=size))
     cameras = cameras_around_mean(options, yaw_offsets, pitch_offsets, device=device)
     with torch.no_grad():
-        codes = model.generator.truncated_mapping(latent_for_seed(model, seed), psi)
+        codes = codes_for_seed(model, seed, psi)
         images = []
         for part in batch_slices(cameras.shape[0], batch_size):
             cams = cameras[part]
@@ -153,10 +155,8 @@ def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: 
         out = render_multiview(model, seed, options, args.psi, args.max_batch_size, args.batch_size)
         written.append(save_image(make_row(to_uint8(out.image)), output_dir / f"image_{seed}.png"))
         if args.depth:
-            # Depth lives at the NeRF resolution; nearest-upscaled so it lines up with the images.
-            depth = make_row([resize(d, options.output_size) for d in depth_to_uint8(out.depth, near, far)])
-            depth = np.concatenate([depth, depth_legend(depth.shape[1], near, far)])  # colour bar below
-            written.append(save_image(depth, output_dir / f"depth_{seed}.png"))
+            written.append(save_image(depth_row(out.depth, near, far, options.output_size),
+                                      output_dir / f"depth_{seed}.png"))
         if args.video:
             frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
                                          args.batch_size)
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from an MVCGAN checkpoint.",
         formatter_class=HelpFormatter)
     add_model_arguments(parser)
+    add_codes_argument(parser)
     parser.add_argument("--output_dir", default="render_dir", help="folder the files are written to")
     parser.add_argument("--mode", choices=sorted(MODES), default="multiview",
                         help="multiview: image_{seed}.png, a row of 7 yaw offsets per seed; "
@@ -288,6 +289,8 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--fps must be positive")
     if args.style_seeds and args.mode != "style_mix":
         parser.error("--style_seeds only applies to --mode style_mix")
+    if args.codes and args.mode != "multiview":
+        parser.error("--codes only applies to --mode multiview")
 
 
 def check_render_memory(model: LoadedModel, options: RenderOptions, args) -> None:
@@ -311,6 +314,8 @@ def render(args) -> List[Path]:
     options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence,
                              args.allow_untrained_blocks)
     check_render_memory(model, options, args)
+    if args.codes:
+        args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
     output_dir = prepare_output_dir(args.output_dir)
     weights = "EMA" if model.use_ema else "raw"
     print(f"{model.checkpoint_path}: step {model.step} (trained {model.stage.img_size} -> "

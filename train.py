@@ -42,6 +42,7 @@ from utils.checkpoint import (LATEST_NAME, CheckpointError, TrainingState, check
 from utils.cpu_runtime import flush_denormals, keep_freed_memory, set_threads
 from utils.run_dir import RunDirLock
 from utils.images import make_grid, save_image, to_uint8
+from utils.memory_model import AUTO, auto_batch_split
 
 logger = logging.getLogger("mvcgan.train")
 
@@ -380,6 +381,7 @@ class Trainer:
         self.run_dir_locked, self.run_dir_lock = run_dir_locked, None
         self._inception = None  # loaded on the first evaluation
         self._loader, self._loader_key = None, None
+        self._auto_splits = {}  # {stage size: batch_split} of the stages whose batch_split is "auto"
         self.final_step, self.progress = None, None  # set by begin()
 
     # -------------------------------------------------------------- checkpoints
@@ -467,7 +469,11 @@ class Trainer:
             return
         self.optimizer_G.load_state_dict(saved.optimizer_G)
         self.optimizer_D.load_state_dict(saved.optimizer_D)
-        self.scaler.load_state_dict(saved.scaler)
+        if saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        elif self.scaler.is_enabled():  # GradScaler refuses the empty state of a disabled scaler
+            logger.warning("%s was trained without an fp16 loss scaler (on the CPU, or in bf16/fp32): the loss "
+                           "scale starts afresh at %g", path, self.scaler.get_scale())
         self.batch_in_epoch = saved.batch_in_epoch
         rng = saved.rng or []
         if saved.world_size == self.world_size and self.rank < len(rng):
@@ -597,7 +603,7 @@ class Trainer:
         # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
         nerf_noise = max(0.0, 1.0 - step / float(metadata["nerf_noise_steps"]))
         options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
-        cfg = PhaseConfig(alpha=alpha, batch_split=int(metadata["batch_split"]),
+        cfg = PhaseConfig(alpha=alpha, batch_split=self.batch_split(metadata),
                           latent_dim=int(metadata["latent_dim"]), z_dist=metadata["z_dist"],
                           r1_lambda=float(metadata["r1_lambda"]), pos_lambda=float(metadata["pos_lambda"]),
                           z_lambda=float(metadata["z_lambda"]), reproj_lambda=float(metadata["reproj_lambda"]),
@@ -621,8 +627,29 @@ class Trainer:
             ema.update(self.generator)
         stats = {k: float(v) for k, v in {**d_stats, **g_stats}.items()}
         stats.update(alpha=alpha, topk=cfg.topk_fraction, nerf_noise=nerf_noise, skipped=not (d_ok and g_ok),
-                     d_grad_norm=d_norm, g_grad_norm=g_norm)
+                     d_grad_norm=d_norm, g_grad_norm=g_norm, batch_split=cfg.batch_split)
         return stats
+
+    def batch_split(self, metadata: dict) -> int:
+        """The stage's batch_split. "auto" (utils/memory_model.py) is chosen at the first step of each stage
+        size from the device's memory, the largest choice of all ranks (they must agree: the G phase sums the
+        chunks' losses), and logged."""
+        if metadata["batch_split"] != AUTO:
+            return int(metadata["batch_split"])
+        size = tuple(metadata[k] for k in ("batch_size", "img_size", "num_steps", "output_size"))
+        if size not in self._auto_splits:
+            choice = auto_batch_split(metadata, self.device, self.config.precision)
+            split = choice.batch_split
+            if self.world_size > 1:
+                agreed = torch.tensor([split], device=self.device)
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                split = int(agreed.item())
+            self._auto_splits[size] = split
+            if self.is_main:
+                logger.info("step %d, batch %d, %d px NeRF: %s%s", self.step, metadata["batch_size"],
+                            metadata["img_size"], choice.describe(),
+                            "" if split == choice.batch_split else f"; {split} chunks, as another rank needs")
+        return self._auto_splits[size]
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:

@@ -2,7 +2,7 @@
 
     pip install -r requirements-viewer.txt
     python viewer.py --path runs/demo                 # then open http://localhost:8080
-    python viewer.py --path ffhq.pth --codes photo_codes.pt   # an inverted photo's object
+    python viewer.py --path ffhq.pth --codes inv/codes.pth   # an inverted photo's object (invert.py)
 
 The server renders, the browser shows (viser: a web page with a 3D canvas and controls,
 reached over an SSH port forward from a headless training machine). Drag in the canvas to
@@ -15,7 +15,7 @@ current object as a coloured PLY mesh (colours from the decoded images by defaul
 field's RGB; written to --output_dir and offered as a download).
 While the camera moves, frames are rendered at a lower NeRF size and sent as JPEG; once it
 has been still for --settle seconds, at full size as PNG. Each frame reports its time.
-Frames are rendered by `visualize.frames`; the codes file format is `visualize.codes`.
+Frames are rendered by `visualize.frames`; the codes file is invert.py's (`inversion/codes_file.py`).
 Entry point: `main(argv)`.
 """
 from __future__ import annotations
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--style_seed", type=int, default=None,
                         help="start with style mixing on: the decoder's style from this seed's z")
     parser.add_argument("--codes", default=None,
-                        help="a codes file (visualize/codes.py: frequencies, phases, style and optionally yaw, "
-                             "pitch, e.g. from a photo inversion) to open as the first object")
+                        help="a codes file written by invert.py (e.g. inv/codes.pth) to open as the first object, "
+                             "at its fitted camera (and with its tuned generator, when it has one); needs the "
+                             "checkpoint the codes were fitted to as --path")
     parser.add_argument("--image_size", type=int, default=None,
                         help="NeRF resolution of the still frames (default: the trained stage's img_size)")
     parser.add_argument("--output_size", type=int, default=None,
@@ -113,23 +114,16 @@ def check_args(args) -> None:
 
 def prepare(args):
     """Load the checkpoint, the codes file and the frame renderer: everything but the server."""
-    import torch
-
-    from utils.rendering_cli import CLIError, load_model, render_options
-    from visualize.codes import load_codes
+    from utils.cpu_runtime import set_threads
+    from utils.rendering_cli import load_fitted_codes, load_model, render_options
     from visualize.frames import FrameRenderer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps,
                              allow_untrained_blocks=args.allow_untrained_blocks)
-    codes_file = None
-    if args.codes is not None:
-        try:
-            codes_file = load_codes(args.codes, model.generator)
-        except ValueError as error:
-            raise CLIError(f"--codes: {error}") from None
+    # invert.py's file (inversion/codes_file.py); a tuned generator in it replaces the checkpoint's
+    codes_file = load_fitted_codes(model, args.codes) if args.codes is not None else None
     size = options.rays.img_size
     moving_size = args.moving_image_size or min(size, max(8, size // 2))
     return FrameRenderer(model, options, moving_size, args.max_batch_size, codes_file)
@@ -143,8 +137,7 @@ def start_position(renderer, codes_camera: bool = True):
     pose, codes_file = renderer.full.pose, renderer.codes_file
     yaw, pitch = pose.h_mean, pose.v_mean
     if codes_file is not None and codes_camera:
-        yaw = codes_file.yaw if codes_file.yaw is not None else yaw
-        pitch = codes_file.pitch if codes_file.pitch is not None else pitch
+        yaw, pitch = codes_file.yaw, codes_file.pitch
     return camera_position(yaw, pitch, ORBIT_DISTANCE)
 
 

@@ -27,7 +27,7 @@ from generators.decoder import Decoder
 from generators.volume_rendering import IntegrationOptions, importance_depths, integrate
 from generators.precision import full_precision
 from generators.warp import stereo_mixup, stereo_warp
-from siren.siren import BLOCK_ELEMENTS, SIRENS
+from siren.siren import SIRENS
 
 TRUNCATION_SAMPLES = 10000
 
@@ -200,12 +200,11 @@ class ImplicitGenerator3d(nn.Module):
         """SIREN on points (n, M, 3) with directions (n, M, 3), plus the sphere prior on the
         density; chunked so that at most `max_batch_size` points go through the network at once."""
         n, num_points = points.shape[:2]
-        if points.device.type == "cpu" and not torch.is_grad_enabled():
-            # Nothing is kept for backward, so run every layer on one small chunk at a time:
-            # the layers' (chunk, H) activations are then reused heap memory instead of
-            # fresh (n, M, H) pages per layer (siren.siren.BLOCK_ELEMENTS).
-            cpu_chunk = max(1, BLOCK_ELEMENTS // self.siren.hidden_dim)
-            max_batch_size = min(max_batch_size or cpu_chunk, cpu_chunk)
+        field_chunk = None if torch.is_grad_enabled() else self.siren.points_per_no_grad_chunk(points.device)
+        if field_chunk is not None:
+            # Nothing is kept for backward, so the field may run every layer on one small chunk
+            # at a time (on CPU its (chunk, H) activations are then reused heap memory).
+            max_batch_size = min(max_batch_size or field_chunk, field_chunk)
         if max_batch_size is None or n * num_points <= max_batch_size:
             rgb, sigma, feats = self.siren(points, codes.frequencies, codes.phases, directions)
         else:

@@ -1,8 +1,51 @@
-"""Shared pytest fixtures: a tiny curriculum, generator and checkpoint (CPU, seconds to build)."""
+"""Shared pytest fixtures: a tiny curriculum, generator and checkpoint (CPU, seconds to build), and the
+devices of the device-aware tests.
+
+A test that takes a `device` argument runs once per available device: the CPU, and CUDA where
+there is one (`--device cuda` or `--device cpu` picks one). Such tests carry the marker
+`device_aware`: `pytest -m device_aware` runs the checks of the CUDA path (field numerics,
+a whole training step, fp16 overflows and the loss-scale floor, checkpoints with the CUDA RNG
+state), which is what `benchmarks/gpu_acceptance.py` runs first on a GPU.
+"""
 from __future__ import annotations
 
 import pytest
 import torch
+
+DEVICES = ("cpu", "cuda")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", action="append", choices=DEVICES, default=None,
+                     help="run the device-aware tests on this device only (repeatable); default: the CPU and, "
+                          "when available, CUDA")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device_aware: runs on every available device (tests taking a `device` "
+                                       "argument); benchmarks/gpu_acceptance.py selects them on a GPU")
+    requested = config.getoption("--device")
+    if requested and "cuda" in requested and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda: no CUDA device is available")
+
+
+def selected_devices(config) -> list:
+    """The devices the device-aware tests run on."""
+    requested = config.getoption("--device")
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [d for d in available if not requested or d in requested]
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        devices = selected_devices(metafunc.config)
+        metafunc.parametrize("device", [torch.device(d) for d in devices], ids=devices)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device_aware)
 
 
 @pytest.fixture(scope="session")

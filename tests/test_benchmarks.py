@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import bench_demo  # noqa: E402
@@ -17,6 +18,19 @@ import bench_viewer  # noqa: E402
 import bench_warp_signal  # noqa: E402
 from curriculums import get_curriculum  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
+
+
+def test_bench_step_chooses_auto_chunks_and_reports_the_modelled_memory(capsys):
+    """--batch_split auto is utils/memory_model.py's choice (on this machine's memory: one chunk for a tiny
+    step), and every line carries what the memory model predicts next to the measured peak."""
+    bench_step.main(["--curriculum", "Synthetic", "--img_size", "8", "--num_steps", "4", "--output_size", "8",
+                     "--batch_size", "2", "--batch_split", "auto", "--iterations", "1", "--threads", "1"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["batch_split"] == "auto" and record["batch_split_used"] == 1
+    assert record["hidden_dim"] == 64 and 1.0 < record["modelled_peak_gb"] < 2.0  # mostly the fixed 1.18 GB
+    with pytest.raises(SystemExit) as info:
+        bench_step.main(["--batch_split", "0"])
+    assert info.value.code == 2 and "positive integer or 'auto'" in capsys.readouterr().err
 
 
 def test_bench_step_prints_one_json_line_with_the_breakdown(capsys):
@@ -109,3 +123,27 @@ def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsy
     assert "kill -9 during a checkpoint write: 1/1 runs left a loadable checkpoint that --resume auto continued" in out
     assert json.loads(out.strip().splitlines()[-1])["fault_check"] == {
         "kill_during_write": {"runs": 1, "kept_a_resumable_checkpoint": 1}}
+
+
+def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
+    import bench_inversion
+
+    state = tiny_generator.state_dict()
+    path = tmp_path / "checkpoint.pth"  # the 16 -> 32 px stage after its fade-in: one trained decoder block
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 900,
+                           "curriculum": get_curriculum("Synthetic"), "curriculum_name": "Synthetic"})
+    summary = bench_inversion.main(["--path", str(path), "--num_heads", "1", "--variants", "mean,camera_codes",
+                                    "--search_steps", "1", "--steps", "2", "--threads", "1",
+                                    "--example_dir", str(tmp_path)])
+    assert set(summary) == {"mean", "camera_codes"}
+    for scores in summary.values():
+        assert scores["pose_error_deg"] >= 0 and scores["held_out_psnr"] > 0 and 0 < scores["depth_error"] < 1
+    # the fit moved away from the mean codes: the input view is reconstructed better
+    assert summary["camera_codes"]["input_psnr"] > summary["mean"]["input_psnr"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"variant"')]
+    assert [line["variant"] for line in lines] == ["mean", "camera_codes"]
+    from PIL import Image
+    with Image.open(tmp_path / "example.png") as figure:  # truth + one fitted row; 1 + 3 images + 3 depths
+        assert figure.size == (7 * 32, 2 * 32)
+    with pytest.raises(SystemExit, match="training seed"):
+        bench_inversion.main(["--path", str(path), "--held_out_seed", "0", "--num_heads", "1"])

@@ -249,3 +249,20 @@ def test_a_torch_with_the_weights_only_bypass_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
     with pytest.raises(CheckpointError, match=r"torch 2.5.1\+cpu can run code .*CVE-2025-32434.*torch >= 2.6"):
         load_checkpoint(path)
+
+
+def test_cuda_rng_states_of_more_gpus_than_this_machine_has_restore_the_ones_it_has(monkeypatch):
+    """A checkpoint from a process that saw 8 GPUs, resumed where 1 is visible: GPU 0's state is restored
+    and the others are left out (torch.cuda.set_rng_state_all would fail on GPU 1)."""
+    from utils.checkpoint import rng_state, set_rng_state
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.full((4,), i, dtype=torch.uint8)
+                                                                 for i in range(8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((device, state[0].item())))
+    state = rng_state()
+    assert len(state["cuda"]) == 8
+    set_rng_state(state)
+    assert restored == [(0, 0)]

@@ -307,7 +307,7 @@ def test_cli_matches_library(tmp_path, tiny_checkpoint):
 def test_cli_colours_are_the_library_s_and_none_writes_a_grey_mesh(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "shapes"
     model = es.load_model(tiny_checkpoint, device="cpu")
-    codes = es.seed_codes(model, 1, 0.5)
+    codes = es.codes_for_seed(model, 1, 0.5)
     density = es.density_volume(model, 1, 16, 0.3, 0.5, 10_000, codes=codes)
     level = float(np.median(density))
     for colour in ("ray", "point", "image", "none"):

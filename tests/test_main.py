@@ -69,22 +69,22 @@ def _busy_port():
     (["--set", "model=NERF"], "NERF"),
     # Sizes, rates and camera values out of range (issue 21): refused from the table of ranges beside the
     # curriculum defaults (curriculums.KEYS), before anything starts, where they crashed or were accepted.
-    (["--set", "0.batch_size=0"], "stage 0: batch_size must be an integer >= 1, not 0"),
-    (["--set", "0.batch_size=-2"], "batch_size must be an integer >= 1, not -2"),
-    (["--set", "0.batch_split=0"], "batch_split must be an integer >= 1, not 0"),
-    (["--set", "0.batch_split=-1"], "batch_split must be an integer >= 1, not -1"),
-    (["--set", "0.img_size=-8"], "img_size must be an integer >= 1, not -8"),
+    (["--set", "0.batch_size=0"], "stage 0: batch_size must be a positive integer, not 0"),
+    (["--set", "0.batch_size=-2"], "batch_size must be a positive integer, not -2"),
+    (["--set", "0.batch_split=0"], "batch_split must be a positive integer or 'auto', not 0"),
+    (["--set", "0.batch_split=-1"], "batch_split must be a positive integer or 'auto', not -1"),
+    (["--set", "0.img_size=-8"], "img_size must be a positive integer, not -8"),
     (["--set", "0.num_steps=0"], "num_steps must be an integer >= 2, not 0"),
     (["--set", "0.num_steps=1"], "num_steps must be an integer >= 2, not 1"),
     (["--set", "0.num_steps=-4"], "num_steps must be an integer >= 2, not -4"),
-    (["--set", "hidden_dim=0"], "hidden_dim must be an integer >= 1, not 0"),
-    (["--set", "hidden_dim=-16"], "hidden_dim must be an integer >= 1, not -16"),
-    (["--set", "decoder_channels=(0, 0, 0, 0)"], "decoder_channels must be 4 values, each an integer >= 1"),
+    (["--set", "hidden_dim=0"], "hidden_dim must be a positive integer, not 0"),
+    (["--set", "hidden_dim=-16"], "hidden_dim must be a positive integer, not -16"),
+    (["--set", "decoder_channels=(0, 0, 0, 0)"], "decoder_channels must be 4 values, each a positive integer"),
     (["--set", "fov=0"], "fov must be a finite number in (0, 180), not 0"),
     (["--set", "fov=-12"], "fov must be a finite number in (0, 180), not -12"),
     (["--set", "0.gen_lr=-1.0"], "gen_lr must be a finite number >= 0, not -1.0"),
     (["--set", "0.gen_lr=1e999"], "gen_lr must be a finite number >= 0, not inf"),
-    (["--set", "latent_dim=0"], "latent_dim must be an integer >= 1, not 0"),
+    (["--set", "latent_dim=0"], "latent_dim must be a positive integer, not 0"),
     (["--set", "grad_clip=-1"], "grad_clip must be a finite number > 0, not -1"),
     (["--set", "fade_steps=-5"], "fade_steps must be a finite number >= 0, not -5"),
     (["--set", "ray_start=-1.0"], "ray_start must be a finite number > 0, not -1.0"),
@@ -452,9 +452,10 @@ def test_a_full_disk_ends_in_one_line_naming_it(small_disk, capsys):
 
 
 def test_every_script_takes_threads():
-    """Threads per process for training, rendering, shapes, evaluation and the viewer (issue 21)."""
+    """Threads per process for training, rendering, shapes, evaluation, the viewer and inversion (issue 21)."""
     import extract_shapes
     import fid_evaluation
+    import invert
     import render_multiview_image
     import viewer
 
@@ -462,9 +463,10 @@ def test_every_script_takes_threads():
                "render_multiview_image.py": render_multiview_image.build_parser().parse_args,
                "extract_shapes.py": extract_shapes.build_parser().parse_args,
                "fid_evaluation.py": fid_evaluation.build_parser().parse_args,
-               "viewer.py": viewer.build_parser().parse_args}
+               "viewer.py": viewer.build_parser().parse_args,
+               "invert.py": invert.build_parser().parse_args}
     for script, parse in parsers.items():
-        required = [] if script == "main.py" else ["--path", "x.pth"]
+        required = {"main.py": [], "invert.py": ["--path", "x.pth", "--image", "x.png"]}.get(script, ["--path", "x.pth"])
         assert parse(required + ["--threads", "3"]).threads == 3, script
         with pytest.raises(SystemExit):
             parse(required + ["--threads", "0"])

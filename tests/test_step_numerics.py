@@ -1,65 +1,68 @@
 """The optimised training step computes what the straightforward one computes (docs/METHOD.md §3, §7).
 
-The FiLM-SIREN's memory-saving backward (`SineThenLinear`: recomputed sines, in-place
-element-wise work, the colour layer's input split into direction and feature terms; the
-CPU's `FieldHeads`, and CUDA's composition of the heads) is compared against the plain
-autograd formula, and a whole `Trainer.train_step` (both
-phases, R1, photometric loss, optimiser steps, EMAs) against one that uses the formula.
+The FiLM-SIREN's memory-saving implementations (`siren/fast.py`'s "recompute": recomputed
+sines, the colour layer's input split into direction and feature terms, what CUDA runs;
+`siren/cpu_kernels.py`'s "cpu_lowmem": the same in row blocks, in-place gradients and the fused
+`FieldHeads`, what CPU runs) are compared against the formula (impl="reference", plain
+autograd), and a whole `Trainer.train_step` (both phases, R1, photometric loss, optimiser
+steps, EMAs) against one whose field uses the formula.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-import siren.siren as siren_module
 from curriculums import extract_metadata
-from siren.siren import SPATIALSIRENBASELINE, SineThenLinear
+from siren import cpu_kernels
+from siren.siren import FIELD_IMPLS, SPATIALSIRENBASELINE, resolve_impl
 from train import TrainConfig, Trainer
 
 
-def reference_field(self, points, frequencies, phases, ray_directions):
-    """docs/METHOD.md §3 as written: x <- sin(gamma (W x + b) + beta) for 8 layers, plain autograd."""
-    frequencies = frequencies * 15 + 30
-    hidden = self.hidden_dim
-    x = self.gridwarper(points)
-
-    def film(layer, x, index):
-        gamma = frequencies[:, None, index * hidden:(index + 1) * hidden]
-        beta = phases[:, None, index * hidden:(index + 1) * hidden]
-        return torch.sin(gamma * (x @ layer.weight.T + layer.bias) + beta)
-
-    for index, layer in enumerate(self.network):
-        x = film(layer.layer, x, index)
-    sigma = (x @ self.final_layer.weight.T + self.final_layer.bias)[..., 0]
-    features = film(self.color_layer_sine.layer, torch.cat([ray_directions, x], dim=-1), len(self.network))
-    return torch.sigmoid(self.color_layer_linear(features)), sigma, features
+def test_auto_picks_what_each_device_runs():
+    assert resolve_impl("auto", torch.device("cpu")) == "cpu_lowmem"
+    assert resolve_impl("auto", torch.device("cuda", 0)) == "recompute"
+    for impl in FIELD_IMPLS[1:]:
+        assert resolve_impl(impl, torch.device("cpu")) == resolve_impl(impl, torch.device("cuda")) == impl
+    field = SPATIALSIRENBASELINE(z_dim=8, hidden_dim=16)
+    assert field.impl == "auto" and "impl" not in str(list(field.state_dict()))
+    # without grad, only the CPU kernels want the points in chunks (one row block of activations)
+    assert field.points_per_no_grad_chunk(torch.device("cpu")) == cpu_kernels.BLOCK_ELEMENTS // 16
+    assert field.points_per_no_grad_chunk(torch.device("cuda", 0)) is None
+    field.impl = "reference"
+    assert field.points_per_no_grad_chunk(torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="unknown field impl 'fast'"):
+        field.impl = "fast"
 
 
-@pytest.mark.parametrize("fused_heads", [True, False], ids=["FieldHeads", "composed_heads"])
-@pytest.mark.parametrize("block_elements", [2 ** 20, 16 * 7])
-def test_field_and_its_gradients_match_the_formula(monkeypatch, block_elements, fused_heads):
-    # 16 * 7: the CPU path's row blocks are 7 rows of the 50, the last one partial.
-    monkeypatch.setattr(siren_module, "BLOCK_ELEMENTS", block_elements)
-    # the heads as CPU runs them (FieldHeads) and as CUDA does (autograd over SineThenLinear)
-    monkeypatch.setattr(siren_module, "FUSED_HEADS_DEVICES", {"cpu"} if fused_heads else set())
+# (impl, BLOCK_ELEMENTS): 16 * 7 makes cpu_lowmem's row blocks 7 rows of the 50, the last one partial;
+# "auto" is what training runs (cpu_lowmem on CPU, recompute on CUDA)
+@pytest.mark.parametrize("impl, block_elements", [("recompute", None), ("cpu_lowmem", 2 ** 20),
+                                                  ("cpu_lowmem", 16 * 7), ("auto", None)],
+                         ids=["recompute", "cpu_lowmem", "cpu_lowmem_partial_block", "auto"])
+def test_field_and_its_gradients_match_the_formula(monkeypatch, impl, block_elements, device):
+    if block_elements is not None:
+        monkeypatch.setattr(cpu_kernels, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
-    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double()
+    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=16).double().to(device)
     g = torch.Generator().manual_seed(1)
-    points = (torch.randn(2, 50, 3, generator=g, dtype=torch.float64) * 0.1).requires_grad_()
-    dirs = torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1)
-    dirs.requires_grad_()
-    freq = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
-    phase = torch.randn(2, 9 * 16, generator=g, dtype=torch.float64, requires_grad=True)
-    weights = [torch.randn(2, 50, c, generator=g, dtype=torch.float64) for c in (3, 1, 16)]
+
+    def leaf(tensor):
+        return tensor.to(device).requires_grad_()
+
+    points = leaf(torch.randn(2, 50, 3, generator=g, dtype=torch.float64) * 0.1)
+    dirs = leaf(torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1))
+    freq = leaf(torch.randn(2, 9 * 16, generator=g, dtype=torch.float64))
+    phase = leaf(torch.randn(2, 9 * 16, generator=g, dtype=torch.float64))
+    weights = [torch.randn(2, 50, c, generator=g, dtype=torch.float64).to(device) for c in (3, 1, 16)]
     inputs = [points, dirs, freq, phase, *field.parameters()]
 
-    def outputs_and_grads(forward):
-        rgb, sigma, features = forward(field, points, freq, phase, dirs)
+    def outputs_and_grads(field_impl):
+        field.impl = field_impl
+        rgb, sigma, features = field(points, freq, phase, dirs)
         loss = sum((out.reshape(w.shape) * w).sum() for out, w in zip((rgb, sigma, features), weights))
         return (rgb, sigma, features), torch.autograd.grad(loss, inputs, allow_unused=True)
 
-    (outs, grads), (ref_outs, ref_grads) = outputs_and_grads(SPATIALSIRENBASELINE.forward), \
-        outputs_and_grads(reference_field)
+    (outs, grads), (ref_outs, ref_grads) = outputs_and_grads(impl), outputs_and_grads("reference")
     for out, ref in zip(outs, ref_outs):
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     for grad, ref in zip(grads, ref_grads):
@@ -69,14 +72,56 @@ def test_field_and_its_gradients_match_the_formula(monkeypatch, block_elements, 
             torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
 
 
+def field_error(field, impl, points, freq, phase, dirs, reference, dtype, device):
+    """Largest error of the field's (rgb, sigma) under `dtype` autocast against `reference` (float64),
+    and the gradients of its parameters."""
+    field.impl = impl
+    field.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=dtype):
+        rgb, sigma, features = field(points, freq, phase, dirs)
+    (rgb.float().sum() + sigma.float().mean() + features.float().mean()).backward()
+    errors = [(out.double() - ref).abs().max().item() for out, ref in zip((rgb, sigma), reference)]
+    return errors, {name: p.grad for name, p in field.named_parameters() if p.grad is not None}
+
+
+def test_the_fast_field_under_autocast_is_as_accurate_as_the_formula_under_autocast(device):
+    """What fp16/bf16 training runs (on CUDA: impl auto -> recompute, siren/fast.py, under autocast): its
+    outputs are as close to the float64 formula as the formula's own autocast run is (within 2x, and
+    small), and its gradients reach every parameter in the parameter's dtype, finite."""
+    torch.manual_seed(0)
+    field = SPATIALSIRENBASELINE(z_dim=16, hidden_dim=32).to(device)
+    g = torch.Generator().manual_seed(1)
+    points = (torch.randn(2, 64, 3, generator=g) * 0.1).to(device)
+    dirs = torch.nn.functional.normalize(torch.randn(2, 64, 3, generator=g), dim=-1).to(device)
+    freq, phase = (torch.randn(2, 9 * 32, generator=g) * 0.3).to(device), (torch.randn(2, 9 * 32, generator=g)).to(device)
+    with torch.no_grad():
+        exact = field.double()
+        exact.impl = "reference"
+        reference = exact(points.double(), freq.double(), phase.double(), dirs.double())[:2]
+        field.float()
+    dtypes = [torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    for dtype in dtypes:
+        formula_errors, formula_grads = field_error(field, "reference", points, freq, phase, dirs, reference, dtype,
+                                                    device)
+        # training autocasts on CUDA only, where auto is recompute; CPU trains in fp32 (its auto, cpu_lowmem,
+        # writes into preallocated outputs, which autocast does not cast)
+        for impl in ("recompute", "auto") if device.type == "cuda" else ("recompute",):
+            errors, grads = field_error(field, impl, points, freq, phase, dirs, reference, dtype, device)
+            assert grads.keys() == formula_grads.keys(), (dtype, impl)
+            for name, grad in grads.items():
+                assert grad.dtype == torch.float32 and bool(torch.isfinite(grad).all()), (dtype, impl, name)
+            for error, formula_error, what in zip(errors, formula_errors, ("rgb", "sigma")):
+                assert error <= 2 * formula_error + 1e-3, (dtype, impl, what, error, formula_error)
+
+
 def test_a_second_backward_through_an_overwritten_input_fails_loudly():
-    """`overwrite_input` writes dL/dz_in over z_in: a retained graph must refuse to reuse it."""
+    """`OverwritingSineThenLinear` writes dL/dz_in over z_in: a retained graph must refuse to reuse it."""
     g = torch.Generator().manual_seed(0)
     z_in = torch.randn(1, 10, 4, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(1, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(1, 1, 3, dtype=torch.float64)
     hidden = z_in * 2  # a private intermediate, as z is inside the field
-    out = SineThenLinear.apply(hidden, weight, bias, True)
+    out = cpu_kernels.OverwritingSineThenLinear.apply(hidden, weight, bias)
     (grad,) = torch.autograd.grad(out.sum(), z_in, retain_graph=True)
     expected = 2 * torch.cos(2 * z_in) * weight.sum(1, keepdim=True)
     torch.testing.assert_close(grad, expected.detach())
@@ -88,7 +133,6 @@ def test_no_grad_rendering_in_chunks_matches_one_pass(monkeypatch):
     """Without grad the CPU field runs depth-first over small chunks of points."""
     from generators.generators import ImplicitGenerator3d, RenderOptions
     import curriculums
-    import generators.generators as generators_module
 
     torch.manual_seed(0)
     generator = ImplicitGenerator3d(z_dim=16, hidden_dim=16, decoder_channels=(16, 16, 16, 16)).eval()
@@ -96,11 +140,17 @@ def test_no_grad_rendering_in_chunks_matches_one_pass(monkeypatch):
                     num_steps=5, output_size=8)
     options = RenderOptions.from_metadata(metadata, evaluation=True)
     z = torch.randn(2, 16)
-    outputs = []
+    field_forward, points_per_call = generator.siren.forward, []
+    monkeypatch.setattr(generator.siren, "forward",
+                        lambda points, *args: points_per_call.append(points.shape[1]) or field_forward(points, *args))
+    outputs, largest_calls = [], []
     for block_elements in (16 * 50, 2 ** 30):  # chunks of 25 points per sample (of 320), or one pass
-        monkeypatch.setattr(generators_module, "BLOCK_ELEMENTS", block_elements)
+        monkeypatch.setattr(cpu_kernels, "BLOCK_ELEMENTS", block_elements)
+        points_per_call.clear()
         with torch.no_grad():
             outputs.append(generator.staged_forward(z, options, generator=torch.Generator().manual_seed(3)))
+        largest_calls.append(max(points_per_call))
+    assert largest_calls == [25, 320]
     chunked, whole = outputs
     torch.testing.assert_close(chunked.image, whole.image, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chunked.depth, whole.depth, rtol=1e-5, atol=1e-6)
@@ -112,8 +162,8 @@ TINY = {0: dict(batch_size=2, num_steps=6, img_size=8, output_size=16, batch_spl
         "synthetic_size": 16}
 
 
-def one_step(tmp_path, monkeypatch):
-    """Stats of one training step and every gradient the optimisers were given."""
+def one_step(tmp_path, monkeypatch, field_impl="auto", device=torch.device("cpu")):
+    """Stats of one fp32 training step (field `field_impl`) and every gradient the optimisers were given."""
     grads = {}
     finish_phase = Trainer.finish_phase
 
@@ -124,17 +174,21 @@ def one_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "finish_phase", recording)
     trainer = Trainer(0, 1, TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path), progress=False,
-                                        curriculum_overrides=TINY), torch.device("cpu"))
+                                        precision="fp32", curriculum_overrides=TINY), device)
+    trainer.generator.siren.impl = field_impl
     trainer.step = 1  # nerf noise on, fade-in part-way
     metadata = extract_metadata(trainer.curriculum, 0)
-    real = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    real = (torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1).to(device)
     return trainer.train_step(real, metadata), grads
 
 
-def test_training_step_matches_the_straightforward_step(tmp_path, monkeypatch):
-    stats, grads = one_step(tmp_path / "fast", monkeypatch)
-    monkeypatch.setattr(SPATIALSIRENBASELINE, "forward", reference_field)
-    ref_stats, ref_grads = one_step(tmp_path / "reference", monkeypatch)
+@pytest.mark.parametrize("field_impl", ["cpu_lowmem", "recompute"])
+def test_training_step_matches_the_straightforward_step(tmp_path, monkeypatch, field_impl, device):
+    # the same float32 arithmetic in both steps: no TF32 (cuDNN's default for convolutions on CUDA)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    stats, grads = one_step(tmp_path / "fast", monkeypatch, field_impl, device)
+    ref_stats, ref_grads = one_step(tmp_path / "reference", monkeypatch, field_impl="reference", device=device)
     for key in ("d_loss", "r1", "d_pose", "g_loss", "photometric", "g_pose", "d_grad_norm", "g_grad_norm"):
         assert stats[key] == pytest.approx(ref_stats[key], rel=1e-4, abs=1e-6), key
     assert stats["r1"] > 0 and stats["photometric"] > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -296,9 +297,10 @@ def test_skipped_file_warning_is_not_repeated_every_epoch_with_workers(tmp_path)
     assert 1 <= warnings <= 2, warnings  # at most once per worker, not once per epoch
 
 
-def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_path, monkeypatch):
-    """With a loss scaler (fp16 on CUDA; a CPU GradScaler here) a NaN gradient is the scaler's to skip, and it
-    lowers its scale; the step is still reported as skipped, and MAX_OVERFLOW_STEPS in a row stop the run."""
+def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_path, monkeypatch, device):
+    """With a loss scaler (fp16 on CUDA, under autocast; a CPU GradScaler on the CPU) a NaN gradient is the
+    scaler's to skip, and it lowers its scale; the step is still reported as skipped, and MAX_OVERFLOW_STEPS
+    in a row stop the run."""
     import losses
     import train as train_module
 
@@ -311,8 +313,8 @@ def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_pa
         return stats
 
     monkeypatch.setattr(losses.MVCGANLoss, "accumulate_generator_gradients", nan_gradient)
-    trainer = Trainer(0, 1, tiny_config(tmp_path, "fp16", max_steps=5), torch.device("cpu"))
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = Trainer(0, 1, tiny_config(tmp_path, "fp16", max_steps=5, precision="fp16"), device)
+    trainer.scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
     trainer.loss.scaler = trainer.scaler
     before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
     with pytest.raises(FloatingPointError, match="3 consecutive steps"):
@@ -389,15 +391,15 @@ def test_a_global_stage_key_applies_to_every_stage(tmp_path, monkeypatch):
     assert {r["batch_size"] for r in records} == {4}
 
 
-def test_the_fp16_loss_scale_never_stays_below_one(tmp_path):
+def test_the_fp16_loss_scale_never_stays_below_one(tmp_path, device):
     """As published (`if scaler.get_scale() < 1: scaler.update(1.)` before each step): a loss scale
     that fell below 1 is raised to 1 before the step's losses are scaled."""
-    trainer = Trainer(0, 1, tiny_config(tmp_path), torch.device("cpu"))
-    trainer.scaler = trainer.loss.scaler = torch.amp.GradScaler("cpu", init_scale=0.25, growth_interval=1000)
+    trainer = Trainer(0, 1, tiny_config(tmp_path, precision="fp16"), device)
+    trainer.scaler = trainer.loss.scaler = torch.amp.GradScaler(device.type, init_scale=0.25, growth_interval=1000)
     scales = []
     trainer.loss.observe = lambda event, values: scales.append(trainer.scaler.get_scale())
     metadata = curriculums.extract_metadata(trainer.curriculum, 0)
-    real = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    real = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     trainer.scaler.scale(torch.ones(()))  # a scaler in use, as after a first step
     assert trainer.scaler.get_scale() == 0.25
     trainer.train_step(real, metadata)
@@ -467,3 +469,78 @@ def test_a_run_that_ends_during_a_nonfinite_streak_names_its_real_last_checkpoin
         Trainer(0, 1, resumed, torch.device("cpu")).run()
     assert not [r for r in caplog.records if "training finished" in r.getMessage()]
     assert load_checkpoint(Path(config.output_dir))["step"] == 2
+
+
+def test_a_training_step_at_each_precision_is_finite_and_trains(tmp_path, device):
+    """A whole Trainer.train_step as training runs it: fp32 everywhere, fp16 (GradScaler) and bf16 autocast
+    on CUDA, whose field is siren/fast.py's (impl auto -> recompute): finite losses, weights that move,
+    float32 weights and optimiser state. fp16 may skip its first steps while the scaler finds its scale."""
+    from siren.siren import resolve_impl
+
+    precisions = ["fp32"] + (["fp16", "bf16"] if device.type == "cuda" else [])
+    for precision in precisions:
+        trainer = Trainer(0, 1, tiny_config(tmp_path, precision, precision=precision), device)
+        assert trainer.amp_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        assert trainer.scaler.is_enabled() == (precision == "fp16")
+        assert resolve_impl(trainer.generator.siren.impl, device) == ("recompute" if device.type == "cuda"
+                                                                      else "cpu_lowmem")
+        before = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+        metadata = curriculums.extract_metadata(trainer.curriculum, 0)
+        real = (torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
+        steps = []
+        while len(steps) < 16 and (not steps or steps[-1]["skipped"]):
+            steps.append(trainer.train_step(real, metadata))
+            trainer.step += 1
+        assert not steps[-1]["skipped"], (precision, len(steps))
+        for stats in steps:
+            for key in ("d_loss", "r1", "g_loss", "photometric", "d_grad_norm", "g_grad_norm"):
+                assert math.isfinite(stats[key]), (precision, key, stats[key])
+        moved = [k for k, v in trainer.generator.state_dict().items() if not torch.equal(v, before[k])]
+        assert any(k.startswith("siren.network") for k in moved), precision
+        for p in trainer.generator.parameters():
+            assert p.dtype == torch.float32 and p.device.type == device.type
+        for state in trainer.optimizer_G.state.values():
+            assert state["exp_avg"].dtype == torch.float32 and bool(torch.isfinite(state["exp_avg"]).all())
+
+
+def test_a_checkpoint_restores_weights_optimisers_scaler_and_random_streams(tmp_path, device):
+    """Save at the end of a run and load into a fresh Trainer on the same device: the weights, the Adam
+    moments (on the device), the loss scaler and every RNG (the CUDA ones included) continue where the
+    run stopped."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return (torch.randn(4), torch.randn(4, device=device).cpu(), random.random(), float(np.random.rand()))
+
+    config = tiny_config(tmp_path, "first", max_steps=2)
+    trainer = Trainer(0, 1, config, device)
+    trainer.run()  # ends with save(): the RNG states are those of this moment
+    expected = draws()
+    resumed = Trainer(0, 1, tiny_config(tmp_path, "first", max_steps=2, load_dir=config.output_dir), device)
+    assert not torch.equal(draws()[1], expected[1])  # a fresh Trainer reseeds: different draws
+    resumed = Trainer(0, 1, tiny_config(tmp_path, "first", max_steps=2, load_dir=config.output_dir), device)
+    resumed.load(resumed.spec.resume_path)
+    got = draws()
+    assert all(torch.equal(a, b) for a, b in zip(got[:2], expected[:2])) and got[2:] == expected[2:]
+    assert resumed.step == 2
+    for name, value in trainer.generator.state_dict().items():
+        assert torch.equal(value, resumed.generator.state_dict()[name]), name
+    for old, new in zip(trainer.optimizer_G.state.values(), resumed.optimizer_G.state.values()):
+        assert new["exp_avg"].device.type == device.type and torch.equal(old["exp_avg"], new["exp_avg"])
+    assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+def test_a_checkpoint_trained_without_a_loss_scaler_resumes_in_fp16(tmp_path, device):
+    """A run trained on the CPU, or in bf16/fp32, saves the empty state of a disabled GradScaler; resuming it
+    in fp16 (on CUDA, the default precision) starts a fresh loss scale instead of failing in GradScaler."""
+    first = tiny_config(tmp_path, "fp32", max_steps=1, precision="fp32")
+    Trainer(0, 1, first, device).run()
+    assert load_checkpoint(Path(first.output_dir))["scaler"] == {}
+    resumed = Trainer(0, 1, tiny_config(tmp_path, "fp32", max_steps=2, precision="fp16",
+                                        load_dir=first.output_dir), device)
+    if not resumed.scaler.is_enabled():  # CPU: the fp16 scaler that CUDA would have
+        resumed.scaler = resumed.loss.scaler = torch.amp.GradScaler(device.type)
+    resumed.load(resumed.spec.resume_path)
+    assert resumed.step == 1 and resumed.scaler.get_scale() == 2.0 ** 16

@@ -1,4 +1,4 @@
-"""Tests for the browser viewer: its frames (visualize/frames.py), the codes file (visualize/codes.py),
+"""Tests for the browser viewer: its frames (visualize/frames.py), invert.py's codes file as its object,
 the CLI (viewer.py), and the page itself in headless Chromium.
 
 The browser test runs where Debian's `chromium` and `chromium-driver`, selenium and viser are
@@ -25,9 +25,8 @@ import torch
 
 import viewer
 from test_extract_shapes import read_ply
-from generators.generators import LatentCodes
-from utils.rendering_cli import latent_for_seed, load_model, render_options
-from visualize.codes import expected_shapes, load_codes, save_codes
+from utils.rendering_cli import latent_for_seed, load_fitted_codes, load_model, render_options
+from inversion.codes_file import save_codes
 from visualize.frames import (BAR_COLOUR, MODES, FrameRenderer, ViewSettings, camera_position, frame_square,
                               letterbox, moving_options, pose_from_camera, zoomed_fov)
 
@@ -123,10 +122,15 @@ def test_the_field_of_view_and_the_camera_change_the_frame(renderer):
 
 
 # ---------------------------------------------------------------- codes file
+def save_fitted(path, model, codes, yaw, pitch):
+    """A codes file as invert.py writes it (inversion/codes_file.py), fitted to `model`'s weights."""
+    return save_codes(path, codes, yaw, pitch, base_generator=model.generator)
+
+
 def test_codes_file_round_trip_opens_as_its_object(tmp_path, model, renderer):
     codes = model.generator.truncated_mapping(latent_for_seed(model, 5), 0.6)
-    path = save_codes(tmp_path / "codes.pt", codes, yaw=FRONT + 0.2, pitch=FRONT - 0.05)
-    loaded = load_codes(path, model.generator)
+    path = save_fitted(tmp_path / "codes.pth", model, codes, yaw=FRONT + 0.2, pitch=FRONT - 0.05)
+    loaded = load_fitted_codes(model, path)
     assert loaded.yaw == pytest.approx(FRONT + 0.2) and loaded.pitch == pytest.approx(FRONT - 0.05)
     for a, b in zip(loaded.codes, codes):
         torch.testing.assert_close(a, b)
@@ -134,41 +138,11 @@ def test_codes_file_round_trip_opens_as_its_object(tmp_path, model, renderer):
     settings = ViewSettings(seed=5, psi=0.6, yaw=FRONT + 0.2)
     np.testing.assert_array_equal(with_file.render(replace(settings, use_codes_file=True)).image,
                                   renderer.render(settings).image)
-    # tensors for the camera, as an inversion may store them, and no camera at all
-    torch.save({**{k: v for k, v in zip(LatentCodes._fields, codes)}, "yaw": torch.tensor(1.0)}, tmp_path / "t.pt")
-    assert load_codes(tmp_path / "t.pt", model.generator)[1:] == (1.0, None)
-
-
-def test_bad_codes_files_are_one_line_errors(tmp_path, model):
-    shapes = expected_shapes(model.generator)
-    good = {key: torch.zeros(shape) for key, shape in shapes.items()}
-
-    def refused(data, match, name="c.pt"):
-        path = tmp_path / name
-        if data is not None:
-            torch.save(data, path)
-        with pytest.raises(ValueError, match=match) as error:
-            load_codes(path, model.generator)
-        assert "\n" not in str(error.value)
-
-    refused(None, "codes file not found", name="missing.pt")
-    refused([1, 2], "holds a dict")
-    refused({k: v for k, v in good.items() if k != "style"}, r"missing key\(s\) style")
-    refused({**good, "phases": torch.zeros(1, 7)}, r"'phases' has shape \(1, 7\), this checkpoint's generator needs")
-    refused({**good, "style": torch.full(shapes["style"], float("nan"))}, "NaN or infinite")
-    refused({**good, "yaw": "left"}, "'yaw' must be a number")
-    refused({**good, "frequencies": torch.zeros(shapes["frequencies"], dtype=torch.long)}, "float tensor")
-    (tmp_path / "text.pt").write_text("not a torch file")
-    refused(None, "not a codes file: it was not written by torch.save", name="text.pt")
-    torch.save({**good, "module": torch.nn.Linear(1, 1)}, tmp_path / "pickle.pt")  # needs unpickling code
-    refused(None, "not a codes file: it holds pickled Python objects, which are never loaded", name="pickle.pt")
-    (tmp_path / "cut.pt").write_bytes((tmp_path / "pickle.pt").read_bytes()[:200])
-    refused(None, r"not a codes file: truncated or corrupt \(", name="cut.pt")
 
 
 def test_a_codes_file_on_the_command_line_opens_at_its_camera(tmp_path, tiny_checkpoint, model):
     codes = model.generator.truncated_mapping(latent_for_seed(model, 2), 1.0)
-    path = save_codes(tmp_path / "photo.pt", codes, yaw=FRONT - 0.3, pitch=FRONT + 0.1)
+    path = save_fitted(tmp_path / "photo.pth", model, codes, yaw=FRONT - 0.3, pitch=FRONT + 0.1)
     args = viewer.build_parser().parse_args(["--path", str(tiny_checkpoint), "--codes", str(path), "--device", "cpu"])
     renderer = viewer.prepare(args)
     assert renderer.moving.rays.img_size == 8 and renderer.full.rays.img_size == 16
@@ -210,7 +184,8 @@ def test_bad_flags_are_usage_errors(tiny_checkpoint, capsys, flags, message):
 def test_bad_inputs_after_viser_are_usage_errors(tmp_path, tiny_checkpoint, capsys):
     (tmp_path / "codes.pt").write_text("junk")
     assert viewer.main(["--path", str(tiny_checkpoint), "--codes", str(tmp_path / "codes.pt")]) == 2
-    assert capsys.readouterr().err.startswith("error: --codes: ")
+    err = capsys.readouterr().err
+    assert err.startswith("error: --codes ") and "not a codes file" in err and err.count("\n") == 1
     assert viewer.main(["--path", str(tmp_path / "none.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

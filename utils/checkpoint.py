@@ -445,7 +445,10 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the writing process saw; a machine with fewer GPUs restores those it has
+        # (set_rng_state_all would fail on the first missing one). Each process trains on one GPU.
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def load_generator(path, device="cpu", use_ema: bool = True,

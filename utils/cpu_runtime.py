@@ -11,7 +11,7 @@ training.
 the kernel. By default every allocation above 32 MB (each SIREN activation at the
 paper's size is ~130 MB) gets fresh pages from mmap and returns them on free, so each
 such tensor costs page faults and zeroing again every step. The field already avoids
-whole-tensor temporaries on CPU (`siren.siren.BLOCK_ELEMENTS`, `siren.siren.FieldHeads`),
+whole-tensor temporaries on CPU (`siren/cpu_kernels.py`: row blocks, `FieldHeads`),
 which brought the fresh pages from 18 to 3 GB per step at batch 2, 64x64 NeRF, 16 samples;
 what is left are tensors the step needs (the activations saved for backward). Served from
 the heap and kept there, those are reused from step to step too. The cost: the heap

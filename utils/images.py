@@ -72,6 +72,13 @@ def depth_legend(width: int, near: float, far: float, bar_height: int = 8) -> np
     return np.asarray(strip)
 
 
+def depth_row(depth: torch.Tensor, near: float, far: float, size: int) -> np.ndarray:
+    """Depth maps (n, S, S) as one row of `depth_to_uint8` pictures, nearest-upscaled to size x size
+    each (so they line up with the images), with the `depth_legend` colour bar below."""
+    row = make_row([resize(d, size) for d in depth_to_uint8(depth, near, far)])
+    return np.concatenate([row, depth_legend(row.shape[1], near, far)])
+
+
 def resize(image: np.ndarray, size: int, nearest: bool = True) -> np.ndarray:
     """Square-resize a uint8 (H, W, 3) image to size x size."""
     if image.shape[0] == size and image.shape[1] == size:

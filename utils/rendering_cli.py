@@ -21,13 +21,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
 from curriculums import extract_metadata, fade_alpha, get_curriculum, last_trained_step
 from generators.cameras import cam2world_from_poses
-from generators.generators import ImplicitGenerator3d, RenderOptions, sample_z
+from generators.generators import ImplicitGenerator3d, LatentCodes, RenderOptions, sample_z
 from utils.checkpoint import (CheckpointError, describe_os_error, load_checkpoint, load_generator,
                               resolve_checkpoint_path)
 from utils.cpu_runtime import add_threads_argument
@@ -99,8 +99,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags for choosing the checkpoint, the weights, the device and the truncation."""
+def add_model_arguments(parser: argparse.ArgumentParser, truncation: bool = True) -> None:
+    """Flags for choosing the checkpoint, the weights, the device and (unless `truncation` is
+    False) the truncation."""
     parser.add_argument("--path", required=True,
                         help="checkpoint file, or a run directory (its latest checkpoint.pth is used)")
     parser.add_argument("--curriculum", default=None,
@@ -109,8 +110,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "it is checked to agree with the checkpoint's")
     parser.add_argument("--no_ema", action="store_true",
                         help="use the raw generator weights instead of the EMA weights")
-    parser.add_argument("--psi", type=finite_float, default=0.5,
-                        help="truncation: codes = mean + psi * (codes - mean); 1 disables it")
+    if truncation:
+        parser.add_argument("--psi", type=finite_float, default=0.5,
+                            help="truncation: codes = mean + psi * (codes - mean); 1 disables it (not applied "
+                                 "to --codes)")
     parser.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
                         help="at most this many 3D points go through the SIREN at once; lower it if "
                              "memory runs out")
@@ -296,12 +299,52 @@ def prepare_output_dir(path) -> Path:
 
 
 # ---------------------------------------------------------------- latents, poses
-def latent_for_seed(model: "LoadedModel", seed: int) -> torch.Tensor:
+class FittedCodes(NamedTuple):
+    """A `--codes` file (written by invert.py) standing in for a seed: its codes are rendered as
+    they are (no truncation), and `str()` is the name output files get."""
+
+    name: str
+    codes: LatentCodes  # (1, ...) each
+    yaw: float          # the fitted camera, radians
+    pitch: float
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def add_codes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--codes", default=None,
+                        help="a codes file written by invert.py (e.g. inv/codes.pth): render its fitted codes "
+                             "(and its tuned generator, when it has one) instead of --seeds; files are named "
+                             "after it. Needs the checkpoint the codes were fitted to as --path")
+
+
+def load_fitted_codes(model: "LoadedModel", path) -> FittedCodes:
+    """Read a `--codes` file for `model` (CLIError when it was fitted to other weights); a tuned
+    generator in the file replaces `model.generator`."""
+    from inversion.codes_file import load_codes
+
+    loaded = load_codes(path, model.generator)
+    model.generator = loaded.generator
+    return FittedCodes(Path(path).stem, loaded.codes, loaded.yaw, loaded.pitch)
+
+
+def latent_for_seed(model: "LoadedModel", seed) -> torch.Tensor:
     """The seed's z (1, z_dim) from the curriculum's z_dist, drawn on the CPU so that a seed
-    gives the same z on every device; returned on the model's device."""
+    gives the same z on every device; returned on the model's device. A `FittedCodes` gives its
+    LatentCodes instead."""
+    if isinstance(seed, FittedCodes):
+        return seed.codes
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     z_dist = model.metadata["z_dist"]
     return sample_z(1, model.generator.z_dim, z_dist, generator=rng).to(model.device)
+
+
+@torch.no_grad()
+def codes_for_seed(model: "LoadedModel", seed, psi: float) -> LatentCodes:
+    """The seed's codes (batch 1): its z's truncated codes, or a `FittedCodes`' codes as they are."""
+    latent = latent_for_seed(model, seed)
+    return latent if isinstance(latent, LatentCodes) else model.generator.truncated_mapping(latent, psi)
 
 
 def cameras_around_mean(options: RenderOptions, yaw_offsets: Sequence[float] = (0.0,),

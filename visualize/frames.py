@@ -25,9 +25,8 @@ import torch
 from generators.cameras import PITCH_EPS, cam2world_from_poses, camera_origins
 from generators.generators import LatentCodes, RenderOptions
 from utils.images import depth_to_uint8, resize, to_uint8
-from utils.rendering_cli import LoadedModel, decoder_alpha, latent_for_seed
+from utils.rendering_cli import FittedCodes, LoadedModel, decoder_alpha, latent_for_seed
 from utils.shading import geometry_images
-from visualize.codes import CodesFile
 
 MODES = ("image", "NeRF RGB", "depth", "geometry")
 ORBIT_DISTANCE = 1.0        # the browser camera's distance at zoom 1: the generator's camera radius
@@ -100,7 +99,7 @@ class FrameRenderer:
     `moving_size` the NeRF size while the camera moves."""
 
     def __init__(self, model: LoadedModel, options: RenderOptions, moving_size: int, max_batch_size: int,
-                 codes_file: Optional[CodesFile] = None):
+                 codes_file: Optional[FittedCodes] = None):
         self.model, self.full, self.max_batch_size = model, options, max_batch_size
         self.moving = moving_options(options, moving_size)
         self.alpha = decoder_alpha(model, options)  # the same blocks at both sizes, so the same fade-in
