@@ -31,9 +31,10 @@ import ast
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from datasets import REAL_RESIZES
+from discriminators.discriminators import RESOLUTION_TO_ENTRY
 from generators.warp import WARP_PROJECTIONS
 from losses import PHOTOMETRIC_INPUTS
 
@@ -47,6 +48,62 @@ STAGE, GLOBAL = "stage", "global"
 
 
 @dataclass(frozen=True)
+class Range:
+    """The numbers a key accepts: finite, within an interval whose ends are included or not, perhaps
+    integers only, perhaps a sequence of `length` such numbers, perhaps None as well. `interval()`
+    builds one from its usual notation."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_included: bool = True
+    high_included: bool = True
+    integer: bool = False
+    length: Optional[int] = None  # a tuple (or list) of this many numbers, each in the interval
+    nullable: bool = False        # None is accepted too (it switches something off / means "as in training")
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        text = (f"{'[' if self.low_included else '('}{self.low:g}, {self.high:g}"
+                f"{']' if self.high_included else ')'}")
+        if self.integer and self.low == 1 and self.low_included and math.isinf(self.high):
+            text = "a positive integer"
+        elif math.isinf(self.low) and math.isinf(self.high):
+            text = kind
+        elif math.isinf(self.high):
+            text = f"{kind} {'>=' if self.low_included else '>'} {self.low:g}"
+        elif math.isinf(self.low):
+            text = f"{kind} {'<=' if self.high_included else '<'} {self.high:g}"
+        else:
+            text = f"{kind} in {text}"
+        if self.length is not None:
+            text = f"{self.length} values, each {text}"
+        return f"{text} or None" if self.nullable else text
+
+    def contains(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if self.length is not None:
+            return isinstance(value, (tuple, list)) and len(value) == self.length and \
+                all(Range(self.low, self.high, self.low_included, self.high_included, self.integer).contains(v)
+                    for v in value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value >= self.low if self.low_included else value > self.low
+        below = value <= self.high if self.high_included else value < self.high
+        return above and below
+
+
+def interval(text: str, **options) -> Range:
+    """A Range from interval notation: "[1, inf)", "(0, 180)", "[0, 1]"; `options` as Range's fields."""
+    low, high = (part.strip() for part in text.strip()[1:-1].split(","))
+    return Range(float(low), float(high), text.strip()[0] == "[", text.strip()[-1] == "]", **options)
+
+
+@dataclass(frozen=True)
 class Key:
     """One row of KEYS."""
 
@@ -55,64 +112,83 @@ class Key:
     default: Any = REQUIRED    # what extract_metadata fills in where a curriculum leaves the key out
     choices: tuple = ()        # the values it may take, where they are a fixed set; the first is the
                                # published behaviour, the others opt-in corrections (docs/METHOD.md §13)
+    valid: Optional[Range] = None  # the numbers it may take (validate_curriculum); None: not a number
     words: tuple = ()          # strings it accepts besides its numbers (batch_split: "auto")
 
+    def accepts(self, value) -> bool:
+        """Whether `value` is within `valid` or one of `words`."""
+        return (isinstance(value, str) and value in self.words) or self.valid.contains(value)
 
-# Every key a curriculum may hold, with its default: the one table. `extract_metadata` fills the
-# defaults in, so code reads `metadata[key]` and never carries a default of its own. A key that
-# the code added later defaults to the behaviour from before it existed (the published one), so
-# the curricula recorded in older checkpoints still read. What each value means: docs/METHOD.md §8.
+    def expected(self) -> str:
+        """What `accepts` takes, in words: "an integer >= 1 or 'auto'"."""
+        return " or ".join([str(self.valid), *map(repr, self.words)])
+
+
+# Every key a curriculum may hold, with its default and, for numbers, the values it accepts: the one
+# table. `extract_metadata` fills the defaults in, so code reads `metadata[key]` and never carries a
+# default of its own; `validate_curriculum` checks every value against its row before any process
+# starts. A key that the code added later defaults to the behaviour from before it existed (the
+# published one), so the curricula recorded in older checkpoints still read. What each value means:
+# docs/METHOD.md §8.
+POSITIVE_INT = interval("[1, inf)", integer=True)
+NON_NEGATIVE = interval("[0, inf)")
+POSITIVE = interval("(0, inf)")
+ANY_NUMBER = interval("(-inf, inf)")
 KEYS = {
     # per stage (the rows of the docs/METHOD.md §8 table)
-    "batch_size": Key(STAGE),           # images per process and step
-    "num_steps": Key(STAGE),            # depth samples per ray
-    "img_size": Key(STAGE),             # NeRF resolution S
-    "output_size": Key(STAGE),          # decoder output: img_size * 2**n
-    "batch_split": Key(STAGE, words=("auto",)),  # a batch is processed in this many chunks; "auto": the
-                                                 # fewest that fit the device's memory (utils/memory_model.py)
-    "gen_lr": Key(STAGE),
-    "disc_lr": Key(STAGE),
-    "pos_lambda": Key(STAGE),           # weight of the discriminator's pose loss
-    "reproj_lambda": Key(STAGE),        # weight of the photometric (reprojection) loss
+    "batch_size": Key(STAGE, valid=POSITIVE_INT),     # images per process and step
+    "num_steps": Key(STAGE, valid=interval("[2, inf)", integer=True)),  # depth samples per ray
+    "img_size": Key(STAGE, valid=POSITIVE_INT),       # NeRF resolution S
+    # decoder output: img_size * 2**n, a resolution the discriminator takes (a power of 2, checked below)
+    "output_size": Key(STAGE, valid=interval("[2, 1024]", integer=True)),
+    # a batch is processed in this many chunks; "auto": the fewest that fit the device's memory
+    # (utils/memory_model.py)
+    "batch_split": Key(STAGE, valid=POSITIVE_INT, words=("auto",)),
+    "gen_lr": Key(STAGE, valid=NON_NEGATIVE),
+    "disc_lr": Key(STAGE, valid=NON_NEGATIVE),
+    "pos_lambda": Key(STAGE, valid=NON_NEGATIVE),     # weight of the discriminator's pose loss
+    "reproj_lambda": Key(STAGE, valid=NON_NEGATIVE),  # weight of the photometric (reprojection) loss
     # camera and pose distribution; the *_eval keys replace theirs at evaluation (None: the training value)
-    "fov": Key(GLOBAL),
-    "ray_start": Key(GLOBAL),
-    "ray_end": Key(GLOBAL),
-    "h_mean": Key(GLOBAL),
-    "v_mean": Key(GLOBAL),
-    "h_stddev": Key(GLOBAL),
-    "v_stddev": Key(GLOBAL),
+    "fov": Key(GLOBAL, valid=interval("(0, 180)")),   # degrees
+    "ray_start": Key(GLOBAL, valid=POSITIVE),         # and ray_start < ray_end
+    "ray_end": Key(GLOBAL, valid=POSITIVE),
+    "h_mean": Key(GLOBAL, valid=ANY_NUMBER),
+    "v_mean": Key(GLOBAL, valid=ANY_NUMBER),
+    "h_stddev": Key(GLOBAL, valid=NON_NEGATIVE),
+    "v_stddev": Key(GLOBAL, valid=NON_NEGATIVE),
     "sample_dist": Key(GLOBAL),
-    "h_stddev_eval": Key(GLOBAL, None),
-    "v_stddev_eval": Key(GLOBAL, None),
+    "h_stddev_eval": Key(GLOBAL, None, valid=interval("[0, inf)", nullable=True)),
+    "v_stddev_eval": Key(GLOBAL, None, valid=interval("[0, inf)", nullable=True)),
     "sample_dist_eval": Key(GLOBAL, None),
     "hierarchical_sample": Key(GLOBAL),
     # optimisation
-    "fade_steps": Key(GLOBAL),
-    "topk_interval": Key(GLOBAL),
-    "topk_v": Key(GLOBAL),
-    "betas": Key(GLOBAL),
+    "fade_steps": Key(GLOBAL, valid=NON_NEGATIVE),
+    "topk_interval": Key(GLOBAL, valid=interval("[0, inf)", nullable=True)),  # None or 0: no top-k
+    "topk_v": Key(GLOBAL, valid=interval("[0, 1]", nullable=True)),
+    "betas": Key(GLOBAL, valid=interval("[0, 1)", length=2)),
     "unique_lr": Key(GLOBAL),
-    "weight_decay": Key(GLOBAL),
-    "r1_lambda": Key(GLOBAL),
-    "grad_clip": Key(GLOBAL),
-    "z_lambda": Key(GLOBAL),
-    "nerf_noise_steps": Key(GLOBAL, 5000),  # density noise max(0, 1 - step / nerf_noise_steps) (§2)
+    "weight_decay": Key(GLOBAL, valid=NON_NEGATIVE),
+    "r1_lambda": Key(GLOBAL, valid=NON_NEGATIVE),
+    "grad_clip": Key(GLOBAL, valid=POSITIVE),         # the largest gradient norm (0 would zero every step)
+    "z_lambda": Key(GLOBAL, valid=NON_NEGATIVE),
+    # density noise max(0, 1 - step / nerf_noise_steps) (§2)
+    "nerf_noise_steps": Key(GLOBAL, 5000, valid=POSITIVE),
     # models
     "model": Key(GLOBAL),
     "generator": Key(GLOBAL),
     "discriminator": Key(GLOBAL),
-    "latent_dim": Key(GLOBAL),
-    "hidden_dim": Key(GLOBAL),
-    "decoder_channels": Key(GLOBAL),
-    "disc_width_factor": Key(GLOBAL),
+    "latent_dim": Key(GLOBAL, valid=POSITIVE_INT),
+    "hidden_dim": Key(GLOBAL, valid=POSITIVE_INT),
+    "decoder_channels": Key(GLOBAL, valid=interval("[1, inf)", integer=True, length=4)),  # one per decoder block
+    "disc_width_factor": Key(GLOBAL, valid=POSITIVE),
     "clamp_mode": Key(GLOBAL),
     "z_dist": Key(GLOBAL),
-    "sphere_prior_radius": Key(GLOBAL, 0.0),   # the field's initial density sphere (§3); 0: none
-    "sphere_prior_density": Key(GLOBAL, 0.0),
+    # the field's initial density sphere (§3); 0: none
+    "sphere_prior_radius": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
+    "sphere_prior_density": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     # multi-view consistency
     "stereo_auxiliary": Key(GLOBAL),
-    "max_mixup_ratio": Key(GLOBAL),
+    "max_mixup_ratio": Key(GLOBAL, valid=interval("[0, 1]")),
     # volume rendering
     "last_back": Key(GLOBAL),
     "eval_last_back": Key(GLOBAL),
@@ -120,8 +196,8 @@ KEYS = {
     # data
     "dataset": Key(GLOBAL),
     "dataset_path": Key(GLOBAL),
-    "synthetic_size": Key(GLOBAL, 4096),       # Synthetic: number of distinct heads
-    "synthetic_seed": Key(GLOBAL, 0),
+    "synthetic_size": Key(GLOBAL, 4096, valid=POSITIVE_INT),  # Synthetic: number of distinct heads
+    "synthetic_seed": Key(GLOBAL, 0, valid=interval("[0, inf)", integer=True)),
     # the published behaviour by default; each has an opt-in correction
     "photometric_input": Key(GLOBAL, "shifted", choices=tuple(PHOTOMETRIC_INPUTS)),  # or "unit"
     "warp_projection": Key(GLOBAL, "ray_norm", choices=WARP_PROJECTIONS),            # or "pinhole"
@@ -136,6 +212,7 @@ STAGE_KEYS = tuple(name for name, key in KEYS.items() if key.scope == STAGE)
 LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
 
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
+DISCRIMINATOR_SIZES = frozenset(RESOLUTION_TO_ENTRY)  # the output sizes the discriminator takes (§6)
 
 
 # --------------------------------------------------------------------------- #
@@ -385,7 +462,8 @@ def get_curriculum(name: str) -> dict:
 
 
 def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
-    """Raise ValueError listing every problem found in `curriculum` (None if fine)."""
+    """Raise ValueError naming every problem found in `curriculum`, in one line (None if fine): its
+    structure, missing keys, and every value against its row of KEYS."""
     label = f"curriculum {name!r}" if name else "curriculum"
     problems = []
 
@@ -402,6 +480,8 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
     if not boundaries or len(curriculum[boundaries[-1]]) != 0:
         problems.append("the last stage must be empty ({}): it marks the end of training")
 
+    out_of_range = _values_out_of_range(curriculum, boundaries)
+    problems.extend(message for _, message in out_of_range)
     for boundary in boundaries[:-1]:
         stage = curriculum[boundary]
         if not isinstance(stage, Mapping):
@@ -416,17 +496,19 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
         if missing:
             problems.append(f"stage {boundary} is missing keys: {', '.join(missing)}")
             continue
+        if {"img_size", "output_size", "batch_size", "batch_split"} & {key for key, _ in out_of_range}:
+            continue  # the checks below need these to be positive integers
         img, out = merged["img_size"], merged["output_size"]
-        ratio = out / img if img else 0
-        levels = math.log2(ratio) if ratio > 0 else -1
+        levels = math.log2(out / img)
         if not (levels == int(levels) and 0 <= levels <= MAX_UPSAMPLE_LEVELS):
             problems.append(f"stage {boundary}: output_size ({out}) must be img_size ({img}) "
                             f"times 2**n with 0 <= n <= {MAX_UPSAMPLE_LEVELS}")
+        elif out not in DISCRIMINATOR_SIZES:
+            problems.append(f"stage {boundary}: output_size ({out}) must be a size the discriminator takes: "
+                            f"{', '.join(map(str, sorted(DISCRIMINATOR_SIZES)))}")
         split = merged["batch_split"]
         if split in KEYS["batch_split"].words:
             pass  # chosen at the stage's first step (utils/memory_model.py); it divides the batch
-        elif isinstance(split, bool) or not isinstance(split, int) or split < 1:
-            problems.append(f"stage {boundary}: batch_split must be a positive integer or 'auto', not {split!r}")
         elif merged["batch_size"] % split != 0:
             problems.append(f"stage {boundary}: batch_size ({merged['batch_size']}) is not "
                             f"divisible by batch_split ({split})")
@@ -441,7 +523,26 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
             problems.append(f"{name} must be one of {', '.join(map(repr, key.choices))}, not {curriculum[name]!r}")
 
     if problems:
-        raise ValueError(f"Invalid {label}:\n  - " + "\n  - ".join(problems))
+        raise ValueError(f"invalid {label}: " + "; ".join(problems))
+
+
+def _values_out_of_range(curriculum: Mapping, boundaries: list) -> list:
+    """[(key, message)] for every value outside its KEYS row's `valid` range: a global value (or a default)
+    once, a stage's value once per stage that holds it."""
+    problems = []
+    globals_ = with_defaults({k: v for k, v in curriculum.items() if not _is_stage_key(k)})
+    for name, key in KEYS.items():
+        if key.valid is None:
+            continue
+        if name in globals_:  # a global applies to every stage (extract_metadata)
+            if not key.accepts(globals_[name]):
+                problems.append((name, f"{name} must be {key.expected()}, not {globals_[name]!r}"))
+            continue
+        for boundary in boundaries[:-1]:
+            stage = curriculum[boundary]
+            if isinstance(stage, Mapping) and name in stage and not key.accepts(stage[name]):
+                problems.append((name, f"stage {boundary}: {name} must be {key.expected()}, not {stage[name]!r}"))
+    return problems
 
 
 # --------------------------------------------------------------------------- #

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -36,15 +36,19 @@ class DatasetError(ValueError):
 # Finding the images
 # --------------------------------------------------------------------------- #
 
-def _edit_hint(curriculum_name: Optional[str]) -> str:
+def _edit_hint(curriculum_name: Optional[str], set_by_flag: bool = False) -> str:
+    """Where to fix dataset_path: the --set flag that gave it, or the curriculum in curriculums.py."""
+    if set_by_flag:
+        return "Fix the path given with --set dataset_path=... (a glob such as '/data/ffhq/*.png', or a folder)."
     name = curriculum_name or "<your curriculum>"
-    return f"Edit the 'dataset_path' key of curriculum {name!r} in curriculums.py."
+    return (f"Edit the 'dataset_path' key of curriculum {name!r} in curriculums.py, or give it with "
+            f"--set dataset_path=... .")
 
 
-def _find_images(dataset_path, curriculum_name: Optional[str]) -> list:
+def _find_images(dataset_path, curriculum_name: Optional[str], set_by_flag: bool = False) -> list:
     """Sorted image files matched by a glob, or found (recursively) in a folder."""
     if not dataset_path:
-        raise DatasetError(f"No dataset_path is set. {_edit_hint(curriculum_name)}")
+        raise DatasetError(f"No dataset_path is set. {_edit_hint(curriculum_name, set_by_flag)}")
     path = os.path.expanduser(str(dataset_path))
     if os.path.isdir(path):
         paths = []
@@ -56,29 +60,46 @@ def _find_images(dataset_path, curriculum_name: Optional[str]) -> list:
         paths = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
         what = f"dataset_path {path!r} matches no files"
     if not paths:
-        raise DatasetError(f"The {what}. {_edit_hint(curriculum_name)}")
+        raise DatasetError(f"The {what}. {_edit_hint(curriculum_name, set_by_flag)}")
     return sorted(paths)
 
 
-def resolve_image_paths(metadata: Mapping, curriculum_name: Optional[str] = None) -> list:
+def resolve_image_paths(metadata: Mapping, curriculum_name: Optional[str] = None, set_by_flag: bool = False) -> list:
     """The image files of `metadata['dataset_path']` (a glob or a folder).
 
-    Raises DatasetError naming the path and the curriculum key to edit when nothing
-    matches. Cheap: lists files, opens none.
+    Raises DatasetError naming the path and where to fix it (the curriculum key, or the --set flag
+    when `set_by_flag`) when nothing matches. Cheap: lists files, opens none.
     """
-    return _find_images(metadata["dataset_path"], curriculum_name or metadata["dataset"])
+    return _find_images(metadata["dataset_path"], curriculum_name or metadata["dataset"], set_by_flag)
 
 
-def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None) -> int:
-    """Fail early with a clear DatasetError if the curriculum's data is unusable.
+# check_dataset decodes files until one is a readable image: this many unreadable ones in a row refuse the data.
+MAX_UNREADABLE_CHECKED = 32
 
-    Returns the number of items. Cheap (no image is decoded); call it before
-    spawning training processes.
+
+def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_by_flag: bool = False) -> int:
+    """Fail early with a clear DatasetError if the curriculum's data is unusable: nothing matches
+    dataset_path, or the first files matched are not readable images.
+
+    Returns the number of items. Cheap (one image decoded, if the first is readable); call it before
+    spawning training processes. `set_by_flag`: dataset_path came from --set (the hint says so).
     """
     name = _dataset_name(metadata)
     if name == "Synthetic":
         return int(metadata["synthetic_size"])
-    return len(resolve_image_paths(metadata, curriculum_name))
+    paths = resolve_image_paths(metadata, curriculum_name, set_by_flag)
+    first_error = None
+    for path in paths[:MAX_UNREADABLE_CHECKED]:
+        try:
+            with Image.open(path) as image:
+                image.load()
+            return len(paths)
+        except Exception as error:  # noqa: BLE001 - truncated, corrupt, not an image, unreadable
+            first_error = first_error or f"{path}: {type(error).__name__}: {error}"
+    checked = min(len(paths), MAX_UNREADABLE_CHECKED)
+    what = f"none of the {checked} files" if checked == len(paths) else f"none of the first {checked} files"
+    raise DatasetError(f"{what} that dataset_path {metadata['dataset_path']!r} matches is a readable image "
+                       f"(e.g. {first_error}). {_edit_hint(curriculum_name, set_by_flag)}")
 
 
 # --------------------------------------------------------------------------- #
@@ -135,9 +156,34 @@ def image_transform(dataset: str, img_size: int, flip: bool = False, real_resize
     return v2.Compose(steps + [final_resize(img_size, real_resize)])
 
 
+# Transparent pixels are composited on this colour (docs/METHOD.md §9): the published code had no rule
+# (an RGBA image made its Normalize fail), and a PNG's hidden colour under alpha 0 is arbitrary.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """An alpha channel (RGBA, LA, PA, premultiplied RGBa/La) or a transparent palette entry or colour (tRNS)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (image.mode in ("P", "L", "RGB") and image.info.get("transparency") is not None)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation tag says (a phone photo stored sideways), else itself."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of `image`. 16-bit and 32-bit integer modes are scaled from 0..65535 and
-    float modes from [0, 1] (PIL's convert('RGB') clips them instead: a 16-bit PNG became white)."""
+    """An 8-bit RGB copy of `image`, upright (its EXIF orientation applied), transparent pixels composited
+    on TRANSPARENT_BACKGROUND. 16-bit and 32-bit integer modes are scaled from 0..65535 and float modes
+    from [0, 1] (PIL's convert('RGB') clips them instead: a 16-bit PNG became white). An opaque 8-bit
+    image converts exactly as convert('RGB') does (tests/test_published_data.py)."""
+    image = upright(image)
+    if has_transparency(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode.startswith("I;16") or image.mode == "I":
         array = np.asarray(image, dtype=np.float64) / 257.0
     elif image.mode == "F":

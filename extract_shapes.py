@@ -35,9 +35,11 @@ from tqdm import tqdm
 from generators.cameras import camera_origins, project_to_camera
 from generators.generators import LatentCodes
 from generators.volume_rendering import IntegrationOptions, integrate
+from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_codes_argument,
-                                 add_model_arguments, available_memory_bytes, cameras_around_mean, codes_for_seed,
-                                 decoder_alpha, finite_float, load_fitted_codes, load_model, render_options, run_cli)
+                                 add_model_arguments, available_memory_bytes, cameras_around_mean, check_memory,
+                                 codes_for_seed, decoder_alpha, finite_float, load_fitted_codes, load_model,
+                                 prepare_output_dir, render_options, run_cli)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 COLOUR_MODES = ("ray", "point", "image", "none")
@@ -99,20 +101,17 @@ def memory_needed(resolution: int) -> dict:
     return {"host": voxels * HOST_BYTES_PER_VOXEL, "device": voxels * DEVICE_BYTES_PER_VOXEL}
 
 
-def check_memory(resolution: int, device) -> None:
+def check_voxel_memory(resolution: int, device) -> None:
     """CLIError when a resolution^3 extraction will not fit in the memory available now."""
     import torch
 
-    needed = memory_needed(resolution)
-    available = {"host": available_memory_bytes()}
+    host = available_memory_bytes()
+    voxels = [host / HOST_BYTES_PER_VOXEL] if host is not None else []
     if torch.device(device).type == "cuda":
-        available["device"] = torch.cuda.mem_get_info(torch.device(device))[0]
-    for where, free in available.items():
-        if free is not None and needed[where] > free:
-            largest = int((free * resolution ** 3 / needed[where]) ** (1 / 3))  # same bytes per voxel
-            raise CLIError(f"--voxel_resolution {resolution} needs about {needed[where] / 2**30:.1f} GiB of "
-                           f"{'GPU' if where == 'device' else 'main'} memory, {free / 2**30:.1f} GiB is "
-                           f"available; use --voxel_resolution {largest} or less")
+        voxels.append(torch.cuda.mem_get_info(torch.device(device))[0] / DEVICE_BYTES_PER_VOXEL)
+    largest = int(min(voxels) ** (1 / 3)) if voxels else resolution  # the smaller room decides
+    check_memory(memory_needed(resolution), device, f"--voxel_resolution {resolution}",
+                 f"use --voxel_resolution {largest} or less", host_available=host)
 
 
 def extract_mesh(density: np.ndarray, level: float, cube_size: float) -> Mesh:
@@ -379,15 +378,15 @@ def extract(args) -> list:
         raise CLIError(f"--voxel_resolution must be at least 2, got {args.voxel_resolution}")
     if args.max_batch_size < 1:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
+    set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
-    check_memory(args.voxel_resolution, model.device)
+    check_voxel_memory(args.voxel_resolution, model.device)
     if args.codes:
         args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
     cube_size = args.cube_size if args.cube_size is not None else default_cube_size(model.metadata)
     if not cube_size > 0:
         raise CLIError(f"--cube_size must be positive, got {cube_size}")
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(args.output_dir)
     print(f"{model.checkpoint_path}: step {model.step}, {'EMA' if model.use_ema else 'raw'} weights, "
           f"psi {args.psi}, {args.voxel_resolution}^3 voxels over a {cube_size:g} cube on {model.device}")
     written, args.skipped = [], []

@@ -25,6 +25,7 @@ from metrics.fid_kid import MIN_FID_SAMPLES, RECOMMENDED_FID_SAMPLES
 from metrics.inception import FID_WEIGHTS_FILENAME, InceptionWeightsMissing, hub_weights_path, load_inception
 from metrics.metric_main import MetricOptions, evaluate, list_metrics, parse_metrics, summary_lines, uses_inception
 from metrics.metric_utils import REALS_CACHE_ENV
+from utils.cpu_runtime import add_threads_argument, set_threads
 from utils.rendering_cli import CLIError, finite_float, load_model, run_cli
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data loader workers for preparing/reading real images")
     parser.add_argument("--no_ema", action="store_true", help="score the raw generator weights, not the EMA")
+    add_threads_argument(parser)
     parser.add_argument("--no_append", action="store_true", help="do not append to the run's metrics.jsonl")
     parser.add_argument("--random_inception", action="store_true",
                         help="for tests only: random-weight Inception (no download; scores are meaningless)")
@@ -110,6 +112,7 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
 
 def score_checkpoint(args) -> dict:
     """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
+    set_threads(args.threads)
     model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
     stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract_shapes import DEFAULT_LEVEL, check_memory, default_cube_size, extract_mesh, write_ply
+from extract_shapes import DEFAULT_LEVEL, check_voxel_memory, default_cube_size, extract_mesh, write_ply
 from generators.cameras import cam2world_from_poses
 from inversion.codes_file import save_codes
 from inversion.fitting import LATENT_SPACES, TUNABLE, InversionSettings, invert, search_rounds
 from inversion.photo import align_face, prepare_target, read_photo
 from render_multiview_image import MULTIVIEW_YAW_OFFSETS, render_views, video_offsets
+from utils.cpu_runtime import set_threads
 from utils.images import depth_row, make_row, save_gif, save_image, to_uint8
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
                                  cameras_around_mean, decoder_alpha, finite_float, load_model, render_options,
@@ -113,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_steps", type=int, default=None,
                         help="depth samples per ray (default: the trained stage's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (tuning's other latents)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--display_size", type=int, default=128,
                         help="pictures are enlarged (nearest neighbour, by a whole factor) to at least this many "
                              "pixels; 0 keeps the model's size")
@@ -144,8 +144,6 @@ def validate(args) -> None:
             raise CLIError(f"--{name} must be >= 0, got {getattr(args, name)}")
     if not 0 <= args.ssim_weight <= 1:
         raise CLIError(f"--ssim_weight must be in [0, 1], got {args.ssim_weight}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be at least 1, got {args.threads}")
 
 
 def enlarge(image: np.ndarray, display_size: int) -> np.ndarray:
@@ -211,12 +209,11 @@ def write_outputs(model: LoadedModel, result, target: torch.Tensor, options, arg
 def invert_photo(args) -> List[Path]:
     """Everything main() does after parsing: load, prepare the picture, fit, write; returns the written paths."""
     validate(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps)
     if not args.no_mesh:
-        check_memory(args.voxel_resolution, model.device)
+        check_voxel_memory(args.voxel_resolution, model.device)
     dataset = str(model.metadata.get("dataset"))
     image, notes = read_photo(args.image)
     if args.align:

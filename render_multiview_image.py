@@ -32,10 +32,11 @@ from generators.generators import LatentCodes, RenderOptions, StagedOutput
 from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, expand_latents, render_in_batches
 from utils.images import depth_row, make_grid, make_row, resize, save_gif, save_image, to_uint8
 from utils.shading import geometry_images
+from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
-                                 cameras_around_mean, codes_for_seed, decoder_alpha, finite_float, latent_for_seed,
-                                 load_fitted_codes,
-                                 load_model, render_options, run_cli)
+                                 cameras_around_mean, check_memory, codes_for_seed, decoder_alpha, finite_float,
+                                 latent_for_seed, load_fitted_codes, load_model, prepare_output_dir,
+                                 render_memory_bytes, render_options, run_cli)
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
@@ -292,15 +293,30 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--codes only applies to --mode multiview")
 
 
+def check_render_memory(model: LoadedModel, options: RenderOptions, args) -> None:
+    """Refuse sizes whose views cannot fit in the memory available, before anything is allocated."""
+    views = min(args.batch_size, len(MULTIVIEW_YAW_OFFSETS) if args.mode == "multiview" else args.batch_size)
+    sizes = {"--image_size": options}
+    if args.geometry:
+        size = geometry_size(args, options)
+        sizes["--geometry_size"] = options.replace(rays=replace(options.rays, img_size=size), output_size=size)
+    for flag, sized in sizes.items():
+        needed = render_memory_bytes(model, sized, views)
+        check_memory({"host": needed, "device": needed}, model.device,
+                     f"{flag} {sized.rays.img_size} ({sized.rays.num_steps} samples per ray, {views} views at once)",
+                     f"lower {flag} (or --batch_size, --num_steps)")
+
+
 def render(args) -> List[Path]:
     """Everything main() does after parsing: load, validate, render, write; returns the written paths."""
+    set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence,
                              args.allow_untrained_blocks)
+    check_render_memory(model, options, args)
     if args.codes:
         args.seeds = [load_fitted_codes(model, args.codes)]  # the fitted codes stand in for the seeds
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(args.output_dir)
     weights = "EMA" if model.use_ema else "raw"
     print(f"{model.checkpoint_path}: step {model.step} (trained {model.stage.img_size} -> "
           f"{model.stage.output_size} px), curriculum {model.curriculum_name or '(unnamed)'}, {weights} weights, "

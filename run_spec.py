@@ -56,6 +56,8 @@ class TrainConfig:
     # curriculums.apply_overrides entries: 'KEY' / 'STAGE.KEY' values (main.py --set) or whole stages.
     curriculum_overrides: dict = field(default_factory=dict)
     allow_curriculum_change: bool = False  # resume a checkpoint of another curriculum on purpose
+    start_over: bool = False  # main.py: a fresh run in a folder with another run's files (moved aside first)
+    threads: Optional[int] = None  # torch CPU threads per process (None: torch's choice)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ def check_run(spec: RunSpec, checkpoint_state: Optional[dict], world_size: int) 
     curriculum names and the shapes of the checkpoint being resumed. Raises ValueError, DatasetError
     or CheckpointError."""
     config = spec.config
-    check_dataset_size(spec.curriculum, config.curriculum, world_size, config.max_steps)
+    check_dataset_size(spec.curriculum, config.curriculum, world_size, config.max_steps,
+                       dataset_path_set="dataset_path" in config.curriculum_overrides)
     check_eval_metrics(config, spec.curriculum)
     with torch.device("meta"):  # shapes only: no memory, no time
         generator, discriminator = build_networks(curriculums.extract_metadata(spec.curriculum, 0))
@@ -165,9 +168,11 @@ def check_run(spec: RunSpec, checkpoint_state: Optional[dict], world_size: int) 
             raise CheckpointError(f"cannot resume {spec.resume_path}: {mismatch}")
 
 
-def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: Optional[int]) -> None:
-    """Every stage the run reaches has at least one batch per process (the loader drops incomplete batches)."""
-    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name)
+def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: Optional[int],
+                       dataset_path_set: bool = False) -> None:
+    """The data is readable and every stage the run reaches has at least one batch per process (the
+    loader drops incomplete batches). `dataset_path_set`: it came from --set (where a problem is fixed)."""
+    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name, set_by_flag=dataset_path_set)
     for stage in curriculums.stage_boundaries(curriculum)[:-1]:
         if max_steps is not None and stage >= max_steps:
             break

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import random
 import signal
 import sys
@@ -38,7 +39,8 @@ from siren.siren import compile_field
 from utils.checkpoint import (LATEST_NAME, CheckpointError, TrainingState, checkpoint_mismatch, read_checkpoint,
                               remove_stale_temp_files, resolve_checkpoint_path, rng_state, save_checkpoint,
                               set_rng_state)
-from utils.cpu_runtime import flush_denormals, keep_freed_memory
+from utils.cpu_runtime import flush_denormals, keep_freed_memory, set_threads
+from utils.run_dir import RunDirLock
 from utils.images import make_grid, save_image, to_uint8
 from utils.memory_model import AUTO, auto_batch_split
 
@@ -51,6 +53,10 @@ MAX_NONFINITE_STEPS = 10
 MAX_OVERFLOW_STEPS = 30
 NUM_GRID_IMAGES = 20
 GRID_ROW = 5
+# Loader workers are forked, also in the processes main.py spawns (which would otherwise spawn theirs too,
+# each re-importing torch and the project: 38 s before the first step of a 2-process tiny run on 2 busy
+# cores). The workers only read data: they touch neither CUDA nor the process group.
+WORKER_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 # ------------------------------------------------------------------------ helpers
@@ -115,13 +121,18 @@ def average_gradients(module: torch.nn.Module, world_size: int) -> None:
         grad.copy_(reduced)
 
 
+def any_rank(flags: list, device, world_size: int) -> list:
+    """For each flag, True if it is True on any rank (so every rank takes the same branch): one all-reduce."""
+    if world_size <= 1:
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in values.tolist()]
+
+
 def all_ranks_agree(flag: bool, device, world_size: int) -> bool:
     """True if `flag` is True on any rank (so every rank takes the same branch)."""
-    if world_size <= 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return any_rank([flag], device, world_size)[0]
 
 
 def module_summary(**modules) -> dict:
@@ -143,12 +154,34 @@ def _jsonable(value):
     return value
 
 
-class GracefulStop:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
+class LoaderFailed(RuntimeError):
+    """A data loader worker died (killed, out of memory): reported between steps, never in the middle of one."""
 
-    def __init__(self):
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the workers ignore SIGINT and SIGTERM. A terminal's Ctrl-C and a cluster's
+    SIGTERM reach the whole process group; the training process alone decides to save and stop, and then
+    shuts its workers down. (torch's own SIGTERM handler kills a worker that anyone but its parent signals,
+    and the training process then failed in its loader without a checkpoint.)"""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next step. `announce`: this
+    process logs the stop (rank 0; the others stop silently with it).
+
+    It also holds back torch's SIGCHLD handler, which raises a loader worker's death as an exception in
+    whatever the main process is doing, e.g. half-way through an optimiser step: `defer_worker_failures`
+    replaces it, and `check_workers` runs it between steps, when the state can still be saved.
+    """
+
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce
         self._previous = {}
+        self._worker_check = None   # torch's SIGCHLD handler, run by check_workers
+        self._child_exited = False
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,17 +194,68 @@ class GracefulStop:
         # A repeated signal must not abort the save: the launcher forwards the signal that a
         # terminal or a cluster may also have sent to the whole process group. SIGKILL aborts.
         if self.requested:
-            logger.warning("received signal %d again: still stopping after this step (SIGKILL aborts)", signum)
+            if self.announce:
+                logger.warning("received signal %d again: still stopping after this step (SIGKILL aborts)", signum)
             return
         self.requested = True
-        logger.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
+        if self.announce:
+            logger.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
+
+    def defer_worker_failures(self) -> None:
+        """Call after a loader's workers started (torch then has its SIGCHLD handler in place)."""
+        current = signal.getsignal(signal.SIGCHLD)
+        if current == self._note_child_exit or not callable(current):
+            return
+        try:
+            signal.signal(signal.SIGCHLD, self._note_child_exit)
+        except ValueError:  # not the main thread: torch's handler stays
+            return
+        self._previous.setdefault(signal.SIGCHLD, current)
+        self._worker_check = current
+
+    def _note_child_exit(self, signum, frame):
+        self._child_exited = True
+
+    def check_workers(self) -> None:
+        """Raise torch's RuntimeError if a loader worker died since the last check (between steps only)."""
+        if self._child_exited and self._worker_check is not None:
+            self._child_exited = False
+            self._worker_check(signal.SIGCHLD, None)
 
     def restore(self):
         for sig, handler in self._previous.items():
             # After a stop the process is on its way out: a repeated signal (another one sent
             # to the process group) must not kill it while it tears down.
-            signal.signal(sig, signal.SIG_IGN if self.requested else handler)
+            stopping = self.requested and sig != signal.SIGCHLD
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
+        self._previous, self._worker_check = {}, None
 
+
+class Batches:
+    """The batches of a loader's epoch, from its iterator. A worker that died yields None, once, with
+    `failure` set to torch's message, instead of raising: so that every rank can agree to save and stop."""
+
+    def __init__(self, loader: DataLoader, stop: GracefulStop):
+        self.iterator = iter(loader)
+        self.stop = stop
+        self.failure: Optional[str] = None
+        stop.defer_worker_failures()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Optional[torch.Tensor]:
+        if self.failure is not None:
+            raise StopIteration
+        try:
+            self.stop.check_workers()
+            real, _ = next(self.iterator)
+        except RuntimeError as error:
+            if "DataLoader worker (pid" not in str(error):  # torch's words for a worker that died
+                raise
+            self.failure = str(error).strip().splitlines()[0].rstrip(". ")
+            return None
+        return real
 
 
 class Progress:
@@ -187,7 +271,10 @@ class Progress:
         self.mark = None  # (time, step) of the last progress line
 
     def start_step(self, step: int) -> None:
-        """A new bar when `step` begins a stage."""
+        """A new bar when `step` begins a stage. The first step of the run starts the clock of the
+        progress lines (a resumed run's first line measures its own steps, not the loading)."""
+        if self.mark is None:
+            self.mark = (time.time(), step)
         stage = curriculums.stage_start(self.curriculum, step)
         if self.total.disable or stage == self.stage:
             return
@@ -209,7 +296,7 @@ class Progress:
 
     def log_line(self, step: int, stats: dict) -> None:
         now = time.time()
-        if self.mark is None:
+        if self.mark is None:  # end_step without start_step (tests)
             self.mark = (now, step - 1)
         if step % self.log_interval and step != self.final_step:
             return
@@ -247,9 +334,11 @@ def make_optimizers(generator: torch.nn.Module, discriminator: torch.nn.Module, 
 # ------------------------------------------------------------------------- the run
 class Trainer:
     def __init__(self, rank: int, world_size: int, spec: Union[RunSpec, TrainConfig], device: torch.device,
-                 resume_state: Optional[dict] = None):
+                 resume_state: Optional[dict] = None, run_dir_locked: bool = False):
         """`spec` as main.py resolved it; a TrainConfig (tests, benchmarks) is resolved here, as main.py
-        would. `resume_state`: the checkpoint state resolve_run read in this process, if any."""
+        would. `resume_state`: the checkpoint state resolve_run read in this process, if any.
+        `run_dir_locked`: the caller (main.py's launcher) holds the output directory's lock for this run;
+        otherwise rank 0 takes it in begin() and gives it back when run() ends."""
         if isinstance(spec, TrainConfig):
             spec, resume_state = resolve_run(spec)
         self.rank, self.world_size, self.spec, self.device = rank, world_size, spec, device
@@ -285,10 +374,11 @@ class Trainer:
         self.loss = MVCGANLoss(self.generator, self.discriminator, self.scaler, self.autocast)
 
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_streak = 0, 0, 0, 0
-        self.last_good_checkpoint = None  # named when non-finite training stops the run
+        self.last_good_checkpoint = None  # (path, step), named when non-finite training stops the run
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
-        self.stop = GracefulStop()
+        self.stop = GracefulStop(announce=self.is_main)
+        self.run_dir_locked, self.run_dir_lock = run_dir_locked, None
         self._inception = None  # loaded on the first evaluation
         self._loader, self._loader_key = None, None
         self._auto_splits = {}  # {stage size: batch_split} of the stages whose batch_split is "auto"
@@ -319,7 +409,7 @@ class Trainer:
         if self.nonfinite_streak or not self.weights_are_finite():
             if self.is_main:
                 logger.warning("step %d: not saving a checkpoint (non-finite training); last good checkpoint: %s",
-                               self.step, self.last_good_checkpoint or "none")
+                               self.step, self.describe_last_good_checkpoint())
             return False
         states = [None] * self.world_size
         if self.world_size > 1:
@@ -331,8 +421,14 @@ class Trainer:
             save_checkpoint(self.output_dir / LATEST_NAME, state)
             if numbered:
                 save_checkpoint(self.output_dir / f"checkpoint_{self.step:06d}.pth", state)
-        self.last_good_checkpoint = self.output_dir / LATEST_NAME
+        self.last_good_checkpoint = (self.output_dir / LATEST_NAME, self.step)
         return True
+
+    def describe_last_good_checkpoint(self) -> str:
+        if self.last_good_checkpoint is None:
+            return "none was written"
+        path, step = self.last_good_checkpoint
+        return f"{path} (step {step})"
 
     def load(self, path) -> None:
         """Continue from the checkpoint at `path` (the run specification's resume_path): its weights,
@@ -355,7 +451,7 @@ class Trainer:
         if saved.curriculum_name != self.config.curriculum:  # allowed by run_spec.check_curriculum_change
             logger.warning("training curriculum %s on a %s checkpoint (--allow_curriculum_change)",
                            self.config.curriculum, saved.curriculum_name)
-        self.last_good_checkpoint = resolve_checkpoint_path(path)
+        self.last_good_checkpoint = (resolve_checkpoint_path(path), saved.step)
         self.generator.load_state_dict(saved.generator)
         if saved.discriminator is not None:
             self.discriminator.load_state_dict(saved.discriminator)
@@ -365,6 +461,8 @@ class Trainer:
             ema.module.load_state_dict(weights)
             ema.num_updates = updates
         self.step, self.epoch = saved.step, saved.epoch
+        if self.is_main:
+            logger.info("resumed from %s at step %d", path, self.step)
         if saved.imported:  # import_checkpoint.py: weights and step only
             logger.warning("%s has no optimiser, scaler or data-position state (an imported checkpoint): "
                            "continuing the curriculum from step %d with fresh Adam moments", path, self.step)
@@ -394,6 +492,8 @@ class Trainer:
                             # Workers live across epochs: restarting them costs seconds per epoch
                             # on small datasets (each re-imports torch).
                             persistent_workers=self.config.num_workers > 0,
+                            worker_init_fn=ignore_stop_signals if self.config.num_workers > 0 else None,
+                            multiprocessing_context=WORKER_START_METHOD if self.config.num_workers > 0 else None,
                             # Its own generator: making an iterator must not consume the global RNG.
                             generator=torch.Generator().manual_seed(self.config.seed + self.rank))
         if len(loader) == 0:
@@ -554,11 +654,17 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
         """Train until the final (empty) stage, --max_steps or --n_epochs, then write grids and a
-        checkpoint; on SIGINT/SIGTERM save and stop after the current step."""
-        self.begin()
+        checkpoint; on SIGINT/SIGTERM, or when a data loader worker dies, save and stop before the next
+        step. Returns the exit code."""
         try:
+            self.begin()
             while self.steps_left():
-                for real, _ in self.loader():
+                batches = self.loader()
+                for real in batches:
+                    # Every rank takes the same branch: a stop asked on any of them, a worker lost on any.
+                    stop, lost_worker = any_rank([self.stop.requested, real is None], self.device, self.world_size)
+                    if stop or lost_worker:
+                        return self.end_early(stop, batches.failure)
                     started = time.time()
                     # Every step reads its own stage's values: a stage that changes only a learning
                     # rate takes effect at its first step, without a new loader or a new fade.
@@ -567,27 +673,30 @@ class Trainer:
                     stats = self.train_step(real.to(self.device, non_blocking=True), metadata)
                     loader_changed = self.advance()
                     self.end_step(stats, metadata, started)
-                    if all_ranks_agree(self.stop.requested, self.device, self.world_size):
-                        self.stop_by_signal()
-                        return 0
                     if loader_changed or self.step >= self.final_step:
                         break
                 else:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.finish()
         finally:
-            self.progress.close()
+            if self.progress is not None:
+                self.progress.close()
             self.stop.restore()
+            if self.run_dir_lock is not None:
+                self.run_dir_lock.release()
+                self.run_dir_lock = None
         return 0
 
     def begin(self) -> None:
-        """Resume if the run specification says so, prepare the run directory (rank 0), install the
-        signal handler and the progress display."""
+        """Resume if the run specification says so, take the run directory (rank 0: its lock, unless the
+        launcher holds it, then options.json), install the signal handler and the progress display."""
         if self.spec.resume_path:
             self.load(self.spec.resume_path)
         if self.config.set_step is not None:
             self.step = self.config.set_step
         if self.is_main:
+            if not self.run_dir_locked:
+                self.run_dir_lock = RunDirLock(self.output_dir).acquire()
             self.prepare_output_dir()
         self.stop.install()
         self.final_step = curriculums.stage_boundaries(self.curriculum)[-1]
@@ -597,13 +706,15 @@ class Trainer:
         self.progress = Progress(self.curriculum, self.step, self.final_step, self.config.log_interval, bars)
 
     def prepare_output_dir(self) -> None:
-        """Rank 0: the run directory, without the temp files of killed checkpoint writes, and options.json:
-        the run specification, the processes and a module summary."""
+        """Rank 0, holding the directory's lock: the run directory, without the temp files of killed
+        checkpoint writes (no other run writes there), and options.json: the run specification, the
+        processes, their threads and a module summary."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temp_files(self.output_dir):
             logger.info("removed %s, left by a checkpoint write that was killed", stale.name)
         modules = module_summary(generator=self.generator, discriminator=self.discriminator)
-        options = {**self.spec.record(), "world_size": self.world_size, "device": str(self.device), "modules": modules}
+        options = {**self.spec.record(), "world_size": self.world_size, "device": str(self.device),
+                   "threads": torch.get_num_threads(), "modules": modules}
         with open(self.output_dir / "options.json", "w") as f:
             json.dump(_jsonable(options), f, indent=2)
         logger.info("generator %d parameters, discriminator %d", modules["generator"]["parameters"],
@@ -613,9 +724,9 @@ class Trainer:
         return self.step < self.final_step and self.epoch < self.config.n_epochs and \
             not curriculums.is_final_stage(self.curriculum, self.step)
 
-    def loader(self) -> DataLoader:
-        """The data loader of the current step, positioned at the current batch of the epoch; a new one
-        when the stage's loader_key changes (rank 0 writes real.png from the first)."""
+    def loader(self) -> Batches:
+        """The batches of the current step's data loader, from the current batch of the epoch on; a new
+        loader when the stage's loader_key changes (rank 0 writes real.png from the first)."""
         metadata = curriculums.extract_metadata(self.curriculum, self.step)
         key = self.loader_key(self.step)
         if key != self._loader_key:
@@ -623,7 +734,7 @@ class Trainer:
             if self.is_main:
                 self.write_real_grid(self._loader.dataset)
         self._loader.sampler.set_position(self.epoch, self.batch_in_epoch * int(metadata["batch_size"]))
-        return self._loader
+        return Batches(self._loader, self.stop)
 
     def advance(self) -> bool:
         """Count the step just trained; returns whether the next step needs another loader."""
@@ -672,8 +783,21 @@ class Trainer:
             raise FloatingPointError(
                 f"{limit} consecutive steps had non-finite losses or gradients (last at "
                 f"step {self.step}); stopping. Last good checkpoint: "
-                f"{self.last_good_checkpoint or 'none was written'}; try a lower learning rate "
+                f"{self.describe_last_good_checkpoint()}; try a lower learning rate "
                 f"or --precision bf16/fp32.")
+
+    def end_early(self, stop: bool, failure: Optional[str]) -> int:
+        """Before the next step, on every rank: a signal or a lost loader worker on some rank. Save, then
+        exit 0 after a signal (a dead worker does not matter then: the run was stopping); a worker lost
+        without one is a failure (LoaderFailed) after the save."""
+        if stop:
+            self.stop_by_signal()
+            return 0
+        saved = self.save()
+        where = (f"the checkpoint of step {self.step} is saved" if saved else
+                 f"last good checkpoint: {self.describe_last_good_checkpoint()}")
+        raise LoaderFailed(f"a data loader worker died ({failure or 'on another process'}); {where}; continue "
+                           f"with --resume auto")
 
     def stop_by_signal(self) -> None:
         """After SIGINT/SIGTERM on any rank: save (unless training is non-finite) and say so."""
@@ -682,15 +806,21 @@ class Trainer:
             logger.warning("stopped by signal at step %d; checkpoint saved", self.step)
         elif self.is_main:
             logger.warning("stopped by signal at step %d; last good checkpoint: %s", self.step,
-                           self.last_good_checkpoint or "none")
+                           self.describe_last_good_checkpoint())
 
     def finish(self) -> None:
-        """The end (the final stage, --max_steps or --n_epochs): grids of the stage last trained and a checkpoint."""
-        if self.is_main:
+        """The end (the final stage, --max_steps or --n_epochs): grids of the stage last trained (unless
+        --sample_interval 0: never) and a checkpoint. FloatingPointError if the end comes during a streak of
+        non-finite steps, when no checkpoint of it can be written."""
+        if self.is_main and self.config.sample_interval:
             last = curriculums.last_trained_step(self.curriculum, max(self.step - 1, 0))
             self.write_samples(curriculums.extract_metadata(self.curriculum, last),
                                curriculums.fade_alpha(self.curriculum, last))
-        self.save()
+        if not self.save():
+            raise FloatingPointError(
+                f"training reached its end at step {self.step} during a streak of {self.nonfinite_streak} "
+                f"non-finite steps, so no checkpoint of step {self.step} was written; last good checkpoint: "
+                f"{self.describe_last_good_checkpoint()}")
         if self.is_main:
             logger.info("training finished at step %d; checkpoint in %s", self.step, self.output_dir)
 
@@ -701,13 +831,16 @@ def setup_distributed(rank: int, world_size: int, backend: str, init_method: Opt
 
 
 def train(rank: int, world_size: int, spec: Union[RunSpec, TrainConfig], init_method: Optional[str] = None,
-          local_rank: Optional[int] = None, resume_state: Optional[dict] = None) -> int:
+          local_rank: Optional[int] = None, resume_state: Optional[dict] = None, run_dir_locked: bool = False) -> int:
     """One training process of the run `spec` (a TrainConfig is resolved first, see Trainer). On CUDA each
-    process uses the GPU `local_rank` with NCCL. `resume_state`: what resolve_run read in this process."""
+    process uses the GPU `local_rank` with NCCL. `resume_state`: what resolve_run read in this process;
+    `run_dir_locked`: the caller holds the output directory's lock (main.py)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
     local_rank = rank if local_rank is None else local_rank
-    device = (spec.config if isinstance(spec, RunSpec) else spec).device
+    config = spec.config if isinstance(spec, RunSpec) else spec
+    set_threads(config.threads)
+    device = config.device
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -717,7 +850,7 @@ def train(rank: int, world_size: int, spec: Union[RunSpec, TrainConfig], init_me
         device = torch.device("cpu")
     setup_distributed(rank, world_size, "nccl" if use_cuda else "gloo", init_method)
     try:
-        return Trainer(rank, world_size, spec, device, resume_state).run()
+        return Trainer(rank, world_size, spec, device, resume_state, run_dir_locked).run()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -89,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh_resolution", type=int, default=128,
                         help=f"voxels per axis of saved meshes, {MESH_RESOLUTIONS[0]} to {MESH_RESOLUTIONS[1]} "
                              "(a slider in the page)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for rendering (default: torch's choice, all cores)")
     return parser
 
 
@@ -110,21 +108,17 @@ def check_args(args) -> None:
                        f"got {args.mesh_resolution}")
     if args.settle < 0:
         raise CLIError(f"--settle must be >= 0, got {args.settle}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be at least 1, got {args.threads}")
     if args.max_batch_size < 1:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
 
 
 def prepare(args):
     """Load the checkpoint, the codes file and the frame renderer: everything but the server."""
-    import torch
-
+    from utils.cpu_runtime import set_threads
     from utils.rendering_cli import load_fitted_codes, load_model, render_options
     from visualize.frames import FrameRenderer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps,
                              allow_untrained_blocks=args.allow_untrained_blocks)

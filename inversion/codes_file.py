@@ -25,7 +25,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from generators.generators import ImplicitGenerator3d, LatentCodes
-from utils.checkpoint import save_checkpoint, state_checksum, verify_checksum
+from utils.checkpoint import (CheckpointError, require_safe_torch, save_checkpoint, state_checksum, verify_checksum,
+                              why_unreadable)
 from utils.rendering_cli import CLIError
 
 KIND = "mvcgan-inversion"
@@ -68,9 +69,13 @@ def read_codes_file(path) -> dict:
     if not path.is_file():
         raise CLIError(f"--codes {path}: no such file")
     try:
+        require_safe_torch()
+    except CheckpointError as error:
+        raise CLIError(str(error)) from None
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # not a torch file, truncated, pickled objects
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except Exception as error:  # not a torch file, truncated, pickled objects: in words, never torch's advice
+        _, reason = why_unreadable(path, error)
         raise CLIError(f"--codes {path} is not a codes file written by invert.py ({reason})") from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise CLIError(f"--codes {path} is not a codes file written by invert.py"

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from pytorch_fid import inception as fid_inception
 from tqdm import tqdm
 
+from utils.checkpoint import CheckpointError, require_safe_torch, why_unreadable
+
 FEATURE_DIM = 2048                    # Inception's final average-pool features
 INCEPTION_SIZE = 299                  # pytorch-fid resizes every input to this
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -30,7 +32,7 @@ DOWNLOAD_TIMEOUT_S = 15.0
 
 
 class InceptionWeightsMissing(RuntimeError):
-    """The FID Inception weights are neither given, cached, nor downloadable."""
+    """The FID Inception weights are neither given, cached, nor downloadable (or they are unreadable)."""
 
 
 def hub_weights_path() -> Path:
@@ -132,7 +134,39 @@ def _read_weights(weights: Optional[str]) -> dict:
                 raise InceptionWeightsMissing(
                     _missing_weights_message(f"not in the torch hub cache and the download failed: {error}")
                 ) from error
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_state_dict(path)
+
+
+def _load_state_dict(path: Path) -> dict:
+    """The tensors of a weights file, loaded with weights_only=True: InceptionWeightsMissing, one line, for a
+    file that is corrupt, not a state dict, or a pickle of Python objects (never run)."""
+    try:
+        require_safe_torch()
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError as error:
+        raise InceptionWeightsMissing(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt, a pickle: never torch's weights_only advice
+        _, reason = why_unreadable(path, error)
+        raise InceptionWeightsMissing(f"{path} is not a file of FID Inception weights: {reason}") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise InceptionWeightsMissing(f"{path} is not a file of FID Inception weights: it holds a "
+                                      f"{type(loaded).__name__}, not a state dict of tensors")
+    return loaded
+
+
+def _load_weights(module: torch.nn.Module, state_dict: dict, source: Optional[str]) -> None:
+    """load_state_dict; InceptionWeightsMissing (one line) when the tensors are another network's."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or reshaped:
+        where = source or hub_weights_path()
+        differences = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in
+                       ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if names]
+        raise InceptionWeightsMissing(f"{where} holds weights of another network than the FID Inception "
+                                      f"({'; '.join(differences)}); use {FID_WEIGHTS_FILENAME} from "
+                                      f"{FID_WEIGHTS_URL}")
+    module.load_state_dict(state_dict)
 
 
 def load_inception(weights: Optional[str] = None, device="cpu", random_init: bool = False,
@@ -155,7 +189,7 @@ def load_inception(weights: Optional[str] = None, device="cpu", random_init: boo
     def build():
         net = fid_inception_architecture()
         if state_dict is not None:
-            net.load_state_dict(state_dict)
+            _load_weights(net, state_dict, weights)
         return net
 
     block_index = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
@@ -168,7 +202,7 @@ def load_inception(weights: Optional[str] = None, device="cpu", random_init: boo
             if isinstance(module, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     if wrapper_state_dict is not None:
-        model.load_state_dict(wrapper_state_dict)
+        _load_weights(model, wrapper_state_dict, weights)
     if input_size != INCEPTION_SIZE:
         if input_size < 75:
             raise ValueError("Inception needs inputs of at least 75 px")

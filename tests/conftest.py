@@ -98,3 +98,27 @@ def offline_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(inception, "_download_weights", refuse)
     return hub
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nothing can be written to: a read-only tmpfs (as root, who may write into any chmod-ed
+    folder), else a folder without write permission; skipped where neither keeps this process out."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):
+            pytest.skip("cannot make a folder read-only for this user")
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        else:
+            folder.chmod(0o755)

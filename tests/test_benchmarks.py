@@ -113,6 +113,18 @@ def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
     assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"
 
 
+def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsys):
+    """benchmarks/fault_check.py, one run of the kill -9 case (tests/test_main.py runs its group-signal case)."""
+    import fault_check
+
+    assert fault_check.main(["--runs", "1", "--cases", "kill_during_write", "--output_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kill_during_write 1/1: ok: killed " in out
+    assert "kill -9 during a checkpoint write: 1/1 runs left a loadable checkpoint that --resume auto continued" in out
+    assert json.loads(out.strip().splitlines()[-1])["fault_check"] == {
+        "kill_during_write": {"runs": 1, "kept_a_resumable_checkpoint": 1}}
+
+
 def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
     import bench_inversion
 

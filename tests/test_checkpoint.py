@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from utils.checkpoint import CheckpointError, load_checkpoint, load_generator, save_checkpoint
+from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_generator, save_checkpoint
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_format1_checkpoint_converts_equalized_biases(tiny_generator, tiny_curri
     torch.save({"format_version": 1, "generator": old, "generator_ema": old, "curriculum": tiny_curriculum,
                 "step": 0, "optimizer_G": optimizer_G}, path)
     loaded = load_checkpoint(path)
-    assert loaded["format_version"] == 2 and loaded["upgraded_from_format"] == 1
+    assert loaded["format_version"] == FORMAT_VERSION and loaded["upgraded_from_format"] == 1
     for key in state:
         torch.testing.assert_close(loaded["generator_ema"][key], state[key])
     c = scales[names[bias_index]]
@@ -123,6 +124,131 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
         path.write_bytes(b"x")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
+# ------------------------------------------------------------------ issue 21: no fail-open, clear messages
+def _pickle_section(path):
+    """(bytes of the file, offset and length of its data.pkl record: the pickle torch.save wrote)."""
+    import zipfile
+
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    header = info.header_offset  # the local header: 30 bytes, then the name and its own extra field
+    name_length, extra_length = (int.from_bytes(data[header + i:header + i + 2], "little") for i in (26, 28))
+    start = header + 30 + name_length + extra_length
+    assert data[start:start + 2] == b"\x80\x02"  # the pickle's first opcode: PROTO 2
+    return bytearray(data), start, info.file_size
+
+
+def _replace_once(data: bytearray, old: bytes, new: bytes) -> bytearray:
+    assert len(old) == len(new) and data.count(old) == 1
+    start = data.index(old)
+    data[start:start + len(old)] = new
+    return data
+
+
+def test_a_damaged_checksum_never_turns_verification_off(tmp_path):
+    """Changing the checksum's tag, its key or its digest and a weight used to pass as a pre-checksum file
+    (and train or render with the altered weight); only a file of an older format may lack a checksum."""
+    path = tmp_path / "checkpoint.pth"
+    weights = torch.arange(64, dtype=torch.float32) + 0.5
+    save_checkpoint(path, {"generator": {"w": weights}, "curriculum": {"a": 1}, "step": 3})
+    original = bytearray(path.read_bytes())
+    weight_byte = bytes(original).find(weights.numpy().tobytes()) + 40
+    for old, new in ((b"sha256-state-v1", b"sha256-state-v2"), (b"checksum", b"checksuM"),
+                     (b"algorithm", b"algorithM"), (b"digest", b"digesT")):
+        damaged = _replace_once(bytearray(original), old, new)
+        damaged[weight_byte] ^= 0x01
+        (tmp_path / "damaged.pth").write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="is corrupted: its checksum entry is damaged|do not match"):
+            load_checkpoint(tmp_path / "damaged.pth")
+    # A file of the current format without any checksum is corrupt, not old.
+    torch.save({"format_version": FORMAT_VERSION, "generator": {"w": weights}, "curriculum": {}, "step": 3},
+               tmp_path / "stripped.pth")
+    with pytest.raises(CheckpointError, match=f"a checkpoint of format {FORMAT_VERSION} carries a checksum"):
+        load_checkpoint(tmp_path / "stripped.pth")
+
+
+def test_no_flipped_byte_in_the_pickle_loads_with_an_altered_weight(tmp_path):
+    """Every byte of the pickle section flipped in turn, together with a byte of a weight: each file is
+    refused. The flips that break the pickle are reported as corruption, never as a foreign pickle to
+    convert with import_checkpoint.py."""
+    path = tmp_path / "checkpoint.pth"
+    weights = torch.arange(16, dtype=torch.float32) + 0.5
+    save_checkpoint(path, {"generator": {"w": weights}, "curriculum": {"dataset": "x"}, "step": 3})
+    original, start, length = _pickle_section(path)
+    weight_byte = bytes(original).find(weights.numpy().tobytes()) + 8
+    flipped = tmp_path / "flipped.pth"
+    loaded, foreign = [], []
+    for offset in range(start, start + length):
+        data = bytearray(original)
+        data[offset] ^= 0x10
+        data[weight_byte] ^= 0x01
+        flipped.write_bytes(bytes(data))
+        try:
+            load_checkpoint(flipped)
+            loaded.append(offset - start)
+        except CheckpointError as error:
+            if "import_checkpoint.py" in str(error) or "pickled Python objects" in str(error):
+                foreign.append((offset - start, str(error)))
+    assert not loaded, loaded
+    assert not foreign, foreign[:3]
+
+
+def test_a_flipped_byte_in_a_pickled_name_is_corruption_not_a_foreign_pickle(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": {"w": torch.ones(4)}, "curriculum": {}, "step": 3})
+    damaged = _replace_once(bytearray(path.read_bytes()), b"torch._utils", b"torch>_utils")
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "is corrupted: its record" in message and "CRC-32" in message
+    assert "import_checkpoint.py" not in message and "weights_only" not in message
+
+
+def test_a_failed_write_says_why_in_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """torch's zip writer turns a full disk into "unexpected pos ..." raised while handling the OSError."""
+    import errno
+
+    from utils.checkpoint import CheckpointWriteError
+
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as caught:
+        save_checkpoint(path, {"generator": {"w": torch.zeros(2)}, "curriculum": {}, "step": 2})
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert "No space left on device" in message and "unexpected pos" not in message and "\n" not in message
+    assert isinstance(caught.value, OSError)
+    assert load_checkpoint(path)["step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+def test_a_torch_with_the_weights_only_bypass_is_refused(tmp_path, monkeypatch):
+    """torch <= 2.5.1 runs code from a crafted file even with weights_only=True (CVE-2025-32434):
+    requirements.txt excludes it, and loading refuses it where it is installed anyway."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    minimum = re.search(r"^torch>=(\d+)\.(\d+)", text, re.M)
+    assert minimum and tuple(map(int, minimum.groups())) >= (2, 6)
+    vision = re.search(r"^torchvision>=0\.(\d+)", text, re.M)
+    assert vision and int(vision.group(1)) >= 21  # the release that goes with torch 2.6
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(CheckpointError, match=r"torch 2.5.1\+cpu can run code .*CVE-2025-32434.*torch >= 2.6"):
+        load_checkpoint(path)
 
 
 def test_cuda_rng_states_of_more_gpus_than_this_machine_has_restore_the_ones_it_has(monkeypatch):

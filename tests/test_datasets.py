@@ -175,3 +175,60 @@ def test_images_smaller_than_the_crop_warn_once(tmp_path, caplog):
                 ds[i]
     warnings = [r.getMessage() for r in caplog.records if "smaller than the 472x472 crop" in r.getMessage()]
     assert len(warnings) == 1 and "padded with black" in warnings[0]
+
+
+def _loaded(path):
+    from datasets import to_rgb8
+
+    with Image.open(path) as image:
+        return np.asarray(to_rgb8(image))
+
+
+def test_transparent_pixels_are_composited_on_white(tmp_path):
+    """A PNG stores some colour under alpha 0 (here red): it must not show. RGBA, LA and palette images with
+    a transparent entry are composited on white, partial alpha blended (docs/METHOD.md §9)."""
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255                                 # red everywhere ...
+    rgba[:, :2, 3] = 0                                 # ... transparent on the left
+    rgba[:, 2, 3] = 128                                # half transparent
+    rgba[:, 3, 3] = 255                                # opaque on the right
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    rgb = _loaded(tmp_path / "rgba.png")
+    assert (rgb[:, :2] == 255).all()                   # white, not red
+    assert (rgb[:, 3] == [255, 0, 0]).all()
+    assert (rgb[:, 2, 0] == 255).all() and (abs(rgb[:, 2, 1:].astype(int) - 127) <= 1).all()
+    la = np.stack([np.full((4, 4), 0, np.uint8), np.full((4, 4), 0, np.uint8)], -1)  # black, all transparent
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert (_loaded(tmp_path / "la.png") == 255).all()
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.save(tmp_path / "palette.png", transparency=0)  # entry 0 (red) is transparent
+    assert _loaded(tmp_path / "palette.png").tolist() == [[[255] * 3, [0, 0, 255]], [[0, 0, 255], [255] * 3]]
+
+
+def test_opaque_images_convert_as_before(tmp_path):
+    """No alpha, no EXIF turn: exactly PIL's convert('RGB') (the published transforms stay bit for bit)."""
+    rng = np.random.default_rng(1)
+    _save(tmp_path / "rgb.jpg", rng.integers(0, 256, (16, 24, 3)))
+    palette = Image.fromarray(rng.integers(0, 4, (8, 8)).astype(np.uint8), "P")
+    palette.putpalette(list(rng.integers(0, 256, 768)))
+    palette.save(tmp_path / "opaque_palette.png")
+    for name in ("rgb.jpg", "opaque_palette.png"):
+        with Image.open(tmp_path / name) as image:
+            assert np.array_equal(_loaded(tmp_path / name), np.asarray(image.convert("RGB"))), name
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    """A phone stores a portrait photo as landscape pixels plus an EXIF tag saying to turn it."""
+    from PIL import ImageOps
+
+    pixels = np.zeros((30, 40, 3), np.uint8)
+    pixels[:, :20] = (250, 250, 250)                   # light left half, dark right half
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # Orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    rgb = _loaded(tmp_path / "phone.jpg")
+    assert rgb.shape == (40, 30, 3)                    # portrait, as a viewer shows it
+    with Image.open(tmp_path / "phone.jpg") as image:
+        assert np.array_equal(rgb, np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+    assert rgb[:20].mean() > 200 and rgb[20:].mean() < 50  # the light half is on top now

@@ -364,3 +364,11 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
 def test_every_flag_has_help():
     for action in es.build_parser()._actions:
         assert action.help, action.option_strings
+
+
+def test_cli_into_a_read_only_folder_is_one_line_before_any_work(read_only_folder, tiny_checkpoint, capsys):
+    code = es.main(["--path", str(tiny_checkpoint), "--output_dir", str(read_only_folder / "shapes"), "--seeds", "0",
+                    "--device", "cpu", "--voxel_resolution", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --output_dir {read_only_folder / 'shapes'}: cannot write there (")

@@ -109,3 +109,28 @@ def test_cli_prints_a_readable_summary_named_like_the_readme_before_the_json_lin
 def test_every_flag_has_help():
     for action in fe.build_parser()._actions:
         assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize("content", ["pickle", "truncated", "another network"])
+def test_cli_corrupt_or_malicious_inception_weights_are_one_line(run_dir, tmp_path, capsys, content):
+    """A pickle of Python objects (which could run code: never loaded), a truncated file, or another
+    network's tensors: one `error:` line and exit code 2, never torch's advice to set weights_only=False."""
+    import torch
+
+    weights = tmp_path / "inception.pth"
+    if content == "pickle":
+        torch.save(torch.nn.Linear(2, 2), weights)
+    elif content == "truncated":
+        torch.save({"conv.weight": torch.ones(100)}, weights)
+        weights.write_bytes(weights.read_bytes()[:150])
+    else:
+        torch.save({"conv.weight": torch.ones(3)}, weights)
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(run_dir / "checkpoint.pth"), "--metrics", "fid", "--num_real", "2", "--num_fake", "2",
+                 "--inception_weights", str(weights), "--device", "cpu"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("warning:")]
+    assert caught.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "weights_only" not in err and "Traceback" not in err
+    assert {"pickle": "pickled Python objects, which are never loaded", "truncated": "truncated or corrupt",
+            "another network": "holds weights of another network"}[content] in lines[0]

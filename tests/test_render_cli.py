@@ -349,3 +349,28 @@ def test_save_gif(tmp_path):
     with Image.open(path) as gif:
         assert gif.n_frames == 4 and gif.size == (6, 4)
         assert gif.info.get("loop") == 0 and gif.info.get("duration") == 100
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(read_only_folder, tiny_checkpoint, capsys):
+    code = rmi.main(["--path", str(tiny_checkpoint), "--output_dir", str(read_only_folder / "render"),
+                     "--image_size", "8", "--num_steps", "4", "--device", "cpu", "--seeds", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --output_dir {read_only_folder / 'render'}: cannot write there (")
+    assert "Read-only file system" in err or "Permission denied" in err
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(tmp_path, tiny_checkpoint, capsys):
+    """--image_size 100000 asked for tens of terabytes; only MemoryError and CUDA OOM were caught."""
+    code, out = run(tmp_path, tiny_checkpoint, "--image_size", "100000", "--output_size", "100000", sizes=[
+        "--num_steps", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --image_size 100000 (4 samples per ray, 7 views at once) needs about ")
+    assert "GiB of main memory" in err and "lower --image_size" in err
+    assert not out.exists()
+    # The estimate is a lower bound: a size that fits renders.
+    from utils.rendering_cli import available_memory_bytes, render_memory_bytes
+    model = load_model(tiny_checkpoint, device="cpu")
+    options = render_options(model, 64, 64, 4)
+    assert render_memory_bytes(model, options, 7) < available_memory_bytes()

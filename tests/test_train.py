@@ -49,7 +49,7 @@ def checkpoint_tensors(path):
 
 
 def test_training_runs_through_a_stage_change_and_ends_cleanly(tmp_path):
-    config = tiny_config(tmp_path)
+    config = tiny_config(tmp_path, sample_interval=100)  # no grids during the 6 steps, the final ones at the end
     assert train(0, 1, config) == 0
     run = Path(config.output_dir)
     state = load_checkpoint(run / "checkpoint.pth")
@@ -410,6 +410,65 @@ def test_the_fp16_loss_scale_never_stays_below_one(tmp_path, device):
     trainer.scaler.update(8.0)  # above 1 it is the scaler's own business
     trainer.train_step(real, metadata)
     assert scales[-1] == 8.0
+
+
+@pytest.mark.parametrize("stopping", [True, False], ids=["during-a-stop", "without-a-stop"])
+def test_a_loader_worker_killed_in_the_middle_of_a_step_ends_in_a_checkpoint(tmp_path, monkeypatch, stopping):
+    """torch reports a dead loader worker from its SIGCHLD handler, as an exception in whatever the training
+    process is doing (here: half-way through a step). Now the step completes and its checkpoint is saved:
+    the run ends with exit code 0 when it was stopping anyway, else with LoaderFailed (one line in main.py)."""
+    import os
+    import signal
+    import time
+
+    import train as train_module
+
+    config = tiny_config(tmp_path, num_workers=1, max_steps=5)
+    trainer = Trainer(0, 1, config, torch.device("cpu"))
+    original = trainer.train_step
+
+    def train_step(real, metadata):
+        if trainer.step == 1:  # the second step: its worker dies now, while it runs
+            os.kill(trainer._loader._iterator._workers[0].pid, signal.SIGKILL)
+            time.sleep(0.5)  # SIGCHLD arrives in the middle of the step
+            trainer.stop.requested = stopping
+        return original(real, metadata)
+
+    monkeypatch.setattr(trainer, "train_step", train_step)
+    if stopping:
+        assert trainer.run() == 0
+    else:
+        with pytest.raises(train_module.LoaderFailed, match=r"a data loader worker died \(DataLoader worker \(pid "
+                                                            r"\d+\) is killed by signal: Killed\); the checkpoint "
+                                                            r"of step 2 is saved; continue with --resume auto"):
+            trainer.run()
+    assert load_checkpoint(config.output_dir)["step"] == 2
+
+
+def test_a_run_that_ends_during_a_nonfinite_streak_names_its_real_last_checkpoint(tmp_path, monkeypatch, caplog):
+    """It used to log "training finished at step 5; checkpoint in ..." with the checkpoint of step 2."""
+    import losses
+
+    overrides = {k: v for k, v in TINY.items() if not isinstance(k, int)}
+    overrides.update({0: dict(TINY_STAGE), 40: {}})
+    config = tiny_config(tmp_path, "streak", max_steps=2, curriculum_overrides=overrides)
+    assert train(0, 1, config) == 0
+    original = losses.MVCGANLoss.accumulate_generator_gradients
+
+    def nan_loss(self, *args, **kwargs):
+        stats = original(self, *args, **kwargs)
+        stats["g_loss"] = stats["g_loss"] * float("nan")
+        return stats
+
+    monkeypatch.setattr(losses.MVCGANLoss, "accumulate_generator_gradients", nan_loss)
+    resumed = tiny_config(tmp_path, "streak", load_dir=config.output_dir, curriculum_overrides=overrides,
+                          max_steps=5)
+    expected = (r"training reached its end at step 5 during a streak of 3 non-finite steps, so no checkpoint of "
+                r"step 5 was written; last good checkpoint: .*checkpoint.pth \(step 2\)")
+    with caplog.at_level("INFO", logger="mvcgan.train"), pytest.raises(FloatingPointError, match=expected):
+        Trainer(0, 1, resumed, torch.device("cpu")).run()
+    assert not [r for r in caplog.records if "training finished" in r.getMessage()]
+    assert load_checkpoint(Path(config.output_dir))["step"] == 2
 
 
 def test_a_training_step_at_each_precision_is_finite_and_trains(tmp_path, device):

@@ -3,7 +3,12 @@
 What a checkpoint holds is written and read in this file only: `TrainingState` is its
 layout (a training run's checkpoint, or one imported from the published files), plus
 `format_version` and `checksum` (a SHA-256 over every value, verified on load so silent
-corruption is caught). Entry points: `save_checkpoint`, `load_checkpoint` (`read_checkpoint`
+corruption is caught; from format 3 on a file without a valid one is refused, so a damaged
+checksum never passes as an old file). A failed write (a full disk) is one line
+(`CheckpointWriteError`) and leaves the previous file intact; a file torch cannot read is
+described in words (`why_unreadable`), corruption told apart from a foreign pickle by the
+zip records' CRC-32. Loading refuses a torch whose weights_only can be bypassed
+(`require_safe_torch`). Entry points: `save_checkpoint`, `load_checkpoint` (`read_checkpoint`
 also returns the verified checksum), `TrainingState`, `load_generator`.
 """
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
@@ -21,8 +27,13 @@ from typing import List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-# 2: equalised-conv biases stored as published (the layer computes c * (W x + b)); 1 stored c * b.
-FORMAT_VERSION = 2
+# 3: a checksum is required (CHECKSUM_FORMAT_VERSION); 2: equalised-conv biases stored as published (the layer
+# computes c * (W x + b)), with a checksum or (written before checksums existed) without; 1 stored c * b.
+FORMAT_VERSION = 3
+CHECKSUM_FORMAT_VERSION = 3  # from this format on a file without a valid checksum is corrupt, never "old"
+# torch.load(weights_only=True) of torch <= 2.5.1 can be made to run code by a crafted file (CVE-2025-32434):
+# every safety claim about loading rests on a torch at least this new (requirements.txt says so too).
+SAFE_TORCH_VERSION = "2.6"
 LATEST_NAME = "checkpoint.pth"
 EMA_KEYS = ("generator_ema", "generator_ema2")  # the EMAs of decay 0.999 and 0.9999 (train.EMA_DECAYS)
 GENERATOR_KEYS = ("generator", *EMA_KEYS)
@@ -66,51 +77,98 @@ def state_checksum(state: dict) -> dict:
 
 
 def verify_checksum(state: dict, path, trusted_digest: Optional[str] = None) -> Optional[str]:
-    """Raise CheckpointError if `state` carries a checksum that its contents do not match; returns
-    its digest (None for checkpoints written before checksums existed, which pass). The entry is
-    removed, so a state saved again gets a fresh one.
+    """Raise CheckpointError unless `state` carries a checksum that its contents match; returns its
+    digest. Only checkpoints of a format older than CHECKSUM_FORMAT_VERSION may lack one (they pass,
+    returning None), and only when nothing in them looks like a damaged checksum: a corrupted tag,
+    key or digest never turns verification off. The entry is removed, so a state saved again gets a
+    fresh one.
 
     `trusted_digest`: the digest this file was verified against moments ago (run_spec.RunSpec): the
     stored digest is compared with it instead of hashing the whole state again.
     """
+    corrupted = f"{path} is corrupted: "
+    advice = "; use another checkpoint (e.g. a numbered checkpoint_*.pth)"
     stored = state.pop("checksum", None)
-    if stored is None or stored.get("algorithm") != CHECKSUM_ALGORITHM:
-        return None
-    digest = stored.get("digest")
+    if stored is None:
+        damaged = [key for key, value in state.items() if isinstance(value, dict) and {"algorithm", "digest"} & set(value)]
+        if damaged:
+            raise CheckpointError(f"{corrupted}its checksum entry is damaged (found under {damaged[0]!r}){advice}")
+        version = state.get("format_version", 1)
+        if not isinstance(version, int) or version >= CHECKSUM_FORMAT_VERSION:
+            raise CheckpointError(f"{corrupted}a checkpoint of format {version!r} carries a checksum and this one "
+                                  f"has none{advice}")
+        return None  # written before checksums existed
+    algorithm = stored.get("algorithm") if isinstance(stored, dict) else None
+    digest = stored.get("digest") if isinstance(stored, dict) else None
+    if algorithm != CHECKSUM_ALGORITHM or not isinstance(digest, str):
+        raise CheckpointError(f"{corrupted}its checksum entry is damaged (algorithm {algorithm!r}, expected "
+                              f"{CHECKSUM_ALGORITHM!r}){advice}")
     if trusted_digest is not None:
         if digest != trusted_digest:
             raise CheckpointError(f"{path} changed since the launcher verified it (another checksum); "
                                   f"start the run again")
         return digest
     if state_checksum(state)["digest"] != digest:
-        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum stored when it "
-                              f"was written; use another checkpoint (e.g. a numbered checkpoint_*.pth)")
+        raise CheckpointError(f"{corrupted}its contents do not match the checksum stored when it was written{advice}")
     return digest
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, no permission): one line saying why. The file it
+    was to replace is intact."""
+
+
+def _os_error(error: BaseException) -> Optional[OSError]:
+    """The OSError behind `error` (itself, or one it was raised from or during), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line: what failed and why, e.g. "No space left on device: 'runs/x/metrics.jsonl'"."""
+    if error.strerror:
+        return f"{error.strerror}: {error.filename!r}" if error.filename else error.strerror
+    return str(error)
 
 
 def save_checkpoint(path, state: dict) -> None:
     """Write `state` (with a checksum) to `path` via a temp file in the same folder and an atomic
-    rename, so a crash mid-write never leaves a truncated checkpoint behind."""
+    rename, so a crash mid-write never leaves a truncated checkpoint behind. A failed write (a full disk)
+    raises CheckpointWriteError, one line naming the reason, and leaves the file at `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **state}
     payload["checksum"] = state_checksum(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        cause = _os_error(error)
+        if cause is None:
+            raise
+        # torch's zip writer reports a failed write as "unexpected pos ..." raised while handling the
+        # OSError that says why (e.g. "No space left on device"): say that instead.
+        raise CheckpointWriteError(f"could not write the checkpoint {path}: {cause.strerror or cause}; "
+                                   f"the previous {path.name}, if any, is intact") from None
 
 
 def remove_stale_temp_files(directory) -> list:
     """Delete the temp files that killed `save_checkpoint` calls left in `directory` (only names of
-    the form it writes); returns their paths. Call once at the start of a run, before any save."""
+    the form it writes); returns their paths. Call once at the start of a run, before any save, and
+    only while holding the directory's lock (utils/run_dir.py): then no other run writes there, and
+    every such file is a dead writer's."""
     removed = []
     for stale in sorted(Path(directory).glob(STALE_TEMP_GLOB)):
         if stale.is_file():
@@ -157,12 +215,18 @@ def _generator_param_names(generator_state: dict, param_groups: list) -> dict:
     return index_to_name
 
 
+def check_format_version(state: dict, path="checkpoint") -> None:
+    """CheckpointError for a format this code does not know: newer (update the project) or not a number."""
+    version = state.get("format_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}): update the project")
+
+
 def upgrade_state(state: dict) -> dict:
     """Bring a checkpoint of an older format to FORMAT_VERSION in place (and return it)."""
+    check_format_version(state)
     version = int(state.get("format_version", 1))
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format {version} is newer than this code understands "
-                              f"({FORMAT_VERSION}): update the project")
     if version < 2:
         # Format 1 stored b' = c * b for the equalised convs; the layer now scales b by c itself.
         scales = equalized_bias_scales(state["generator"])
@@ -192,35 +256,75 @@ _OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"
 _TORCH_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; its legacy pickle format
 
 
-def _unreadable(path: Path, error: Exception) -> CheckpointError:
-    """Why `path` could not be loaded, in words: never torch's advice to load it with
-    weights_only=False, which would run whatever code a pickle holds."""
+def _damaged_zip_record(path: Path) -> Optional[str]:
+    """The first record of a zip-format file whose bytes fail the CRC-32 stored for it, or None (all intact,
+    or not a zip file). torch.save's zip format stores one per record, which torch.load does not check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError):
+        return None
+
+
+def why_unreadable(path: Path, error: Exception) -> Tuple[str, str]:
+    """(kind, reason) of a file torch.load(weights_only=True) refused, in words, never torch's advice to load
+    it with weights_only=False, which would run whatever code a pickle holds. kind: "other format" (reason:
+    "it is a PNG image"), "not torch", "corrupted" (a zip record fails its CRC-32: a flipped byte in the
+    pickle would otherwise look like a foreign pickle), "pickle" (pickled Python objects) or "unreadable"."""
     with open(path, "rb") as f:
         head = f.read(8)
     for signature, kind in _OTHER_FORMATS.items():
         if head.startswith(signature):
-            return CheckpointError(f"{path} is not a checkpoint: it is {kind}")
+            return "other format", f"it is {kind}"
     if not head.startswith(_TORCH_SIGNATURES):
-        return CheckpointError(f"{path} is not a checkpoint: it was not written by torch.save")
+        return "not torch", "it was not written by torch.save"
+    damaged = _damaged_zip_record(path)
+    if damaged is not None:
+        return "corrupted", f"its record {damaged} does not match the CRC-32 stored when it was written"
     if isinstance(error, pickle.UnpicklingError):
-        return CheckpointError(f"{path} is a PyTorch file but not an MVCGAN checkpoint: it holds pickled Python "
-                               "objects (the published code pickled whole modules), which are never loaded "
-                               "because unpickling can run arbitrary code; convert a published MVCGAN "
-                               "checkpoint with import_checkpoint.py, which reads it without running it")
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return CheckpointError(f"{path} is not a readable MVCGAN checkpoint (truncated or corrupt: {reason})")
+        return "pickle", "it holds pickled Python objects, which are never loaded because unpickling can run " \
+                         "arbitrary code"
+    return "unreadable", f"truncated or corrupt ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    kind, reason = why_unreadable(path, error)
+    if kind in ("other format", "not torch"):
+        return CheckpointError(f"{path} is not a checkpoint: {reason}")
+    if kind == "corrupted":
+        return CheckpointError(f"{path} is corrupted: {reason}; use another checkpoint (e.g. a numbered "
+                               f"checkpoint_*.pth)")
+    if kind == "pickle":  # the published code pickled whole modules
+        return CheckpointError(f"{path} is a PyTorch file but not an MVCGAN checkpoint: {reason}; convert a "
+                               "published MVCGAN checkpoint with import_checkpoint.py, which reads it without "
+                               "running it")
+    return CheckpointError(f"{path} is not a readable MVCGAN checkpoint: {reason}")
+
+
+def require_safe_torch() -> None:
+    """CheckpointError on a torch whose weights_only loading can be made to run code (CVE-2025-32434)."""
+    if torch.torch_version.TorchVersion(torch.__version__) < SAFE_TORCH_VERSION:
+        raise CheckpointError(f"torch {torch.__version__} can run code hidden in a file even with "
+                              f"weights_only=True (CVE-2025-32434): install torch >= {SAFE_TORCH_VERSION} "
+                              f"(pip install -r requirements.txt) before loading checkpoints")
 
 
 def read_checkpoint(path, map_location="cpu", trusted_digest: Optional[str] = None) -> Tuple[dict, Optional[str]]:
     """(state, its verified checksum digest or None) of a checkpoint file or run directory, upgraded
     to FORMAT_VERSION; `trusted_digest` as in `verify_checksum`."""
     path = resolve_checkpoint_path(path)
+    require_safe_torch()
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated files, pickles of whole modules, other formats
         raise _unreadable(path, error) from None
     if not isinstance(state, dict) or "generator" not in state or "curriculum" not in state:
+        damaged = _damaged_zip_record(path)
+        if damaged is not None:
+            raise CheckpointError(f"{path} is corrupted: its record {damaged} does not match the CRC-32 stored "
+                                  f"when it was written; use another checkpoint (e.g. a numbered checkpoint_*.pth)")
         raise CheckpointError(f"{path} is not an MVCGAN checkpoint (missing generator/curriculum state)")
+    check_format_version(state, path)
     digest = verify_checksum(state, path, trusted_digest)
     return upgrade_state(state), digest
 

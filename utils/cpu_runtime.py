@@ -17,12 +17,20 @@ what is left are tensors the step needs (the activations saved for backward). Se
 the heap and kept there, those are reused from step to step too. The cost: the heap
 fragments and never shrinks, so the peak RSS grows (README, "Speed", has the numbers). Hence opt-in
 (`TrainConfig.keep_freed_memory`, `bench_step.py --keep_freed_memory`).
+
+`--threads` (every script: `add_threads_argument`, then `set_threads(args.threads)`) sets
+torch's CPU threads. torch's default, one per core, is right on an idle machine; beside other
+jobs its idle threads spin waiting for preempted ones, and a step took 10-30x longer than with
+one thread per free core (README, "Training").
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import logging
+import os
+from typing import Optional
 
 import torch
 
@@ -52,3 +60,37 @@ def keep_freed_memory() -> bool:
     if not ok:
         logger.warning("mallopt refused; large CPU allocations keep going through mmap")
     return ok
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: taskset, a cluster's cgroup cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """argparse type of --threads: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+THREADS_HELP = ("torch CPU threads (default: torch's choice, one per core). On a machine shared with other jobs "
+                "one thread per free core is much faster than torch's default")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    """--threads N: torch's CPU threads (set them with set_threads)."""
+    parser.add_argument("--threads", type=thread_count, default=None, help=help)
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """torch.set_num_threads(threads) unless None (torch's choice)."""
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -8,14 +8,17 @@ its curriculum and checking it against a `--curriculum` the user named
 inference `RenderOptions` that default to that stage and refuse untrained decoder
 blocks (`render_options`), seeded latents (`latent_for_seed`), camera poses around
 the curriculum's mean pose, argparse types that reject NaN and infinities
-(`finite_float`), and the exit-code convention of every CLI (`run_cli`):
-0 success, 2 a usage or input error (one `error: ...` line), 1 a failure during the work.
+(`finite_float`), an output folder checked before the work (`prepare_output_dir`), a size
+refused before it is allocated when it cannot fit in memory (`check_memory`), and the
+exit-code convention of every CLI (`run_cli`): 0 success, 2 a usage or input error (one
+`error: ...` line), 1 a failure during the work.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -25,7 +28,9 @@ import torch
 from curriculums import extract_metadata, fade_alpha, get_curriculum, last_trained_step
 from generators.cameras import cam2world_from_poses
 from generators.generators import ImplicitGenerator3d, LatentCodes, RenderOptions, sample_z
-from utils.checkpoint import CheckpointError, load_checkpoint, load_generator, resolve_checkpoint_path
+from utils.checkpoint import (CheckpointError, describe_os_error, load_checkpoint, load_generator,
+                              resolve_checkpoint_path)
+from utils.cpu_runtime import add_threads_argument
 
 DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU at H = 256
 
@@ -114,6 +119,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, truncation: bool = True
                              "memory runs out")
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
+    add_threads_argument(parser)
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
@@ -255,6 +261,43 @@ def available_memory_bytes() -> Optional[int]:
     return int(psutil.virtual_memory().available)
 
 
+def check_memory(needed: dict, device, what: str, advice: str, host_available: Optional[int] = None) -> None:
+    """CLIError when `needed` bytes ({"host": ..., "device": ...}, either may be absent) exceed the memory
+    available now (main memory, `host_available` if given; the GPU's free memory on CUDA): `what` needs
+    ..., then `advice`."""
+    available = {"host": available_memory_bytes() if host_available is None else host_available}
+    if torch.device(device).type == "cuda" and "device" in needed:
+        available["device"] = torch.cuda.mem_get_info(torch.device(device))[0]
+    for where, free in available.items():
+        if free is not None and needed.get(where, 0) > free:
+            raise CLIError(f"{what} needs about {needed[where] / 2**30:.1f} GiB of "
+                           f"{'GPU' if where == 'device' else 'main'} memory, {free / 2**30:.1f} GiB is available; "
+                           f"{advice}")
+
+
+def render_memory_bytes(model: "LoadedModel", options: RenderOptions, views: int) -> int:
+    """A lower bound of the bytes rendering `views` views at once holds (float32): the field's outputs at
+    every depth sample of the S x S rays (features, colour, density, the point and its depth), which
+    the volume integral reads together, and the decoder's last activations and image at the output size."""
+    size, samples = options.rays.img_size, options.rays.num_steps * (2 if options.hierarchical_sample else 1)
+    features, last_channels = int(model.metadata["hidden_dim"]), int(model.metadata["decoder_channels"][-1])
+    per_view = size * size * samples * (features + 8) + options.output_size ** 2 * (2 * last_channels + 3)
+    return 4 * views * per_view
+
+
+def prepare_output_dir(path) -> Path:
+    """The output folder, created, after checking that a file can be written there: CLIError (one line)
+    when it cannot (read-only, under a file, /proc), before any work is done."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CLIError(f"--output_dir {path}: cannot write there ({describe_os_error(error)})") from None
+    return folder
+
+
 # ---------------------------------------------------------------- latents, poses
 class FittedCodes(NamedTuple):
     """A `--codes` file (written by invert.py) standing in for a seed: its codes are rendered as
@@ -324,8 +367,9 @@ def run_cli(body: Callable[[], None]) -> int:
     """Run a script's body and return its exit code (the convention of every CLI of the project).
 
     Usage and input errors (CLIError, CheckpointError) print one `error: ...` line and return 2;
-    running out of memory prints one line with the flags that help and returns 1 (a failure
-    during the work, as is anything else, which keeps its traceback: Python exits with 1).
+    running out of memory prints one line with the flags that help and returns 1, as does an OSError
+    (a full disk: a failure during the work, as is anything else, which keeps its traceback: Python
+    exits with 1).
     """
     try:
         body()
@@ -336,5 +380,8 @@ def run_cli(body: Callable[[], None]) -> int:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: out of memory ({reason}); lower --max_batch_size or --batch_size, or use a smaller "
               "resolution", file=sys.stderr)
+        return WORK_FAILED
+    except OSError as error:  # a full disk, the output folder gone: the work failed, say why in one line
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return WORK_FAILED
     return 0
