@@ -142,7 +142,7 @@ def ensure_checkpoint(args) -> Path:
     import subprocess
 
     subprocess.run([sys.executable, str(ROOT / "main.py"), "--curriculum", "Synthetic", "--output_dir", args.path,
-                    "--no_progress"], check=True, cwd=ROOT)
+                    "--threads", "1", "--no_progress"], check=True, cwd=ROOT)  # the README's demo command
     return resolve_checkpoint_path(args.path)
 
 

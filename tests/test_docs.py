@@ -59,7 +59,7 @@ def test_links_and_pictures_of_the_documents_exist():
 def test_readme_starts_with_the_install_and_run_command_then_the_test_command():
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert blocks[0].strip() == ("pip install -r requirements.txt && "
-                                 "python main.py --curriculum Synthetic --output_dir runs/demo")
+                                 "python main.py --curriculum Synthetic --output_dir runs/demo --threads 1")
     assert blocks[1].strip() == "python -m pytest -q"
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == blocks[1].strip(), "CI must run the README's test command"
