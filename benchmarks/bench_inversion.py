@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--path", default="runs/demo", help="a Synthetic checkpoint or run directory")
     p.add_argument("--train", action="store_true",
                    help="when --path has no checkpoint, train the README demo there first (main.py --curriculum "
-                        "Synthetic, about 10 minutes on 2 cores)")
+                        "Synthetic, --threads 1 as in the README: about 40 minutes on one core)")
     p.add_argument("--num_heads", type=int, default=8, help="held-out heads to invert")
     p.add_argument("--held_out_seed", type=int, default=1000,
                    help="synthetic_seed of the held-out heads; must differ from the checkpoint's (training) seed")
