@@ -35,6 +35,7 @@ from typing import Any, Mapping, Optional
 
 from datasets import REAL_RESIZES
 from discriminators.discriminators import RESOLUTION_TO_ENTRY
+from generators.generators import IMAGE_SOURCES
 from generators.warp import WARP_PROJECTIONS
 from losses import PHOTOMETRIC_INPUTS
 
@@ -196,8 +197,16 @@ KEYS = {
     # data
     "dataset": Key(GLOBAL),
     "dataset_path": Key(GLOBAL),
-    "synthetic_size": Key(GLOBAL, 4096, valid=POSITIVE_INT),  # Synthetic: number of distinct heads
+    "synthetic_size": Key(GLOBAL, 4096, valid=POSITIVE_INT),  # procedural data: number of images (poses)
     "synthetic_seed": Key(GLOBAL, 0, valid=interval("[0, inf)", integer=True)),
+    # procedural data: distinct objects, image i showing object i % synthetic_objects; 0: one per image
+    "synthetic_objects": Key(GLOBAL, 0, valid=interval("[0, inf)", integer=True)),
+    # what the discriminator sees: the 2D decoder's output (published) or the field's own RGB (pi-GAN)
+    "image_source": Key(GLOBAL, "decoder", choices=IMAGE_SOURCES),
+    # warn when the median g_grad_norm of the last 100 steps passes this (train.DriftWatch); None: no watch
+    "drift_g_grad_norm": Key(GLOBAL, None, valid=interval("(0, inf)", nullable=True)),
+    # D's pose regression on real images too, with their true poses (procedural data only); 0: as published
+    "real_pose_lambda": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     # the published behaviour by default; each has an opt-in correction
     "photometric_input": Key(GLOBAL, "shifted", choices=tuple(PHOTOMETRIC_INPUTS)),  # or "unit"
     "warp_projection": Key(GLOBAL, "ray_norm", choices=WARP_PROJECTIONS),            # or "pinhole"
@@ -211,6 +220,7 @@ STAGE_KEYS = tuple(name for name, key in KEYS.items() if key.scope == STAGE)
 # then the only behaviour); a resumed run of such a checkpoint keeps them (run_spec.run_curriculum).
 LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
 
+PROCEDURAL_DATA = ("Synthetic", "Critters")  # synthetic_heads.PROCEDURAL_DATASETS' names: rendered, poses known
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 DISCRIMINATOR_SIZES = frozenset(RESOLUTION_TO_ENTRY)  # the output sizes the discriminator takes (§6)
 
@@ -348,6 +358,8 @@ Synthetic = {
     # photometric_input, warp_projection: the published "shifted" and "ray_norm" (FACE_GLOBALS); with the
     # corrections on, the demo's appearance was worse (docs/METHOD.md §8.1).
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
+    # healthy demo runs kept g_grad_norm below 70, drifted ones passed 100 by step 500 (docs/EXPERIMENTS.md)
+    "drift_g_grad_norm": 100,
     # Without a prior the field settles into an opaque wall at the heads' distance (docs/METHOD.md
     # §8.1): it starts as a sphere of the heads' size instead, and empty rays end at ray_end.
     "sphere_prior_radius": 0.075,
@@ -358,11 +370,54 @@ Synthetic = {
     "disc_width_factor": 0.25,
 }
 
+# --------------------------------------------------------------------------- #
+# Procedural four-legged animals seen from all around (synthetic_heads.Critter): the data set where
+# 3D shape shows (a sphere, an ellipsoid or a wall is visibly wrong from the side or the front).
+# The recipe and the measurements that chose it: docs/EXPERIMENTS.md, "Critters".
+# --------------------------------------------------------------------------- #
+
+_CRITTERS_STAGE = _stage(batch_size=8, num_steps=14, img_size=16, output_size=16, batch_split=1,
+                         gen_lr=2e-4, disc_lr=4e-4, pos_lambda=1, reproj_lambda=1)
+
+Critters = {
+    0:    dict(_CRITTERS_STAGE),
+    2000: {},  # end of training
+    **FACE_GLOBALS,
+    "dataset_path": None,       # procedural: nothing to download
+    "dataset": "Critters",
+    "synthetic_size": 4096,     # images (poses)
+    "synthetic_objects": 0,     # 0: every image its own critter; 1: one critter from every side
+    # all of yaw, densest at the side view (wide but not uniform: the density pins the orientation,
+    # which a uniform circle would leave free), a band of pitch a little above the horizon
+    "fov": 14,
+    "ray_start": 0.87,
+    "ray_end": 1.13,
+    "sample_dist": "gaussian",
+    "h_stddev": 1.2,
+    "v_mean": math.pi * 0.5 - 0.2,
+    "v_stddev": 0.15,
+    # the field's own image (pi-GAN): the decoder cannot draw views without a 3D field behind them
+    "image_source": "nerf",
+    "fade_steps": 100,
+    "topk_interval": None,
+    "nerf_noise_steps": 300,
+    "clamp_mode": "softplus",
+    "max_mixup_ratio": 0.5,
+    "r1_lambda": 10,
+    "sphere_prior_radius": 0.06,
+    "sphere_prior_density": 300.0,
+    "last_back": True,
+    "hidden_dim": 64,
+    "decoder_channels": (16, 16, 8, 8),  # unused with image_source "nerf"; kept small
+    "disc_width_factor": 0.25,
+}
+
 CURRICULA = {
     "CelebAHQ": CelebAHQ,
     "FFHQ": FFHQ,
     "Cat": Cat,
     "Synthetic": Synthetic,
+    "Critters": Critters,
 }
 
 
@@ -482,6 +537,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
 
     out_of_range = _values_out_of_range(curriculum, boundaries)
     problems.extend(message for _, message in out_of_range)
+    if (curriculum.get("real_pose_lambda") or 0) > 0 and curriculum.get("dataset") not in PROCEDURAL_DATA:
+        problems.append(f"real_pose_lambda needs the true poses of a procedural data set ({', '.join(PROCEDURAL_DATA)}),"
+                        f" not {curriculum.get('dataset')!r}")
     for boundary in boundaries[:-1]:
         stage = curriculum[boundary]
         if not isinstance(stage, Mapping):

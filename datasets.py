@@ -21,7 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from synthetic_heads import Synthetic
+from synthetic_heads import PROCEDURAL_DATASETS, Critters, Synthetic  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_
     spawning training processes. `set_by_flag`: dataset_path came from --set (the hint says so).
     """
     name = _dataset_name(metadata)
-    if name == "Synthetic":
+    if name in PROCEDURAL_DATASETS:
         return int(metadata["synthetic_size"])
     paths = resolve_image_paths(metadata, curriculum_name, set_by_flag)
     first_error = None
@@ -274,7 +274,7 @@ class Cat(ImageFolderDataset):
 # Dispatch
 # --------------------------------------------------------------------------- #
 
-DATASETS = {"CelebAHQ": CelebAHQ, "FFHQ": FFHQ, "Cat": Cat, "Synthetic": Synthetic}
+DATASETS = {"CelebAHQ": CelebAHQ, "FFHQ": FFHQ, "Cat": Cat, **PROCEDURAL_DATASETS}
 
 
 def _dataset_name(metadata: Mapping) -> str:
@@ -289,6 +289,6 @@ def build_dataset(metadata: Mapping, img_size: int, flip: bool = True) -> Datase
     """The dataset named by metadata['dataset'], producing img_size x img_size images (real
     images resized as metadata['real_resize'] says)."""
     name = _dataset_name(metadata)
-    if name == "Synthetic":
-        return Synthetic(img_size, metadata, flip=flip)
+    if name in PROCEDURAL_DATASETS:
+        return PROCEDURAL_DATASETS[name](img_size, metadata, flip=flip)
     return DATASETS[name](metadata["dataset_path"], img_size, flip=flip, real_resize=str(metadata["real_resize"]))

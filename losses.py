@@ -96,6 +96,7 @@ class PhaseConfig:
     reproj_lambda: float
     topk_fraction: float
     photometric_input: str = "shifted"
+    real_pose_lambda: float = 0.0  # D's pose regression on real images with known poses (procedural data)
 
 
 def topk_fraction(step: int, topk_interval: Optional[float], topk_v: Optional[float]) -> float:
@@ -157,8 +158,11 @@ class MVCGANLoss:
             latent = F.mse_loss(pred_latent, z) * cfg.z_lambda
         return position, latent
 
-    def accumulate_discriminator_gradients(self, real: torch.Tensor, render_options, cfg: PhaseConfig) -> dict:
-        """softplus(D(fake)) + softplus(-D(real)) + R1 + pose/latent regression; one backward."""
+    def accumulate_discriminator_gradients(self, real: torch.Tensor, render_options, cfg: PhaseConfig,
+                                           real_poses: Optional[torch.Tensor] = None) -> dict:
+        """softplus(D(fake)) + softplus(-D(real)) + R1 + pose/latent regression; one backward. With
+        cfg.real_pose_lambda and the real images' true poses real_poses (B, 2) (pitch, yaw), D also learns
+        to tell the pose of real images (an opt-in departure: the published D learns pose from fakes only)."""
         z = self.draws.latents(real.shape[0], cfg.latent_dim, cfg.z_dist, real.device)
         with self.timer("d_generate"), torch.no_grad(), self.autocast():
             fakes = [self._generate(chunk, render_options, cfg) for chunk in z.tensor_split(cfg.batch_split)]
@@ -167,7 +171,14 @@ class MVCGANLoss:
         with self.timer("d_real_r1"):
             real = real.detach().requires_grad_(cfg.r1_lambda > 0)
             with self.autocast():
-                real_logits, _, _ = self.discriminator(real, cfg.alpha)
+                real_logits, _, real_pred_pose = self.discriminator(real, cfg.alpha)
+            real_position = real_logits.new_zeros(())
+            if cfg.real_pose_lambda > 0:
+                if real_poses is None:
+                    raise ValueError("real_pose_lambda needs the real images' poses (a procedural data set)")
+                real_position = F.mse_loss(full_precision(real_pred_pose), real_poses.to(real_pred_pose.device,
+                                                                                       torch.float32)
+                                           .to(full_precision(real_pred_pose).dtype)) * cfg.real_pose_lambda
             r1 = real_logits.new_zeros(())
             if cfg.r1_lambda > 0:
                 # Differentiate the scaled output so fp16 gradients do not underflow, then unscale.
@@ -182,6 +193,8 @@ class MVCGANLoss:
             softplus_fake = F.softplus(full_precision(fake_logits)).mean()
             softplus_real = F.softplus(-full_precision(real_logits)).mean()
             loss = softplus_fake + softplus_real + r1 + (latent + position)
+            if cfg.real_pose_lambda > 0:
+                loss = loss + real_position
         with self.timer("d_backward"):
             self.scaler.scale(loss).backward()
         self.observe("d_phase", {"loss": loss, "softplus_fake": softplus_fake, "softplus_real": softplus_real,
@@ -189,6 +202,7 @@ class MVCGANLoss:
                                  "fake_logits": fake_logits, "fake_poses": fake_poses, "pred_pose": pred_pose,
                                  "fake_images": fake_images, "outputs": fakes})
         return {"d_loss": loss.detach(), "r1": r1.detach(), "d_pose": (latent + position).detach(),
+                **({"d_real_pose": real_position.detach()} if cfg.real_pose_lambda > 0 else {}),
                 "real_logit": full_precision(real_logits.detach()).mean(),
                 "fake_logit": full_precision(fake_logits.detach()).mean()}
 

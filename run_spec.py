@@ -20,6 +20,7 @@ import torch
 
 import curriculums
 from datasets import DatasetError, check_dataset
+from synthetic_heads import PROCEDURAL_DATASETS
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import build_generator
 from metrics.metric_main import parse_metrics
@@ -91,7 +92,7 @@ def resolve_run(config: TrainConfig) -> Tuple[RunSpec, Optional[dict]]:
     curriculum, overrides = run_curriculum(config, state)
     eval_freq = config.eval_freq
     if eval_freq is None:
-        eval_freq = 0 if config.curriculum == "Synthetic" else EVAL_FREQ
+        eval_freq = 0 if config.curriculum in PROCEDURAL_DATASETS else EVAL_FREQ
     config = dataclasses.replace(config, curriculum_overrides=overrides, eval_freq=eval_freq)
     return RunSpec(config, curriculum, path, digest), state
 
@@ -188,5 +189,6 @@ def check_eval_metrics(config: TrainConfig, curriculum: dict) -> None:
     thousands of steps in, would be the first to find out)."""
     metrics = parse_metrics(config.eval_metrics)
     dataset = curriculums.extract_metadata(curriculum, 0)["dataset"]
-    if config.eval_freq and "synthetic" in metrics and dataset != "Synthetic":
-        raise ValueError(f"--eval_metrics synthetic needs the Synthetic dataset, not {dataset!r}")
+    if config.eval_freq and "synthetic" in metrics and dataset not in PROCEDURAL_DATASETS:
+        raise ValueError(f"--eval_metrics synthetic needs a procedural dataset ({', '.join(PROCEDURAL_DATASETS)}), "
+                         f"not {dataset!r}")

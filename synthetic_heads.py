@@ -29,9 +29,10 @@ def _seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def ray_ellipsoid_hits(origin: torch.Tensor, dirs: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor):
-    """Nearest hit of rays origin (3,) + t * dirs (R, 3, unit) on axis-aligned ellipsoids
-    centres (K, 3), semi-axes radii (K, 3): t (R,) (inf on a miss), ellipsoid id (R,), hit (R,).
+def ray_ellipsoid_depths(origin: torch.Tensor, dirs: torch.Tensor, centres: torch.Tensor,
+                         radii: torch.Tensor) -> torch.Tensor:
+    """Distance t (R, K) float64 from origin (3,) along unit rays dirs (R, 3) to the nearest hit on
+    each of K axis-aligned ellipsoids centres (K, 3), semi-axes radii (K, 3); inf on a miss.
 
     Solves |(origin + t*dirs - centre) / radii|^2 = 1 for every ellipsoid at once
     (two (R, 3) x (3, K) matmuls), in float64: for the small primitives the
@@ -45,12 +46,69 @@ def ray_ellipsoid_hits(origin: torch.Tensor, dirs: torch.Tensor, centres: torch.
     c = (o * o).sum(-1) - 1                                             # (K,)
     disc = b * b - a * c
     t = (-b - disc.clamp_min(0).sqrt()) / a                             # nearest root
-    t = torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
-    t_min, prim = t.min(dim=1)                                          # (R,)
+    return torch.where((disc > 0) & (t > 0), t, torch.full_like(t, math.inf))
+
+
+def ray_ellipsoid_hits(origin: torch.Tensor, dirs: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor):
+    """Nearest hit of rays origin (3,) + t * dirs (R, 3, unit) on the union of axis-aligned ellipsoids
+    centres (K, 3), semi-axes radii (K, 3): t (R,) (inf on a miss), ellipsoid id (R,), hit (R,)."""
+    t_min, prim = ray_ellipsoid_depths(origin, dirs, centres, radii).min(dim=1)   # (R,)
     return t_min.to(dirs.dtype), prim, torch.isfinite(t_min)
 
 
-class Head:
+class ProceduralShape:
+    """Axis-aligned ellipsoids with colours, shaded Lambertian under a fixed world-space light.
+
+    Subclasses build `centres` (K, 3), `radii` (K, 3), `colours` (K, 3) and `background` (3,) from
+    uniform draws in [0, 1) consumed in a fixed order (`_uniform`), and may override `albedo`.
+    `mean()` is the family's average member: every draw at 0.5.
+    """
+
+    NUM_DRAWS = 48
+    LIGHT = _LIGHT  # unit direction toward the light, world space
+
+    @staticmethod
+    def _uniform(generator: Optional[torch.Generator], draws):
+        """u(lo, hi) over draws from `generator` (all in one call: fast and reproducible) or given `draws`."""
+        values = iter(torch.rand(ProceduralShape.NUM_DRAWS, generator=generator, dtype=torch.float64).tolist()
+                      if draws is None else list(draws))
+
+        def u(lo, hi):
+            return lo + (hi - lo) * next(values)
+        return u
+
+    @classmethod
+    def mean(cls) -> "ProceduralShape":
+        return cls(draws=[0.5] * cls.NUM_DRAWS)
+
+    def cast(self, origin: torch.Tensor, dirs: torch.Tensor):
+        """Nearest hit of rays origin + t*dirs (dirs (R, 3) unit): t (R,), primitive id (R,), hit (R,)."""
+        return ray_ellipsoid_hits(origin, dirs, self.centres, self.radii)
+
+    def albedo(self, points: torch.Tensor, prim: torch.Tensor):
+        """Albedo (H, 3) and region label (H,) (0 is background) of hit points (H, 3) on primitives prim (H,)."""
+        return self.colours[prim], prim + 1
+
+    def radiance(self, origin: torch.Tensor, dirs: torch.Tensor):
+        """Colour in [0, 1] (R, 3), depth t (R,), hit (R,) and a region label (R,) per ray.
+
+        Lambertian + ambient shading under a fixed world-space light, so colours do not
+        depend on the viewpoint. A change of label between neighbouring pixels marks an edge.
+        """
+        t, prim, hit = self.cast(origin, dirs)
+        colour = self.background.expand(dirs.shape[0], 3).clone()
+        label = torch.zeros(dirs.shape[0], dtype=torch.long)
+        points = origin + t[hit, None] * dirs[hit]                          # (H, 3)
+        p = prim[hit]
+        normals = F.normalize((points - self.centres[p]) / self.radii[p] ** 2, dim=-1)
+        albedo, region = self.albedo(points, p)
+        light = _AMBIENT + (1 - _AMBIENT) * (normals @ self.LIGHT).clamp_min(0)
+        colour[hit] = albedo * light[:, None]
+        label[hit] = region
+        return colour, t, hit, label
+
+
+class Head(ProceduralShape):
     """One procedural head: axis-aligned ellipsoids with colours, plus a hair rule.
 
     Primitive 0 is the skull; the rest (eyes, nose, mouth, ears) have flat albedo.
@@ -60,12 +118,8 @@ class Head:
     HAIR_PALETTE = ((0.05, 0.04, 0.03), (0.25, 0.15, 0.08), (0.55, 0.38, 0.2),
                     (0.8, 0.65, 0.4), (0.55, 0.2, 0.08), (0.6, 0.6, 0.6))
 
-    def __init__(self, generator: torch.Generator):
-        # All random numbers in one call, consumed in a fixed order (fast and reproducible).
-        draws = iter(torch.rand(48, generator=generator, dtype=torch.float64).tolist())
-
-        def u(lo, hi):
-            return lo + (hi - lo) * next(draws)
+    def __init__(self, generator: Optional[torch.Generator] = None, draws=None):
+        u = self._uniform(generator, draws)
 
         # Skull: semi-axes (x, y, z) in [0.06, 0.085], centre near the origin.
         ax, ay, az = u(0.060, 0.075), u(0.070, 0.085), u(0.065, 0.080)
@@ -123,30 +177,83 @@ class Head:
         self.hair = (torch.tensor(hair) * u(0.8, 1.2)).clamp(0, 1)
         self.background = torch.tensor([u(0.1, 0.9), u(0.1, 0.9), u(0.1, 0.9)])
 
-    def cast(self, origin: torch.Tensor, dirs: torch.Tensor):
-        """Nearest hit of rays origin + t*dirs (dirs (R, 3) unit): t (R,), primitive id (R,), hit (R,)."""
-        return ray_ellipsoid_hits(origin, dirs, self.centres, self.radii)
-
-    def radiance(self, origin: torch.Tensor, dirs: torch.Tensor):
-        """Colour in [0, 1] (R, 3), depth t (R,), hit (R,) and a region label (R,) per ray.
-
-        Lambertian + ambient shading under a fixed world-space light, so colours do not
-        depend on the viewpoint. Labels: 0 background, 1 + primitive id, or K + 1 for
-        hair; a change of label between neighbouring pixels marks an edge.
-        """
-        t, prim, hit = self.cast(origin, dirs)
-        colour = self.background.expand(dirs.shape[0], 3).clone()
-        label = torch.zeros(dirs.shape[0], dtype=torch.long)
-        points = origin + t[hit, None] * dirs[hit]                          # (H, 3)
-        p = prim[hit]
-        normals = F.normalize((points - self.centres[p]) / self.radii[p] ** 2, dim=-1)
+    def albedo(self, points: torch.Tensor, prim: torch.Tensor):
+        """Hair covers the skull above a hairline that drops toward the back of the head; its label is K + 1."""
         local = (points - self.skull_centre) / self.skull_axes            # unit sphere for the skull
-        hair = (p == 0) & (local[:, 1] > self.hairline - self.hair_slope * (1 - local[:, 2]))
-        albedo = torch.where(hair[:, None], self.hair.expand(p.shape[0], 3), self.colours[p])
-        light = _AMBIENT + (1 - _AMBIENT) * (normals @ _LIGHT).clamp_min(0)
-        colour[hit] = albedo * light[:, None]
-        label[hit] = torch.where(hair, len(self.centres) + 1, p + 1)
-        return colour, t, hit, label
+        hair = (prim == 0) & (local[:, 1] > self.hairline - self.hair_slope * (1 - local[:, 2]))
+        albedo = torch.where(hair[:, None], self.hair.expand(prim.shape[0], 3), self.colours[prim])
+        return albedo, torch.where(hair, len(self.centres) + 1, prim + 1)
+
+
+class Critter(ProceduralShape):
+    """One procedural four-legged animal (the `Critters` data set): body, head with snout, ears and eyes,
+    four legs and a tail, all axis-aligned ellipsoids, heading toward +x, standing on y = -ground.
+
+    Elongated (about 2.5x longer than wide), front-back asymmetric (head against tail) and with
+    protrusions (legs, ears, snout) and concavities (between the legs, under the neck): a sphere,
+    an ellipsoid, a wall or a billboard is visibly wrong from the side, the front or above. The
+    body and tail carry stripes across x so that views can be matched. Proportions vary between
+    critters; everything lies inside a sphere of radius 0.115 (the curriculum's depth range).
+    """
+
+    FUR_PALETTE = ((0.55, 0.35, 0.18), (0.75, 0.55, 0.3), (0.35, 0.3, 0.28), (0.85, 0.8, 0.7),
+                   (0.6, 0.25, 0.1), (0.45, 0.45, 0.5))
+    MAX_RADIUS = 0.115
+    # From above and a little in front: seen from all around, every side is lit (the heads' light,
+    # from the front, leaves the back at the ambient level).
+    LIGHT = torch.tensor([0.25, 1.0, 0.35]) / math.sqrt(0.25 ** 2 + 1.0 + 0.35 ** 2)
+
+    def __init__(self, generator: Optional[torch.Generator] = None, draws=None):
+        u = self._uniform(generator, draws)
+        bl, bh, bw = u(0.050, 0.068), u(0.024, 0.034), u(0.022, 0.030)   # body semi-axes (x, y, z)
+        leg_h, leg_r = u(0.018, 0.030), u(0.008, 0.011)                   # leg half-height, radius
+        hr = u(0.018, 0.024)                                              # head radius
+        neck = u(0.2, 0.9)                                                # head raised by neck * hr
+        snout, ear = u(0.6, 1.2), u(0.8, 1.6)
+        tail = u(0.014, 0.032)                                            # tail half-length
+        body_y = 2 * leg_h * 0.85 + bh
+        head = (bl + 0.55 * hr, body_y + 0.8 * bh + neck * hr, 0.0)
+        parts = [((0.0, body_y, 0.0), (bl, bh, bw))]                      # 0 body
+        for sx in (-1.0, 1.0):                                            # 1-4 legs
+            for sz in (-1.0, 1.0):
+                parts.append(((sx * 0.65 * bl, leg_h, sz * 0.6 * bw), (leg_r, leg_h, leg_r)))
+        parts.append((head, (1.15 * hr, hr, 0.95 * hr)))                  # 5 head
+        parts.append(((head[0] + 0.95 * hr, head[1] - 0.3 * hr, 0.0),      # 6 snout
+                      (0.6 * hr * snout, 0.45 * hr, 0.5 * hr)))
+        for sz in (-1.0, 1.0):                                            # 7, 8 ears
+            parts.append(((head[0] - 0.25 * hr, head[1] + 0.85 * hr + 0.3 * hr * ear, sz * 0.5 * hr),
+                          (0.28 * hr, 0.5 * hr * ear, 0.18 * hr)))
+        for sz in (-1.0, 1.0):                                            # 9, 10 eyes
+            parts.append(((head[0] + 0.62 * hr, head[1] + 0.3 * hr, sz * 0.55 * hr), (0.24 * hr,) * 3))
+        parts.append(((-bl - 0.75 * tail, body_y + 0.45 * bh, 0.0), (tail, 0.22 * bh, 0.22 * bh)))  # 11 tail
+        centres = torch.tensor([c for c, _ in parts], dtype=torch.float64)
+        radii = torch.tensor([r for _, r in parts], dtype=torch.float64)
+        # Centre the bounding box on the origin, then shrink to fit the depth range if needed.
+        low, high = (centres - radii).min(0).values, (centres + radii).max(0).values
+        centres = centres - (low + high) / 2
+        corner = torch.maximum((centres - radii).abs(), (centres + radii).abs())
+        scale = min(1.0, self.MAX_RADIUS / float(torch.linalg.vector_norm(corner, dim=1).max()))
+        self.centres, self.radii = (centres * scale).float(), (radii * scale).float()
+
+        fur = torch.tensor(self.FUR_PALETTE[min(int(u(0, len(self.FUR_PALETTE))), len(self.FUR_PALETTE) - 1)])
+        fur = (fur * u(0.85, 1.15)).clamp(0, 1)
+        self.stripe_colour = (fur * u(0.35, 0.6)).clamp(0, 1)
+        self.stripe_frequency = u(2.5, 4.5) * math.pi / (bl * scale)      # 2.5-4.5 stripes along the body
+        self.stripe_phase = u(0.0, 2 * math.pi)
+        legs = (fur * 0.7).tolist()
+        colours = [fur.tolist()] + [legs] * 4 + [(fur * 1.05).clamp(0, 1).tolist(),
+                                                  (fur * 0.5 + 0.45).clamp(0, 1).tolist()]
+        colours += [(fur * 0.6).tolist()] * 2 + [(0.05, 0.05, 0.05)] * 2 + [fur.tolist()]
+        self.colours = torch.tensor(colours).clamp(0, 1)                  # (K, 3) albedo
+        self.background = torch.tensor([u(0.1, 0.9), u(0.1, 0.9), u(0.1, 0.9)])
+
+    def albedo(self, points: torch.Tensor, prim: torch.Tensor):
+        """Stripes across x on the body (0) and the tail (11); each stripe is its own region."""
+        striped = (prim == 0) | (prim == len(self.centres) - 1)
+        band = torch.sin(points[:, 0] * self.stripe_frequency + self.stripe_phase) > 0.3
+        dark = striped & band
+        albedo = torch.where(dark[:, None], self.stripe_colour.expand(prim.shape[0], 3), self.colours[prim])
+        return albedo, torch.where(dark, len(self.centres) + 1, prim + 1)
 
 
 def _subpixel_offsets(img_size: int, fov: float, factor: int) -> torch.Tensor:
@@ -163,27 +270,35 @@ def _subpixel_offsets(img_size: int, fov: float, factor: int) -> torch.Tensor:
     return dirs.reshape(img_size * img_size, factor * factor, 3)
 
 
-class Synthetic(Dataset):
-    """Procedural 3D heads rendered by exact ray casting; deterministic per index.
+class ProceduralDataset(Dataset):
+    """Procedural 3D shapes (`SHAPE`) rendered by exact ray casting; deterministic per index.
 
-    Each index seeds its own head (shape, colours, hair, background) and its own
-    camera pose drawn from the curriculum's pose distribution. `render` re-renders a
-    head from any pose with exact depth, mask and camera; background pixels get
-    depth = metadata['ray_end'] and mask False.
-    Pixels on edges (silhouette, eyes, hairline ...) are supersampled with
+    Each index has its own camera pose drawn from the curriculum's pose distribution and shows
+    object `index % objects` (shape, colours, background), or its own object when `objects` is 0:
+    N objects can be seen from any number of poses. `render` re-renders an object from any pose
+    with exact depth, mask and camera; background pixels get depth = metadata['ray_end'] and
+    mask False.
+    Pixels on edges (silhouette, eyes, hairline, stripes ...) are supersampled with
     `supersample`**2 rays and box-filtered; elsewhere, and for depth and mask, one
     ray through the pixel centre is used.
 
     `metadata` is a curriculum's (`curriculums.extract_metadata`): its camera (fov, ray_end,
-    the pose distribution) and, unless `length` and `seed` are given, synthetic_size and
-    synthetic_seed.
+    the pose distribution) and, unless `length`, `seed` and `objects` are given, synthetic_size,
+    synthetic_seed and synthetic_objects.
     """
 
+    SHAPE = ProceduralShape
+    # A horizontal flip shows the mirrored shape; for a shape symmetric about x = 0 (a head facing +z) that
+    # is the view from yaw pi - yaw, inside the same pose distribution.
+    FLIPS = True
+
     def __init__(self, img_size: int, metadata: Mapping, length: Optional[int] = None,
-                 seed: Optional[int] = None, flip: bool = False, supersample: int = 2):
+                 seed: Optional[int] = None, flip: bool = False, supersample: int = 2,
+                 objects: Optional[int] = None):
         self.img_size = int(img_size)
         self.length = int(metadata["synthetic_size"] if length is None else length)
         self.seed = int(metadata["synthetic_seed"] if seed is None else seed)
+        self.objects = int(metadata.get("synthetic_objects", 0) if objects is None else objects)
         self.flip = flip
         self.supersample = max(1, int(supersample))
         self.fov = float(metadata["fov"])
@@ -194,9 +309,14 @@ class Synthetic(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def head(self, index: int) -> Head:
-        generator = torch.Generator().manual_seed(_seed(self.seed, index, 0))
-        return Head(generator)
+    def object_of(self, index: int) -> int:
+        """Which object index `index` shows."""
+        return index % self.objects if self.objects else index
+
+    def shape(self, index: int) -> ProceduralShape:
+        """The object shown at `index`."""
+        generator = torch.Generator().manual_seed(_seed(self.seed, self.object_of(index), 0))
+        return self.SHAPE(generator)
 
     def pose_of(self, index: int):
         """The (yaw, pitch) drawn for `index`."""
@@ -213,7 +333,7 @@ class Synthetic(Dataset):
 
     def render(self, index: int, yaw: Optional[float] = None, pitch: Optional[float] = None,
                img_size: Optional[int] = None) -> dict:
-        """Render head `index` (at its own pose unless yaw/pitch are given).
+        """Render the object of `index` (at its own pose unless yaw/pitch are given).
 
         Returns image (3, S, S) in [-1, 1], depth (S, S) (distance along the unit ray;
         background = ray_end), mask (S, S) bool, cam2world (4, 4), yaw, pitch.
@@ -223,13 +343,16 @@ class Synthetic(Dataset):
             own_yaw, own_pitch = self.pose_of(index)
             yaw = own_yaw if yaw is None else yaw
             pitch = own_pitch if pitch is None else pitch
-        head = self.head(index)
+        return self.render_shape(self.shape(index), yaw, pitch, size)
+
+    def render_shape(self, shape: ProceduralShape, yaw: float, pitch: float, size: int) -> dict:
+        """`render` of a given shape (the metric's mean object, for one)."""
         cam2world = cam2world_from_poses(torch.tensor([float(yaw)]), torch.tensor([float(pitch)]))[0]
         rotation, origin = cam2world[:3, :3], cam2world[:3, 3]
         centre_dirs, sub_dirs = self._directions(size)
 
         dirs = centre_dirs @ rotation.T                                     # (S*S, 3) world
-        colour, t, hit, label = head.radiance(origin, dirs)
+        colour, t, hit, label = shape.radiance(origin, dirs)
         mask = hit.reshape(size, size)
         depth = torch.where(hit, t, torch.full_like(t, self.background_depth)).reshape(size, size)
 
@@ -241,7 +364,7 @@ class Synthetic(Dataset):
             edge = (spread.reshape(-1) != 0).nonzero().squeeze(1)           # (E,)
             if edge.numel():
                 sub = (sub_dirs[edge] @ rotation.T).reshape(-1, 3)          # (E*k*k, 3)
-                sub_colour = head.radiance(origin, sub)[0]
+                sub_colour = shape.radiance(origin, sub)[0]
                 colour[edge] = sub_colour.reshape(edge.numel(), -1, 3).mean(1)
         image = colour.T.reshape(3, size, size) * 2 - 1
         return {"image": image, "depth": depth, "mask": mask, "cam2world": cam2world,
@@ -253,5 +376,29 @@ class Synthetic(Dataset):
         index, flip = key if isinstance(key, tuple) else (key, self.flip and bool(_seed(self.seed, key, 2) & 1))
         if not 0 <= index < self.length:
             raise IndexError(index)
-        image = self.render(index)["image"]
-        return (image.flip(-1) if flip else image), 0
+        flip = flip and self.FLIPS
+        view = self.render(index)
+        yaw = math.pi - view["yaw"] if flip else view["yaw"]
+        pose = torch.tensor([view["pitch"], yaw], dtype=torch.float32)  # the label: (pitch, yaw), as G's poses
+        return (view["image"].flip(-1) if flip else view["image"]), pose
+
+
+class Synthetic(ProceduralDataset):
+    """Procedural heads (`Head`), seen over the face curricula's narrow frontal poses."""
+
+    SHAPE = Head
+
+    def head(self, index: int) -> Head:
+        return self.shape(index)
+
+
+class Critters(ProceduralDataset):
+    """Procedural four-legged animals (`Critter`), seen from all around (the `Critters` curriculum)."""
+
+    SHAPE = Critter
+    # Never flipped: a critter is symmetric about z = 0, so its mirror image is the view from -yaw, the other
+    # side; flips would make the pose density two-sided and leave the orientation free.
+    FLIPS = False
+
+
+PROCEDURAL_DATASETS = {"Synthetic": Synthetic, "Critters": Critters}

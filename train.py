@@ -244,18 +244,19 @@ class Batches:
     def __iter__(self):
         return self
 
-    def __next__(self) -> Optional[torch.Tensor]:
+    def __next__(self) -> Optional[tuple]:
+        """(images, labels) of the next batch (labels: 0s, or the procedural data's poses), or None."""
         if self.failure is not None:
             raise StopIteration
         try:
             self.stop.check_workers()
-            real, _ = next(self.iterator)
+            real, labels = next(self.iterator)
         except RuntimeError as error:
             if "DataLoader worker (pid" not in str(error):  # torch's words for a worker that died
                 raise
             self.failure = str(error).strip().splitlines()[0].rstrip(". ")
             return None
-        return real
+        return real, labels
 
 
 class Progress:
@@ -312,6 +313,28 @@ class Progress:
         self.total.close()
         if self.stage_bar is not None:
             self.stage_bar.close()
+
+
+class DriftWatch:
+    """Says when a run is drifting into noise, from its generator gradient norms: a healthy run of the
+    embedded recipes keeps the median of the last `window` steps' g_grad_norm below `threshold` (the
+    curriculum's drift_g_grad_norm, measured on healthy and drifted runs: docs/EXPERIMENTS.md), a
+    drifting one climbs past it hundreds of steps before its grids are noise. None: no watch."""
+
+    def __init__(self, threshold: Optional[float], window: int = 100):
+        self.threshold, self.window = threshold, window
+        self.norms: list = []
+        self.drifting_since: Optional[int] = None
+
+    def update(self, step: int, g_grad_norm: float) -> bool:
+        """Record a step's norm; True at the step where the run is first seen drifting."""
+        if self.threshold is None or self.drifting_since is not None:
+            return False
+        self.norms = (self.norms + [g_grad_norm])[-self.window:]
+        if len(self.norms) == self.window and float(np.median(self.norms)) > self.threshold:
+            self.drifting_since = step
+            return True
+        return False
 
 
 def make_optimizers(generator: torch.nn.Module, discriminator: torch.nn.Module, metadata: dict) -> tuple:
@@ -374,6 +397,7 @@ class Trainer:
         self.loss = MVCGANLoss(self.generator, self.discriminator, self.scaler, self.autocast)
 
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_streak = 0, 0, 0, 0
+        self.drift = DriftWatch(curriculums.extract_metadata(self.curriculum, 0)["drift_g_grad_norm"])
         self.last_good_checkpoint = None  # (path, step), named when non-finite training stops the run
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
@@ -597,7 +621,9 @@ class Trainer:
         metadata = curriculums.extract_metadata(self.curriculum, step)
         return metadata.get("batch_size"), metadata.get("output_size")  # (None, None) in the final stage
 
-    def train_step(self, real: torch.Tensor, metadata: dict) -> dict:
+    def train_step(self, real: torch.Tensor, metadata: dict, real_poses: Optional[torch.Tensor] = None) -> dict:
+        """One step on real images (B, 3, S, S); real_poses (B, 2) (pitch, yaw), the procedural data's true
+        poses, are used where the curriculum's real_pose_lambda asks."""
         step = self.step
         alpha = curriculums.fade_alpha(self.curriculum, step)
         # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
@@ -608,7 +634,8 @@ class Trainer:
                           r1_lambda=float(metadata["r1_lambda"]), pos_lambda=float(metadata["pos_lambda"]),
                           z_lambda=float(metadata["z_lambda"]), reproj_lambda=float(metadata["reproj_lambda"]),
                           topk_fraction=topk_fraction(step, metadata["topk_interval"], metadata["topk_v"]),
-                          photometric_input=str(metadata["photometric_input"]))
+                          photometric_input=str(metadata["photometric_input"]),
+                          real_pose_lambda=float(metadata["real_pose_lambda"]))
         self.set_learning_rates(metadata)
         if self.scaler.is_enabled() and self.scaler.get_scale() < 1:
             # As published: the fp16 loss scale never stays below 1 (there small gradients underflow).
@@ -616,7 +643,7 @@ class Trainer:
         self.generator.train()
         self.discriminator.train()
 
-        d_stats = self.loss.accumulate_discriminator_gradients(real, options, cfg)
+        d_stats = self.loss.accumulate_discriminator_gradients(real, options, cfg, real_poses)
         d_ok, d_norm = self.finish_phase(self.discriminator, self.optimizer_D, d_stats["d_loss"],
                                          metadata["grad_clip"])
         g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, options, cfg)
@@ -660,9 +687,9 @@ class Trainer:
             self.begin()
             while self.steps_left():
                 batches = self.loader()
-                for real in batches:
+                for batch in batches:
                     # Every rank takes the same branch: a stop asked on any of them, a worker lost on any.
-                    stop, lost_worker = any_rank([self.stop.requested, real is None], self.device, self.world_size)
+                    stop, lost_worker = any_rank([self.stop.requested, batch is None], self.device, self.world_size)
                     if stop or lost_worker:
                         return self.end_early(stop, batches.failure)
                     started = time.time()
@@ -670,7 +697,9 @@ class Trainer:
                     # rate takes effect at its first step, without a new loader or a new fade.
                     metadata = curriculums.extract_metadata(self.curriculum, self.step)
                     self.progress.start_step(self.step)
-                    stats = self.train_step(real.to(self.device, non_blocking=True), metadata)
+                    real, labels = batch
+                    real_poses = labels if metadata["real_pose_lambda"] > 0 else None
+                    stats = self.train_step(real.to(self.device, non_blocking=True), metadata, real_poses)
                     loader_changed = self.advance()
                     self.end_step(stats, metadata, started)
                     if loader_changed or self.step >= self.final_step:
@@ -772,12 +801,19 @@ class Trainer:
                               "stage": curriculums.stage_start(self.curriculum, self.step - 1),
                               "img_size": metadata["img_size"], "output_size": metadata["output_size"],
                               "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
-                              **stats})
+                              **stats, **({"drifting_since": self.drift.drifting_since}
+                                          if self.drift.drifting_since is not None else {})})
         self.progress.end_step(self.step, stats)
 
     def check_nonfinite_streak(self, stats: dict) -> None:
         """Stop the run (FloatingPointError) after too many skipped steps in a row."""
         self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
+        if self.drift.update(self.step, stats["g_grad_norm"]) and self.is_main:
+            logger.warning("step %d: this run looks like it is drifting into noise: the median g_grad_norm of the "
+                           "last %d steps is %.0f, above drift_g_grad_norm=%g, which healthy runs of this recipe stay "
+                           "below; look at the latest sample grids, and start again with another --seed if they are "
+                           "noise", self.step, self.drift.window, float(np.median(self.drift.norms)),
+                           self.drift.threshold)
         limit = MAX_OVERFLOW_STEPS if self.scaler.is_enabled() else MAX_NONFINITE_STEPS
         if self.nonfinite_streak >= limit:
             raise FloatingPointError(

@@ -20,6 +20,7 @@ from typing import Mapping, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from generators.cameras import (PoseDistribution, RaySampling, cam2world_from_poses, jitter_draws,
                                 rays_for_cameras, sample_poses)
@@ -28,6 +29,11 @@ from generators.volume_rendering import IntegrationOptions, importance_depths, i
 from generators.precision import full_precision
 from generators.warp import stereo_mixup, stereo_warp
 from siren.siren import SIRENS
+
+# What the discriminator sees: the 2D decoder's output (the published MVCGAN) or the field's own
+# volume-rendered RGB, resized to output_size (pi-GAN's training; the Critters curriculum, where the
+# decoder could otherwise draw every view without any 3D in the field: docs/METHOD.md §13).
+IMAGE_SOURCES = ("decoder", "nerf")
 
 TRUNCATION_SAMPLES = 10000
 
@@ -45,6 +51,7 @@ class RenderOptions:
     hierarchical_sample: bool = False
     lock_view_dependence: bool = False
     warp_projection: str = "ray_norm"  # generators.warp.WARP_PROJECTIONS; the published scale by default
+    image_source: str = "decoder"      # IMAGE_SOURCES; the published decoder by default
 
     @classmethod
     def from_metadata(cls, metadata: Mapping, *, evaluation: bool = False, nerf_noise: float = 0.0,
@@ -62,6 +69,7 @@ class RenderOptions:
             hierarchical_sample=bool(metadata["hierarchical_sample"]),
             lock_view_dependence=lock_view_dependence,
             warp_projection=str(metadata["warp_projection"]),
+            image_source=str(metadata["image_source"]),
         )
 
     def replace(self, **changes) -> "RenderOptions":
@@ -299,7 +307,7 @@ class ImplicitGenerator3d(nn.Module):
         yaw, pitch = draws.primary.yaw.to(dtype), draws.primary.pitch.to(dtype)
         primary_cam = cam2world_from_poses(yaw, pitch)
         primary = self.render_view(codes, primary_cam, options, draws.primary, generator=generator)
-        features, aux, warped_aux_rgb, ratio = primary.features, None, None, None
+        features, rgb, aux, warped_aux_rgb, ratio = primary.features, primary.rgb, None, None, None
         if options.stereo_auxiliary:
             aux_cam = cam2world_from_poses(draws.aux.yaw.to(dtype), draws.aux.pitch.to(dtype))
             aux = self.render_view(codes, aux_cam, options, draws.aux, generator=generator)
@@ -307,10 +315,26 @@ class ImplicitGenerator3d(nn.Module):
                                     primary_cam, aux_cam, options.rays.fov, options.warp_projection)
             warped_aux_features, warped_aux_rgb = warped[:, :-3], warped[:, -3:]
             ratio = draws.mixup.to(dtype) * options.max_mixup_ratio
-            features = stereo_mixup(primary.features, warped_aux_features, ratio)
-        image = self.decoder(features, codes.style, options.output_size, alpha)
+            if options.image_source == "nerf":
+                rgb = stereo_mixup(primary.rgb, warped_aux_rgb, ratio)
+            else:
+                features = stereo_mixup(primary.features, warped_aux_features, ratio)
+        image = self.image_from(features, rgb, codes, options, alpha)
         pose = torch.stack([pitch, yaw], dim=-1)
         return GeneratorOutput(image, pose, primary, aux, warped_aux_rgb, ratio)
+
+    def image_from(self, features: torch.Tensor, rgb: torch.Tensor, codes: LatentCodes, options: RenderOptions,
+                   alpha: float) -> torch.Tensor:
+        """The image (n, 3, out, out) in about [-1, 1] from a view's features (n, H, S, S) and RGB (n, 3, S, S)
+        in [0, 1]: decoded (the published path), or the RGB itself (options.image_source "nerf"), bilinearly
+        resized to the output size when it differs."""
+        if options.image_source == "decoder":
+            return self.decoder(features, codes.style, options.output_size, alpha)
+        image = rgb * 2 - 1
+        if image.shape[-1] != options.output_size:
+            image = F.interpolate(image, size=(options.output_size, options.output_size), mode="bilinear",
+                                  align_corners=False, antialias=image.shape[-1] > options.output_size)
+        return image
 
     def render_codes(self, codes: LatentCodes, options: RenderOptions, cam2world: Optional[torch.Tensor] = None,
                      alpha: float = 1.0, max_batch_size: Optional[int] = 2400000,
@@ -322,7 +346,7 @@ class ImplicitGenerator3d(nn.Module):
                                                            generator=generator))
         view = self.render_view(codes, cam2world.to(codes.style.device), options,
                                 max_batch_size=max_batch_size, generator=generator)
-        image = self.decoder(view.features, codes.style, options.output_size, alpha)
+        image = self.image_from(view.features, view.rgb, codes, options, alpha)
         return StagedOutput(image, view.depth, view.rgb, view.cam2world, view.opacity)
 
     @torch.no_grad()

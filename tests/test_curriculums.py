@@ -246,14 +246,15 @@ def test_extract_metadata_fills_in_the_defaults_and_a_curriculum_value_wins():
 
 def test_the_choices_default_to_the_published_behaviour_which_a_curriculum_may_leave_out():
     choosing = {name: key for name, key in curriculums.KEYS.items() if key.choices}
-    assert set(choosing) == {"photometric_input", "warp_projection", "real_resize"}
+    assert set(choosing) == {"photometric_input", "warp_projection", "real_resize", "image_source"}
     for name, key in choosing.items():
-        assert key.default == key.choices[0] == curriculums.FACE_GLOBALS[name]
+        assert key.default == key.choices[0] == extract_metadata(get_curriculum("FFHQ"), 0)[name]
     c = {k: v for k, v in get_curriculum("CelebAHQ").items() if k not in choosing}
     validate_curriculum(c, "CelebAHQ")
     assert {name: extract_metadata(c, 0)[name] for name in choosing} == {"photometric_input": "shifted",
                                                                           "warp_projection": "ray_norm",
-                                                                          "real_resize": "nearest"}
+                                                                          "real_resize": "nearest",
+                                                                          "image_source": "decoder"}
 
 
 def test_set_checks_keys_left_to_their_default_against_the_default():

@@ -16,8 +16,10 @@ HEADS = extract_metadata(get_curriculum("Synthetic"), 0)  # the face curricula's
 
 def test_synthetic_deterministic_range_shape():
     ds = Synthetic(32, HEADS, length=10)
-    a, label = ds[3]
-    assert label == 0 and a.shape == (3, 32, 32) and a.dtype == torch.float32
+    a, pose = ds[3]
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    # the label is the image's true pose (pitch, yaw), as the generator's poses are ordered
+    assert pose.tolist() == pytest.approx([ds.pose_of(3)[1], ds.pose_of(3)[0]])
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, Synthetic(32, HEADS, length=10)[3][0])
     assert (a - ds[4][0]).abs().mean() > 0.05
@@ -34,7 +36,11 @@ def test_synthetic_flip_is_deterministic():
     for i in range(32):
         image = flipped[i][0]
         assert torch.equal(image, flipped[i][0])
-        outcomes.add(torch.equal(image, plain[i][0].flip(-1)) and not torch.equal(image, plain[i][0]))
+        was_flipped = torch.equal(image, plain[i][0].flip(-1)) and not torch.equal(image, plain[i][0])
+        outcomes.add(was_flipped)
+        # a flipped head (symmetric about x = 0) is the view from yaw pi - yaw: its pose label says so
+        yaw = plain.pose_of(i)[0]
+        assert flipped[i][1][1].item() == pytest.approx(math.pi - yaw if was_flipped else yaw, abs=1e-6)
     assert outcomes == {True, False}
 
 

@@ -348,8 +348,8 @@ def run_recording(tmp_path, monkeypatch, name, overrides, **config):
         loaders.append(self.step)
         return make_loader(self, metadata)
 
-    def recording_train_step(self, real, metadata):
-        stats = train_step(self, real, metadata)
+    def recording_train_step(self, real, metadata, real_poses=None):
+        stats = train_step(self, real, metadata, real_poses)
         lrs.append(self.optimizer_G.param_groups[0]["lr"])
         return stats
 
