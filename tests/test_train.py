@@ -427,12 +427,12 @@ def test_a_loader_worker_killed_in_the_middle_of_a_step_ends_in_a_checkpoint(tmp
     trainer = Trainer(0, 1, config, torch.device("cpu"))
     original = trainer.train_step
 
-    def train_step(real, metadata):
+    def train_step(real, metadata, real_poses=None):
         if trainer.step == 1:  # the second step: its worker dies now, while it runs
             os.kill(trainer._loader._iterator._workers[0].pid, signal.SIGKILL)
             time.sleep(0.5)  # SIGCHLD arrives in the middle of the step
             trainer.stop.requested = stopping
-        return original(real, metadata)
+        return original(real, metadata, real_poses)
 
     monkeypatch.setattr(trainer, "train_step", train_step)
     if stopping:
