@@ -139,7 +139,7 @@ def make_room(directory, start_over: bool, globs=RUN_FILE_GLOBS, what: str = "an
     if not found:
         return None
     if not start_over:
-        raise EarlierOutput(f"--output_dir {directory} holds {what} ({found}); {advice}start a new run there with "
+        raise EarlierOutput(f"--output_dir {directory} holds {what} ({found}); {advice}start over there with "
                             f"--start_over (its files move to {PREVIOUS_PREFIX}<time>/ inside it), or choose "
                             f"another --output_dir")
     moved = move_aside(directory, None if move_all else globs)
