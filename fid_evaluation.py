@@ -26,7 +26,7 @@ from metrics.inception import FID_WEIGHTS_FILENAME, InceptionWeightsMissing, hub
 from metrics.metric_main import MetricOptions, evaluate, list_metrics, parse_metrics, summary_lines, uses_inception
 from metrics.metric_utils import REALS_CACHE_ENV
 from utils.cpu_runtime import add_threads_argument, set_threads
-from utils.rendering_cli import CLIError, finite_float, load_model, run_cli
+from utils.rendering_cli import CLIError, finite_float, load_model, run_cli, seed_value
 
 
 def find_run_dir(path) -> Optional[Path]:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_batch_size", type=int, default=None,
                         help="most points per SIREN call in staged_forward (lower it if out of memory); "
                              "unset: the generator's default")
-    parser.add_argument("--seed", type=int, default=MetricOptions.seed, help="seed of the latents and poses")
+    parser.add_argument("--seed", type=seed_value, default=MetricOptions.seed, help="seed of the latents and poses")
     parser.add_argument("--num_mvc", type=int, default=MetricOptions.num_mvc,
                         help="number of latents for the mvc metric")
     parser.add_argument("--mvc_yaw_step", type=finite_float, default=MetricOptions.mvc_yaw_step,

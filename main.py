@@ -29,7 +29,7 @@ from run_spec import EVAL_FREQ, RunSpec, TrainConfig, check_run, resolve_run
 from train import LoaderFailed, train
 from utils.checkpoint import CheckpointError, describe_os_error
 from utils.cpu_runtime import add_threads_argument, available_cores
-from utils.rendering_cli import HelpFormatter
+from utils.rendering_cli import HelpFormatter, seed_value
 from utils.run_dir import PREVIOUS_PREFIX, RunDirLock, check_output_path, make_room
 
 # The flags' defaults: TrainConfig's.
@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d["device"], help="where to train")
     p.add_argument("--log_interval", type=int, default=d["log_interval"],
                    help="steps between lines in metrics.jsonl (and progress lines when there are no bars)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="base random seed (process r uses seed + r)")
+    p.add_argument("--seed", type=seed_value, default=d["seed"], help="base random seed (process r uses seed + r)")
     p.add_argument("--no_progress", action="store_true",
                    help="hide the tqdm progress bars (they are off anyway when stderr is not a terminal); "
                         "progress is logged every --log_interval steps instead")

@@ -102,6 +102,13 @@ def test_bad_flags_fail_before_anything_starts(tmp_path, capsys, extra, message)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_seed_out_of_range_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(tiny_argv(tmp_path / "run", "--seed", str(2 ** 64)))
+    assert exit_info.value.code == 2 and f"seed {2 ** 64} is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_output_dir_under_a_file_and_a_busy_port(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = run_main(tiny_argv(tmp_path / "file" / "run"), capsys)
