@@ -110,9 +110,27 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
                       "with few images; compare only scores computed with the same counts", file=sys.stderr)
 
 
+def metrics_log(args) -> Optional[Path]:
+    """The run's metrics.jsonl the record is appended to (None: not in a run directory, or --no_append),
+    checked before the evaluation: CLIError when it is a folder or cannot be written."""
+    run_dir = find_run_dir(args.path)
+    if run_dir is None or args.no_append:
+        return None
+    log = run_dir / "metrics.jsonl"
+    problem = None
+    if log.is_dir():
+        problem = "is a folder, not a file"
+    elif not os.access(log if log.exists() else run_dir, os.W_OK):
+        problem = "cannot be written (no permission)"
+    if problem:
+        raise CLIError(f"{log} {problem}: the scores are appended to it; fix it, or pass --no_append")
+    return log
+
+
 def score_checkpoint(args) -> dict:
     """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
     set_threads(args.threads)
+    log = metrics_log(args)
     model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
     stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:
@@ -143,9 +161,8 @@ def score_checkpoint(args) -> dict:
         print(line)
     line = json.dumps(record)
     print(line, flush=True)
-    run_dir = find_run_dir(args.path)
-    if run_dir is not None and not args.no_append:
-        with open(run_dir / "metrics.jsonl", "a") as handle:
+    if log is not None:
+        with open(log, "a") as handle:
             handle.write(line + "\n")
     return record
 
