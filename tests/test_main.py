@@ -188,6 +188,25 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
     assert load_checkpoint(run)["step"] == 3
 
 
+def test_a_resume_after_kill_9_cuts_metrics_back_to_the_resumed_step(tmp_path, capsys):
+    """Issue 32: after kill -9 and --resume auto, metrics.jsonl kept the killed run's rows past the resumed
+    step, then had those steps again: two curves. It is cut back (atomically) to the checkpoint's step."""
+    run = tmp_path / "killed"
+    assert main.main(tiny_argv(run, "--max_steps", "1")) == 0
+    log = run / "metrics.jsonl"
+    as_killed = log.read_text() + '{"step": 2, "killed": 1}\n{"step": 3, "killed": 1}\n{"step": 4, "ki'
+    log.write_text(as_killed)  # the rows a killed run wrote after its last checkpoint, the last one cut short
+    assert main.main(tiny_argv(run, "--resume", "auto", "--max_steps", "3")) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and not any("killed" in r for r in records)
+    (previous,) = run.glob("previous_*")
+    assert (previous / "metrics.jsonl").read_text() == as_killed
+    # a resume with nothing past its step changes nothing
+    assert main.main(tiny_argv(run, "--resume", "auto", "--max_steps", "4")) == 0
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert len(list(run.glob("previous_*"))) == 1
+
+
 def test_a_resumed_run_reads_and_hashes_its_checkpoint_once(tiny_run, tmp_path, monkeypatch):
     """main.py resolves the run once: a single-process resume loads the checkpoint file once and computes
     its SHA-256 once (the trainer reuses what the launcher read); before, every process did both again."""

@@ -12,12 +12,16 @@ train over unless told (resume it, or `--start_over`, which `move_aside` carries
 go to `previous_<time>/` inside the directory). `make_room` is that rule for any script that writes
 a folder of results (main.py, invert.py: refuse, or with --start_over move the earlier files aside),
 and `check_output_path` the check before any work that an output folder or file can be written there.
+`rewind_metrics(path, step)`: a resumed run's metrics.jsonl cut back to the step it resumes from, so that
+the rows of a killed run past its last checkpoint do not stand beside the steps trained again.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -146,18 +150,24 @@ def make_room(directory, start_over: bool, globs=RUN_FILE_GLOBS, what: str = "an
     return f"note: --output_dir {directory} held {what} ({found}): moved its files to {moved}"
 
 
+def previous_folder(directory) -> Path:
+    """A new, empty `previous_<time>` folder inside `directory` (where earlier files are kept)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = Path(directory) / f"{PREVIOUS_PREFIX}{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = Path(directory) / f"{PREVIOUS_PREFIX}{stamp}-{suffix}"
+    target.mkdir()
+    return target
+
+
 def move_aside(directory, globs=None) -> Path:
     """Move everything in `directory` except its lock and earlier `previous_*` folders (or, given `globs`, only
     the files that match them) into a new `previous_<time>` folder inside it; returns that folder. Renames
     only: fast, nothing copied."""
     directory = Path(directory)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = directory / f"{PREVIOUS_PREFIX}{stamp}"
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = directory / f"{PREVIOUS_PREFIX}{stamp}-{suffix}"
-    target.mkdir()
+    target = previous_folder(directory)
     chosen = None if globs is None else {path for pattern in globs for path in directory.glob(pattern)}
     for entry in sorted(directory.iterdir()):
         if entry == target or entry.name == LOCK_NAME or entry.name.startswith(PREVIOUS_PREFIX):
@@ -166,3 +176,47 @@ def move_aside(directory, globs=None) -> Path:
             continue
         entry.rename(target / entry.name)
     return target
+
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _row_step(line: str) -> Optional[int]:
+    """The step of a metrics row; None for a row without one (kept); -1 for a line that is not JSON."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return -1
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def rewind_metrics(directory, step: int) -> Optional[str]:
+    """Cut `directory`/metrics.jsonl back to the rows of steps <= `step` (the step a resumed run continues
+    from): the rows a killed run wrote past its last checkpoint, and a line it left half-written, go. The
+    file is replaced atomically (a temp file and a rename), after a copy of it as it was is kept in
+    `previous_<time>/`. Returns a line saying what was dropped, or None when nothing was."""
+    path = Path(directory) / METRICS_NAME
+    if not path.is_file():
+        return None
+    text = path.read_text(errors="replace")
+    lines = text.splitlines(keepends=True)
+    kept, dropped = [], 0
+    for line in lines:
+        row_step = _row_step(line) if line.endswith("\n") else -1  # no newline: a write cut short by a kill
+        if row_step is not None and (row_step < 0 or row_step > step):
+            dropped += 1
+        else:
+            kept.append(line)
+    if not dropped:
+        return None
+    previous = previous_folder(directory)
+    shutil.copy2(path, previous / METRICS_NAME)
+    temporary = path.with_name(f".{METRICS_NAME}.rewind.tmp")
+    with open(temporary, "w") as handle:
+        handle.writelines(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return (f"{path}: dropped {dropped} row(s) past step {step}, written before the run was stopped and now "
+            f"trained again (the file as it was: {previous / METRICS_NAME})")
