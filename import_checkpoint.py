@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import curriculums
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import first_nonfinite, save_checkpoint
 from utils.published import PUBLISHED_FILE_NAMES, find_published_files, import_published
 from utils.rendering_cli import CLIError, HelpFormatter, run_cli
 from utils.run_dir import check_output_path
@@ -80,6 +80,13 @@ def run(args) -> None:
         logger.info("%-13s %s", role, path if path is not None else "(none)")
     check_output(args.output, files, args.force)
     state = import_published(files, args.curriculum)
+    sources = {"generator": files.generator, "generator_ema": files.ema, "generator_ema2": files.ema2,
+               "discriminator": files.discriminator}
+    for key, source in sources.items():
+        bad = first_nonfinite(state.get(key) or {})
+        if bad is not None:
+            raise CLIError(f"{source or files.generator}: its weights hold NaN or infinite values (first in {bad}); "
+                           f"nothing was written")
     try:
         save_checkpoint(args.output, state)
     except OSError as error:

@@ -342,3 +342,20 @@ def test_the_output_is_never_one_of_the_inputs(tmp_path, capsys):
                                    str(published)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in published.iterdir() if path.is_file()} == before
+
+
+def test_published_weights_that_are_not_finite_are_refused(tmp_path, capsys, monkeypatch):
+    real_import = import_checkpoint.import_published
+
+    def with_nan(files, curriculum):
+        state = real_import(files, curriculum)
+        name = next(iter(state["generator_ema"]))
+        state["generator_ema"][name] = torch.full_like(state["generator_ema"][name], float("nan"))
+        return state
+
+    monkeypatch.setattr(import_checkpoint, "import_published", with_nan)
+    output = tmp_path / "out.pth"
+    assert import_checkpoint.main(["--path", str(FIXTURE), "--curriculum", "FFHQ", "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {FIXTURE / 'ema.pth'}: its weights hold NaN or infinite")
+    assert not output.exists()

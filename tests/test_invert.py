@@ -500,3 +500,8 @@ def test_a_codes_file_with_a_stale_checksum_says_run_invert_again(inverted, tiny
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --codes {codes} is corrupted")
     assert err[0].endswith("run invert.py again to write it anew") and "checkpoint_" not in err[0]
+
+
+def test_a_folder_as_codes_is_named():
+    with pytest.raises(CLIError, match=r"^--codes .* is a folder; name a file in it$"):
+        read_codes_file(Path(__file__).parent)
