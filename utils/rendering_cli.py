@@ -291,14 +291,15 @@ def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
     naming `flag`) when it cannot (a file, under a file, read-only, /proc), before any work is done."""
     folder = Path(path)
     try:
-        check_output_path(path, flag)
-    except ValueError as error:
-        raise CLIError(str(error)) from None
-    try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # a file in the way: say which
+            try:
+                check_output_path(path, flag)
+            except ValueError as named:
+                raise CLIError(str(named)) from None
         raise CLIError(f"{flag} {path}: cannot write there ({describe_os_error(error)})") from None
     return folder
 

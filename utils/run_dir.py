@@ -199,8 +199,8 @@ def rewind_metrics(directory, step: int) -> Optional[str]:
     path = Path(directory) / METRICS_NAME
     if not path.is_file():
         return None
-    text = path.read_text(errors="replace")
-    lines = text.splitlines(keepends=True)
+    *complete, last = path.read_text(errors="replace").split("\n")
+    lines = [line + "\n" for line in complete] + ([last] if last else [])
     kept, dropped = [], 0
     for line in lines:
         row_step = _row_step(line) if line.endswith("\n") else -1  # no newline: a write cut short by a kill
