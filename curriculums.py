@@ -622,18 +622,20 @@ def parse_override(text: str) -> tuple:
     return key, value
 
 
-def _same_kind(old, new, words: tuple = ()) -> bool:
+def _same_kind(old, new, words: tuple = (), real: bool = False) -> bool:
     """Whether `new` may replace `old` (a typo such as batch_size=8x must not become a string). `words`:
-    the key's strings that stand for a number (Key.words); they replace a number and a number them."""
+    the key's strings that stand for a number (Key.words); they replace a number and a number them.
+    `real`: the key takes any number (its Range is not integer), so a float replaces an integer default
+    (fov=12.5 where the curriculum says 12)."""
     if new in words or old in words:
         return not isinstance(new, str) or new in words
     if old is None or new is None:
         return True
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool)
-    if isinstance(old, int):
+    if isinstance(old, int) and not real:
         return isinstance(new, int)
-    if isinstance(old, float):
+    if isinstance(old, (int, float)):
         return isinstance(new, (int, float))
     if isinstance(old, (tuple, list)):
         return isinstance(new, (tuple, list))
@@ -673,7 +675,9 @@ def apply_overrides(curriculum: dict, overrides: Mapping) -> dict:
         if name not in known:
             raise ValueError(f"--set {key}: unknown key {name!r}; known keys: {', '.join(sorted(known))}")
         old = target.get(name, extract_metadata(curriculum, 0).get(name))
-        if not _same_kind(old, value, KEYS[name].words if name in KEYS else ()):
+        key_row = KEYS.get(name)
+        real = key_row is not None and key_row.valid is not None and not key_row.valid.integer
+        if not _same_kind(old, value, key_row.words if key_row else (), real):
             raise ValueError(f"--set {key}={value!r}: expected {type(old).__name__} like the curriculum's {old!r}")
         target[name] = copy.deepcopy(value)
     return curriculum

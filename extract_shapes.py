@@ -39,7 +39,7 @@ from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_codes_argument,
                                  add_model_arguments, available_memory_bytes, cameras_around_mean, check_memory,
                                  codes_for_seed, decoder_alpha, finite_float, load_fitted_codes, load_model,
-                                 prepare_output_dir, render_options, run_cli)
+                                 prepare_output_dir, render_options, run_cli, seed_value)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 COLOUR_MODES = ("ray", "point", "image", "none")
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_codes_argument(parser)
     parser.add_argument("--output_dir", default="shapes", help="folder the files are written to")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1, 2, 3],
                         help="random seeds of the latent codes z (one shape per seed)")
     parser.add_argument("--voxel_resolution", type=int, default=256,
                         help="density samples per axis of the cube; memory grows with its cube (about "

@@ -26,7 +26,7 @@ from metrics.inception import FID_WEIGHTS_FILENAME, InceptionWeightsMissing, hub
 from metrics.metric_main import MetricOptions, evaluate, list_metrics, parse_metrics, summary_lines, uses_inception
 from metrics.metric_utils import REALS_CACHE_ENV
 from utils.cpu_runtime import add_threads_argument, set_threads
-from utils.rendering_cli import CLIError, finite_float, load_model, run_cli
+from utils.rendering_cli import CLIError, finite_float, load_model, run_cli, seed_value
 
 
 def find_run_dir(path) -> Optional[Path]:
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_batch_size", type=int, default=None,
                         help="most points per SIREN call in staged_forward (lower it if out of memory); "
                              "unset: the generator's default")
-    parser.add_argument("--seed", type=int, default=MetricOptions.seed, help="seed of the latents and poses")
+    parser.add_argument("--seed", type=seed_value, default=MetricOptions.seed, help="seed of the latents and poses")
     parser.add_argument("--num_mvc", type=int, default=MetricOptions.num_mvc,
                         help="number of latents for the mvc metric")
     parser.add_argument("--mvc_yaw_step", type=finite_float, default=MetricOptions.mvc_yaw_step,
@@ -110,9 +110,27 @@ def validate_args(parser: argparse.ArgumentParser, args) -> None:
                       "with few images; compare only scores computed with the same counts", file=sys.stderr)
 
 
+def metrics_log(args) -> Optional[Path]:
+    """The run's metrics.jsonl the record is appended to (None: not in a run directory, or --no_append),
+    checked before the evaluation: CLIError when it is a folder or cannot be written."""
+    run_dir = find_run_dir(args.path)
+    if run_dir is None or args.no_append:
+        return None
+    log = run_dir / "metrics.jsonl"
+    problem = None
+    if log.is_dir():
+        problem = "is a folder, not a file"
+    elif not os.access(log if log.exists() else run_dir, os.W_OK):
+        problem = "cannot be written (no permission)"
+    if problem:
+        raise CLIError(f"{log} {problem}: the scores are appended to it; fix it, or pass --no_append")
+    return log
+
+
 def score_checkpoint(args) -> dict:
     """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
     set_threads(args.threads)
+    log = metrics_log(args)
     model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
     stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:
@@ -143,9 +161,8 @@ def score_checkpoint(args) -> dict:
         print(line)
     line = json.dumps(record)
     print(line, flush=True)
-    run_dir = find_run_dir(args.path)
-    if run_dir is not None and not args.no_append:
-        with open(run_dir / "metrics.jsonl", "a") as handle:
+    if log is not None:
+        with open(log, "a") as handle:
             handle.write(line + "\n")
     return record
 

@@ -17,6 +17,9 @@ tuning, with a regulariser that keeps other latents' renders unchanged). Writes 
   `torch.load(weights_only=True)`; `render_multiview_image.py --codes` and `extract_shapes.py
   --codes` render it with the same checkpoint.
 
+An --output_dir that holds an earlier inversion's files is refused; `--start_over` moves them to
+`previous_<time>/` inside it first (main.py's rule for run directories, utils/run_dir.py).
+
 Entry point: `main(argv)`; `invert_photo(args)` does the work and returns the written paths.
 """
 from __future__ import annotations
@@ -40,8 +43,12 @@ from render_multiview_image import MULTIVIEW_YAW_OFFSETS, render_views, video_of
 from utils.cpu_runtime import set_threads
 from utils.images import depth_row, make_row, save_gif, save_image, to_uint8
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
-                                 cameras_around_mean, decoder_alpha, finite_float, load_model, render_options,
-                                 run_cli)
+                                 cameras_around_mean, decoder_alpha, finite_float, load_model, prepare_output_dir,
+                                 render_options, run_cli, seed_value)
+from utils.run_dir import EarlierOutput, make_room
+
+# What an inversion writes to --output_dir: files an earlier inversion left there are not replaced silently.
+OUTPUT_GLOBS = ("codes.pth", "comparison.png", "multiview.png", "depth.png", "turntable.gif", "shape.ply")
 
 
 def floats(text: str) -> List[float]:
@@ -66,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True,
                         help="the picture to invert (PNG, JPEG, ...): framed like the checkpoint's training data "
                              "(an aligned face crop for CelebAHQ/FFHQ, a cat-face crop for Cat), or use --align")
-    parser.add_argument("--output_dir", default="inversion", help="folder the files are written to")
+    parser.add_argument("--output_dir", default="inversion",
+                        help="folder the files are written to; one that holds an earlier inversion's files is "
+                             "refused unless --start_over")
+    parser.add_argument("--start_over", action="store_true",
+                        help="write into an --output_dir that holds an earlier inversion's files after moving them "
+                             "to previous_<time>/ inside it (as main.py --start_over does with a run's files)")
     parser.add_argument("--align", action="store_true",
                         help="face checkpoints: find the largest frontal face (scikit-image's LBP cascade, shipped "
                              "with scikit-image) and crop it the way FFHQ frames faces")
@@ -113,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the trained stage's output size)")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="depth samples per ray (default: the trained stage's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (tuning's other latents)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the random draws (tuning's other latents)")
     parser.add_argument("--display_size", type=int, default=128,
                         help="pictures are enlarged (nearest neighbour, by a whole factor) to at least this many "
                              "pixels; 0 keeps the model's size")
@@ -209,6 +221,13 @@ def write_outputs(model: LoadedModel, result, target: torch.Tensor, options, arg
 def invert_photo(args) -> List[Path]:
     """Everything main() does after parsing: load, prepare the picture, fit, write; returns the written paths."""
     validate(args)
+    output_dir = prepare_output_dir(args.output_dir)
+    try:
+        note = make_room(output_dir, args.start_over, OUTPUT_GLOBS, what="an earlier inversion", move_all=False)
+    except EarlierOutput as error:
+        raise CLIError(str(error)) from None
+    if note:
+        print(note, file=sys.stderr)
     set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps)
@@ -231,8 +250,6 @@ def invert_photo(args) -> List[Path]:
         camera_lr=args.camera_lr, ssim_weight=args.ssim_weight, prior_weight=args.prior_weight,
         tune_steps=args.tune_generator, tune_lr=args.tune_lr, tune_parameters=args.tune_parameters,
         locality_weight=args.locality_weight)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     starts = 1 if args.fixed_camera else len(args.yaw_starts) * len(args.pitch_starts)
     print(f"{model.checkpoint_path}: step {model.step}, curriculum {model.curriculum_name or '(unnamed)'}, "
           f"{'EMA' if model.use_ema else 'raw'} weights; fitting {settings.latent_space} codes"

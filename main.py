@@ -29,8 +29,8 @@ from run_spec import EVAL_FREQ, RunSpec, TrainConfig, check_run, resolve_run
 from train import LoaderFailed, train
 from utils.checkpoint import CheckpointError, describe_os_error
 from utils.cpu_runtime import add_threads_argument, available_cores
-from utils.rendering_cli import HelpFormatter
-from utils.run_dir import PREVIOUS_PREFIX, RunDirLock, earlier_run, move_aside
+from utils.rendering_cli import HelpFormatter, seed_value
+from utils.run_dir import PREVIOUS_PREFIX, RunDirLock, check_output_path, make_room
 
 # The flags' defaults: TrainConfig's.
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d["device"], help="where to train")
     p.add_argument("--log_interval", type=int, default=d["log_interval"],
                    help="steps between lines in metrics.jsonl (and progress lines when there are no bars)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="base random seed (process r uses seed + r)")
+    p.add_argument("--seed", type=seed_value, default=d["seed"], help="base random seed (process r uses seed + r)")
     p.add_argument("--no_progress", action="store_true",
                    help="hide the tqdm progress bars (they are off anyway when stderr is not a terminal); "
                         "progress is logged every --log_interval steps instead")
@@ -109,18 +109,6 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be at most 65535 (got {args.port})")
     if args.start_over and args.resume == "auto":
         raise ValueError("--start_over starts a fresh run and --resume auto continues one: give one of them")
-
-
-def check_output_dir(output_dir) -> None:
-    """The run directory exists as a folder or can be created (no file in the way, writable)."""
-    path = Path(output_dir).expanduser().absolute()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--output_dir {output_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output_dir {output_dir}: no permission to write in {existing}")
 
 
 def process_group_port(requested: Optional[int]) -> int:
@@ -161,7 +149,7 @@ def prepare_run(args: argparse.Namespace, world_size: int, spawned: int = 1) -> 
     """Every check that can fail before a process starts; (the RunSpec all processes get, the state of
     the checkpoint it resumes or None). Writes nothing."""
     check_flags(args)
-    check_output_dir(args.output_dir)
+    check_output_path(args.output_dir)
     spec, resume_state = resolve_run(config_from_args(args, spawned))
     check_run(spec, resume_state, world_size)
     if args.start_over and spec.resume_path and is_inside(spec.resume_path, args.output_dir):
@@ -198,17 +186,12 @@ def claim_output_dir(spec: RunSpec) -> RunDirLock:
     config = spec.config
     lock = RunDirLock(config.output_dir).acquire()
     try:
-        found = earlier_run(config.output_dir)
         continuing = spec.resume_path is not None and is_inside(spec.resume_path, config.output_dir)
-        if found and not continuing:
-            if not (config.start_over or config.resume == "auto"):
-                raise ValueError(f"--output_dir {config.output_dir} holds another run ({found}); continue it with "
-                                 f"--resume auto (or --load_dir {config.output_dir}), start a new run there with "
-                                 f"--start_over (its files move to {PREVIOUS_PREFIX}<time>/ inside it), or choose "
-                                 f"another --output_dir")
-            moved = move_aside(config.output_dir)
-            print(f"note: --output_dir {config.output_dir} held another run ({found}): moved its files to {moved}",
-                  file=sys.stderr)
+        if not continuing:
+            note = make_room(config.output_dir, config.start_over or config.resume == "auto",
+                             advice=f"continue it with --resume auto (or --load_dir {config.output_dir}), ")
+            if note:
+                print(note, file=sys.stderr)
     except BaseException:
         lock.release()
         raise

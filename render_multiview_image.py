@@ -36,7 +36,7 @@ from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
                                  cameras_around_mean, check_memory, codes_for_seed, decoder_alpha, finite_float,
                                  latent_for_seed, load_fitted_codes, load_model, prepare_output_dir,
-                                 render_memory_bytes, render_options, run_cli)
+                                 render_memory_bytes, render_options, run_cli, seed_value)
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
@@ -229,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "style_mix: style_mix_{seed}.png, geometry of each seed with the decoder style of "
                              "each --style_seeds, plus the whole grid style_mix.png; "
                              "interpolate: interp_{a}_{b}.png between consecutive seeds")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1, 2, 3],
                         help="random seeds of the latent codes z (one z per seed)")
-    parser.add_argument("--style_seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--style_seeds", type=seed_value, nargs="+", default=None,
                         help="style_mix mode: seeds whose decoder style is used (default: --seeds)")
     parser.add_argument("--image_size", type=int, default=None,
                         help="resolution S of the NeRF feature map (the volume-rendered image) (default: the "

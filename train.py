@@ -40,7 +40,7 @@ from utils.checkpoint import (LATEST_NAME, CheckpointError, TrainingState, check
                               remove_stale_temp_files, resolve_checkpoint_path, rng_state, save_checkpoint,
                               set_rng_state)
 from utils.cpu_runtime import flush_denormals, keep_freed_memory, set_threads
-from utils.run_dir import RunDirLock
+from utils.run_dir import RunDirLock, rewind_metrics
 from utils.images import make_grid, save_image, to_uint8
 from utils.memory_model import AUTO, auto_batch_split
 
@@ -736,11 +736,16 @@ class Trainer:
 
     def prepare_output_dir(self) -> None:
         """Rank 0, holding the directory's lock: the run directory, without the temp files of killed
-        checkpoint writes (no other run writes there), and options.json: the run specification, the
-        processes, their threads and a module summary."""
+        checkpoint writes (no other run writes there), its metrics.jsonl cut back to the step a resumed
+        run continues from (`rewind_metrics`), and options.json: the run specification, the processes,
+        their threads and a module summary."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temp_files(self.output_dir):
             logger.info("removed %s, left by a checkpoint write that was killed", stale.name)
+        if self.spec.resume_path:  # one curve: the killed run's rows past the resumed step go
+            rewound = rewind_metrics(self.output_dir, self.step)
+            if rewound:
+                logger.info("%s", rewound)
         modules = module_summary(generator=self.generator, discriminator=self.discriminator)
         options = {**self.spec.record(), "world_size": self.world_size, "device": str(self.device),
                    "threads": torch.get_num_threads(), "modules": modules}

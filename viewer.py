@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "and the line printed at start names the one in use")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on: 127.0.0.1 serves this machine only (reach it through an SSH "
-                             "port forward), 0.0.0.0 every network interface")
+                             "port forward), 0.0.0.0 every network interface; an address this machine does not "
+                             "have is refused at start")
     parser.add_argument("--seed", type=int, default=0, help=f"seed of the first object's z (0 to {SEED_MAX})")
     parser.add_argument("--style_seed", type=int, default=None,
                         help="start with style mixing on: the decoder's style from this seed's z")
@@ -110,6 +111,34 @@ def check_args(args) -> None:
         raise CLIError(f"--settle must be >= 0, got {args.settle}")
     if args.max_batch_size < 1:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """CLIError unless the server can listen on `host`: a name or address that resolves to one of this
+    machine's addresses, and a port it may take (a busy one is fine: the server takes the next free one).
+    viser takes every OSError for a busy port and tries the next one forever, so a host this machine does
+    not have would hang in silence."""
+    import errno
+    import re
+
+    from utils.rendering_cli import CLIError
+
+    numeric = re.fullmatch(r"[0-9.]+|.*:.*", host) is not None  # an address, never a name to look up
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST if numeric else 0)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        reason = "not an IP address" if numeric else getattr(error, "strerror", None) or str(error)
+        raise CLIError(f"--host {host}: {reason}; give an address of this machine (127.0.0.1, or 0.0.0.0 for every "
+                       f"network interface)") from None
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind((address[0], port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return
+            raise CLIError(f"--host {host} --port {port}: cannot listen there ({error.strerror}); give an address "
+                           f"of this machine (127.0.0.1, or 0.0.0.0 for every network interface)") from None
 
 
 def prepare(args):
@@ -390,10 +419,13 @@ class ViewerApp:
 
 def serve(args) -> None:
     """Everything main() does after parsing: check, load, serve until interrupted."""
+    from utils.rendering_cli import prepare_output_dir
+
     check_args(args)
+    check_listen_address(args.host, args.port)
+    prepare_output_dir(args.output_dir)
     viser = import_viser()
     renderer = prepare(args)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     app = ViewerApp(args, renderer, viser)
     rays = renderer.full.rays
     print(f"{renderer.model.checkpoint_path}: step {renderer.model.step}, "

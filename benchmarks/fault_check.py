@@ -1,7 +1,8 @@
 """Re-check the fault guarantees of a training run (README, "Reliability"), with real processes and signals.
 
-    python benchmarks/fault_check.py --runs 10                           # both cases, one process
+    python benchmarks/fault_check.py --runs 10                           # every case, one process
     python benchmarks/fault_check.py --runs 5 --nproc 2 --cases group_sigterm
+    python benchmarks/fault_check.py --runs 1 --cases import_overwrite,viewer_bad_host
 
 Every run trains a tiny Synthetic model (`TINY_SETS`, a few seconds a step on one CPU thread) with
 `main.py` in a session of its own, then:
@@ -14,9 +15,19 @@ Every run trains a tiny Synthetic model (`TINY_SETS`, a few seconds a step on on
   group after step 2, as Slurm at a time limit and systemd send it; it must exit 0 with a checkpoint
   that `--resume auto` continues one more step.
 
+The tools around training are probed too (issue 32), each case after a one-step tiny run:
+
+* `import_overwrite`: `import_checkpoint.py --output` the run's trained `checkpoint.pth`, and `--output`
+  one of the published files it imports (with `--force`): both must be refused (exit 2, one `error:`
+  line) with the files unchanged.
+* `viewer_bad_host`: `viewer.py --host` 999.1.1.1 (not an address) and 192.0.2.1 (an address of another
+  machine): each must end with exit 2 and one `error: --host` line within HANG_TIMEOUT_S, where it
+  once hung in silence (viser took the bind error for a busy port and tried the next port forever).
+
 Prints one line per run, a summary line per case and one JSON line; exit code 0 when every run kept a
-loadable, resumable checkpoint, else 1. Entry points: `main(argv)`, `kill_during_write`, `group_sigterm`
-(tests/test_main.py runs the group case through it).
+loadable, resumable checkpoint (the tool cases: behaved), else 1. Entry points: `main(argv)`,
+`kill_during_write`, `group_sigterm` (tests/test_main.py runs the group case through it),
+`import_overwrite`, `viewer_bad_host`.
 """
 from __future__ import annotations
 
@@ -40,8 +51,12 @@ from utils.checkpoint import STALE_TEMP_GLOB, CheckpointError, load_checkpoint  
 # The Synthetic curriculum made tiny from the command line (stage 0 and globals only).
 TINY_SETS = ["hidden_dim=16", "decoder_channels=(16, 16, 8, 8)", "disc_width_factor=0.0625", "synthetic_size=32",
              "0.batch_size=2", "0.num_steps=4", "0.img_size=8", "0.output_size=8", "0.batch_split=1"]
-CASES = ("kill_during_write", "group_sigterm")
+TOOL_CASES = ("import_overwrite", "viewer_bad_host")
+CASES = ("kill_during_write", "group_sigterm") + TOOL_CASES
 TIMEOUT_S = 180  # per run, for a loaded machine
+HANG_TIMEOUT_S = 60  # a refused --host takes seconds (loading torch); more is the old silent hang
+PUBLISHED = ROOT / "tests" / "fixtures" / "published_mvcgan"  # the published code's files, tiny
+BAD_HOSTS = ("999.1.1.1", "192.0.2.1")  # not an IP address; TEST-NET-1, an address no machine here has
 
 
 def tiny_argv(output_dir, *extra, sets=TINY_SETS) -> list:
@@ -171,6 +186,68 @@ def group_signal(run: Path, signals=(signal.SIGTERM,), nproc: int = 1, num_worke
                                                                             f"{after_step}")
 
 
+def run_script(script: str, *args, timeout: float = TIMEOUT_S) -> tuple:
+    """(exit code or None when it ran past `timeout` and was killed, stdout and stderr, seconds) of a
+    project script in a session of its own, one torch thread."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    output = finish(proc, timeout)
+    timed_out = output.endswith("(fault_check: timed out, killed)")
+    return (None if timed_out else proc.returncode), output, time.monotonic() - started
+
+
+def refused(code, output: str, start: str) -> bool:
+    """Exit code 2 with one `error:` line, which begins with `start`."""
+    errors = [line for line in output.splitlines() if "error:" in line]
+    return code == 2 and len(errors) == 1 and errors[0].startswith(start)
+
+
+def trained_run(run: Path) -> bool:
+    """A one-step tiny run in `run` (in this process); whether it ended with exit code 0."""
+    import main
+
+    return main.main(tiny_argv(run, "--max_steps", "1")) == 0
+
+
+def import_overwrite(run: Path) -> Outcome:
+    """import_checkpoint.py pointed at a trained checkpoint.pth, then at its own input (with --force)."""
+    import shutil
+
+    if not trained_run(run):
+        return Outcome(False, None, None, None, None, "", "the tiny run did not train")
+    published = run / "published"
+    shutil.copytree(PUBLISHED, published)
+    outputs, failed = [], []
+    for target, extra in ((run / "checkpoint.pth", []), (published / "generator.pth", ["--force"])):
+        before = target.read_bytes()
+        code, output, _ = run_script("import_checkpoint.py", "--path", published, "--curriculum", "FFHQ",
+                                     "--output", target, *extra)
+        outputs.append(output)
+        if not (refused(code, output, f"error: --output {target}") and target.read_bytes() == before):
+            failed.append(f"--output {target.name} {' '.join(extra)}: exit code {code}, "
+                          f"{'unchanged' if target.read_bytes() == before else 'REPLACED'}")
+    detail = "; ".join(failed) or "a trained checkpoint.pth and the import's own generator.pth (--force) kept"
+    return Outcome(not failed, 2 if not failed else None, checkpoint_step(run), None, None, "\n".join(outputs), detail)
+
+
+def viewer_bad_host(run: Path) -> Outcome:
+    """viewer.py --host of each BAD_HOSTS: one error line and exit 2 within HANG_TIMEOUT_S."""
+    if not trained_run(run):
+        return Outcome(False, None, None, None, None, "", "the tiny run did not train")
+    outputs, failed, slowest = [], [], 0.0
+    for host in BAD_HOSTS:
+        code, output, seconds = run_script("viewer.py", "--path", run, "--host", host, "--threads", "1",
+                                           "--output_dir", run / "viewer", timeout=HANG_TIMEOUT_S)
+        outputs.append(output)
+        slowest = max(slowest, seconds)
+        if not refused(code, output, f"error: --host {host}"):
+            failed.append(f"--host {host}: " + ("hung (killed)" if code is None else f"exit code {code}"))
+    detail = "; ".join(failed) or f"--host {', '.join(BAD_HOSTS)} refused, slowest in {slowest:.1f} s"
+    return Outcome(not failed, 2 if not failed else None, None, None, None, "\n".join(outputs), detail)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5, help="runs of each case")
@@ -203,20 +280,34 @@ def main(argv=None) -> int:
             run = root / f"{case}_{index}"
             if case == "kill_during_write":
                 outcome = kill_during_write(run, rng)
-            else:
+            elif case == "group_sigterm":
                 outcome = group_signal(run, nproc=args.nproc, num_workers=args.num_workers)
+            else:
+                outcome = TOOL_CHECKS[case](run)
             passed += outcome.ok
-            print(f"{case} {index + 1}/{args.runs}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}; exit code "
-                  f"{outcome.exit_code}, checkpoint of step {outcome.saved_step}, resumed to step "
-                  f"{outcome.resumed_step}", flush=True)
+            line = f"{case} {index + 1}/{args.runs}: {'ok' if outcome.ok else 'FAILED'}: {outcome.detail}"
+            if case not in TOOL_CASES:
+                line += (f"; exit code {outcome.exit_code}, checkpoint of step {outcome.saved_step}, resumed to step "
+                         f"{outcome.resumed_step}")
+            print(line, flush=True)
             if not outcome.ok:
                 print(outcome.output[-3000:], flush=True)
+        if case in TOOL_CASES:
+            summary[case] = {"runs": args.runs, "behaved": passed}
+            what = ("import_checkpoint.py --output a trained checkpoint or its own input" if case == "import_overwrite"
+                    else f"viewer.py --host {' / '.join(BAD_HOSTS)}")
+            print(f"{what}: {passed}/{args.runs} runs refused it with one error line, exit code 2, nothing "
+                  f"replaced and nothing hung", flush=True)
+            continue
         summary[case] = {"runs": args.runs, "kept_a_resumable_checkpoint": passed}
         what = ("kill -9 during a checkpoint write" if case == "kill_during_write" else
                 f"SIGTERM to the process group ({args.nproc} process(es), {args.num_workers} loader workers each)")
         print(f"{what}: {passed}/{args.runs} runs left a loadable checkpoint that --resume auto continued", flush=True)
     print(json.dumps({"fault_check": summary, "nproc": args.nproc, "num_workers": args.num_workers}))
-    return 0 if all(s["kept_a_resumable_checkpoint"] == s["runs"] for s in summary.values()) else 1
+    return 0 if all(s.get("kept_a_resumable_checkpoint", s.get("behaved")) == s["runs"] for s in summary.values()) else 1
+
+
+TOOL_CHECKS = {"import_overwrite": import_overwrite, "viewer_bad_host": viewer_bad_host}
 
 
 if __name__ == "__main__":

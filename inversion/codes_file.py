@@ -25,11 +25,12 @@ from typing import NamedTuple, Optional
 import torch
 
 from generators.generators import ImplicitGenerator3d, LatentCodes
-from utils.checkpoint import (CheckpointError, require_safe_torch, save_checkpoint, state_checksum, verify_checksum,
-                              why_unreadable)
-from utils.rendering_cli import CLIError
+from utils.checkpoint import (CheckpointError, first_nonfinite, require_safe_torch, save_checkpoint, state_checksum,
+                              verify_checksum, why_unreadable)
+from utils.rendering_cli import CLIError, input_file
 
 KIND = "mvcgan-inversion"
+AGAIN = "; run invert.py again to write it anew"  # the advice for a damaged codes file
 CODES_FORMAT = 1
 
 
@@ -65,9 +66,7 @@ class LoadedCodes(NamedTuple):
 
 def read_codes_file(path) -> dict:
     """The file's dict, checksum verified; CLIError for anything that is not a codes file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"--codes {path}: no such file")
+    path = input_file(path, "--codes")
     try:
         require_safe_torch()
     except CheckpointError as error:
@@ -85,9 +84,12 @@ def read_codes_file(path) -> dict:
         raise CLIError(f"--codes {path} has format {state['codes_format']}, newer than this code understands "
                        f"({CODES_FORMAT})")
     try:
-        verify_checksum(state, path)
+        verify_checksum(state, path, advice=AGAIN)
     except Exception as error:
         raise CLIError(f"--codes {error}") from None
+    bad = first_nonfinite({**state, **state.get("generator", {})})
+    if bad is not None:
+        raise CLIError(f"--codes {path}: its {bad} holds NaN or infinite values{AGAIN}")
     return state
 
 

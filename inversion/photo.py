@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets import CROP_SIZES, image_transform, to_rgb8
-from utils.rendering_cli import CLIError
+from utils.rendering_cli import CLIError, input_file
 
 MIN_SIDE = 16  # pixels: below this a picture holds too little to fit anything to
 FACE_DATASETS = ("CelebAHQ", "FFHQ")
@@ -34,9 +34,7 @@ DETECTION_SIDE = 512  # the detector runs on a copy at most this large (it is sl
 
 def read_photo(path) -> Tuple[Image.Image, List[str]]:
     """(8-bit RGB image, notes on conversions) for any picture PIL can read; CLIError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CLIError(f"--image {path}: no such file")
+    path = input_file(path, "--image")
     notes = []
     try:
         with Image.open(path) as opened:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
@@ -144,8 +146,13 @@ def real_statistics(folder: Path, inception, device="cpu", batch_size: int = 64,
     """mu, sigma and features of the reals in `folder`, cached as an .npz per Inception weight set."""
     cache = Path(folder) / f"inception_{getattr(inception, 'fingerprint', 'unknown')}.npz"
     if cache.is_file():
-        with np.load(cache) as stats:
-            return {key: stats[key] for key in ("mu", "sigma", "features")}
+        try:
+            with np.load(cache) as stats:
+                return {key: stats[key] for key in ("mu", "sigma", "features")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:  # truncated, overwritten
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            print(f"note: the Inception statistics cache {cache} is damaged ({reason}); computing it again",
+                  file=sys.stderr)
     images = ImageFolder(folder)
     batches = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     features = extract_features(batches, inception, device, total=len(images), desc="inception (reals)")

@@ -125,6 +125,19 @@ def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsy
         "kill_during_write": {"runs": 1, "kept_a_resumable_checkpoint": 1}}
 
 
+def test_fault_check_probes_the_overwrite_and_hang_cases(tmp_path, capsys):
+    """benchmarks/fault_check.py's tool cases (issue 32): import_checkpoint.py never replaces a trained
+    checkpoint or its own input, viewer.py --host of an address this machine lacks ends at once."""
+    import fault_check
+
+    assert fault_check.main(["--runs", "1", "--cases", "import_overwrite,viewer_bad_host",
+                             "--output_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "import_overwrite 1/1: ok: " in out and "viewer_bad_host 1/1: ok: " in out
+    assert json.loads(out.strip().splitlines()[-1])["fault_check"] == {
+        "import_overwrite": {"runs": 1, "behaved": 1}, "viewer_bad_host": {"runs": 1, "behaved": 1}}
+
+
 def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
     import bench_inversion
 

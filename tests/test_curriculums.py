@@ -262,3 +262,12 @@ def test_set_checks_keys_left_to_their_default_against_the_default():
     with pytest.raises(ValueError, match="expected int"):
         curriculums.apply_overrides(get_curriculum("FFHQ"), {"nerf_noise_steps": "fast"})
     assert curriculums.apply_overrides(get_curriculum("FFHQ"), {"nerf_noise_steps": 800})["nerf_noise_steps"] == 800
+
+
+def test_set_accepts_a_float_where_the_key_is_any_number():
+    """Issue 32: --set fov=12.5 was refused because the curriculum's default is the integer 12."""
+    c = curriculums.apply_overrides(get_curriculum("FFHQ"), {"fov": curriculums.parse_override("fov=12.5")[1]})
+    assert c["fov"] == 12.5
+    validate_curriculum(c, "FFHQ")
+    with pytest.raises(ValueError, match="expected int"):  # an integer key still takes integers only
+        curriculums.apply_overrides(get_curriculum("FFHQ"), {"0.batch_size": 8.5})

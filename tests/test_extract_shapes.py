@@ -372,3 +372,15 @@ def test_cli_into_a_read_only_folder_is_one_line_before_any_work(read_only_folde
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: --output_dir {read_only_folder / 'shapes'}: cannot write there (")
+
+
+def test_every_seed_is_checked_before_a_mesh_is_written(tmp_path, tiny_checkpoint, capsys):
+    """Issue 32: `--seeds -5 99999999999999999999` wrote the first mesh, then a traceback."""
+    out = tmp_path / "shapes"
+    with pytest.raises(SystemExit) as exit_info:
+        es.main(["--path", str(tiny_checkpoint), "--output_dir", str(out), "--seeds", "-5", "99999999999999999999",
+                 "--voxel_resolution", "16", "--threads", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seeds: seed -5 is out of range" in err and "Traceback" not in err
+    assert not out.exists()

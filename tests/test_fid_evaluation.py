@@ -134,3 +134,16 @@ def test_cli_corrupt_or_malicious_inception_weights_are_one_line(run_dir, tmp_pa
     assert "weights_only" not in err and "Traceback" not in err
     assert {"pickle": "pickled Python objects, which are never loaded", "truncated": "truncated or corrupt",
             "another network": "holds weights of another network"}[content] in lines[0]
+
+
+def test_a_metrics_log_that_is_a_folder_is_refused_before_the_evaluation(run_dir, capsys, monkeypatch):
+    """Issue 32: a folder named metrics.jsonl was found only after the whole evaluation."""
+    (run_dir / "metrics.jsonl").mkdir()
+    monkeypatch.setattr(fe, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking metrics.jsonl"))
+    with pytest.raises(SystemExit) as caught:
+        fe.main(["--path", str(run_dir), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
+                 "--num_workers", "0"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run_dir / 'metrics.jsonl'} is a folder, not a file: the scores are appended to it; "
+                   f"fix it, or pass --no_append"]

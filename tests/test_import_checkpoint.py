@@ -311,3 +311,51 @@ def test_fine_tuning_continues_from_the_published_step(imported, tmp_path, monke
     state = load_checkpoint(run / "checkpoint.pth")
     assert state["step"] == PUBLISHED_STEP + 2 and state["optimizer_G"]["state"]
     assert state["ema_num_updates"] == [PUBLISHED_STEP + 2] * 2
+
+
+def test_an_existing_output_is_replaced_only_with_force(tmp_path, capsys):
+    """Issue 32: a trained run's checkpoint.pth named as --output was replaced without a word."""
+    target = tmp_path / "run" / "checkpoint.pth"
+    target.parent.mkdir()
+    target.write_bytes(b"a trained run's checkpoint")
+    args = ["--path", str(FIXTURE), "--curriculum", "FFHQ", "--output", str(target)]
+    assert import_checkpoint.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"--output {target} exists; pass --force" in err
+    assert target.read_bytes() == b"a trained run's checkpoint"
+    assert import_checkpoint.main([*args, "--force"]) == 0
+    assert load_checkpoint(target)["step"] == PUBLISHED_STEP
+
+
+def test_the_output_is_never_one_of_the_inputs(tmp_path, capsys):
+    """Issue 32: --output pub/generator.pth overwrote the import's own input (--force does not allow it)."""
+    published = tmp_path / "pub"
+    shutil.copytree(FIXTURE, published)
+    before = {path.name: path.read_bytes() for path in published.iterdir() if path.is_file()}
+    for name in ("generator.pth", "ema.pth", "ema2.pth", "discriminator.pth"):
+        output = published / name
+        assert import_checkpoint.main(["--path", str(published), "--curriculum", "FFHQ", "--output", str(output),
+                                       "--force"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and f"--output {output} is " in err
+    assert import_checkpoint.main(["--path", str(published), "--curriculum", "FFHQ", "--output",
+                                   str(published)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in published.iterdir() if path.is_file()} == before
+
+
+def test_published_weights_that_are_not_finite_are_refused(tmp_path, capsys, monkeypatch):
+    real_import = import_checkpoint.import_published
+
+    def with_nan(files, curriculum):
+        state = real_import(files, curriculum)
+        name = next(iter(state["generator_ema"]))
+        state["generator_ema"][name] = torch.full_like(state["generator_ema"][name], float("nan"))
+        return state
+
+    monkeypatch.setattr(import_checkpoint, "import_published", with_nan)
+    output = tmp_path / "out.pth"
+    assert import_checkpoint.main(["--path", str(FIXTURE), "--curriculum", "FFHQ", "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {FIXTURE / 'ema.pth'}: its weights hold NaN or infinite")
+    assert not output.exists()

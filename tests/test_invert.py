@@ -414,3 +414,94 @@ def test_a_photo_inverts_end_to_end_with_the_imported_published_checkpoint(tmp_p
     assert render_multiview_image.main(["--path", str(checkpoint), "--codes", str(out / "codes.pth"),
                                         "--output_dir", str(tmp_path / "r"), "--image_size", "16",
                                         "--num_steps", "6"]) == 0
+
+
+def test_a_second_inversion_into_the_same_folder_is_refused_unless_start_over(inverted, tiny_checkpoint, head_png,
+                                                                               tmp_path, capsys):
+    """Issue 32: invert.py run again into the same --output_dir replaced codes.pth and the pictures silently."""
+    import shutil
+
+    folder = tmp_path / "inv"
+    shutil.copytree(inverted[1], folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    args = ["--path", str(tiny_checkpoint), "--image", str(head_png), "--output_dir", str(folder), *CLI_SIZES, *FAST,
+            "--no_mesh"]
+    assert invert.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --output_dir {folder} holds an earlier inversion (codes.pth")
+    assert "--start_over" in err[0]
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert invert.main([*args, "--start_over"]) == 0
+    (previous,) = folder.glob("previous_*")
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == before
+    assert (folder / "codes.pth").read_bytes() != before["codes.pth"] and not (folder / "shape.ply").exists()
+
+
+def test_output_dir_and_image_errors_name_the_flag(tmp_path, tiny_checkpoint, head_png, capsys):
+    """Issue 32: a file or /proc as --output_dir said `File exists`, a folder as --image "no such file"."""
+    (tmp_path / "file").write_text("x")
+    cases = [(["--image", str(head_png), "--output_dir", str(tmp_path / "file")], f"--output_dir {tmp_path / 'file'}"),
+             (["--image", str(head_png), "--output_dir", "/proc/inversion"], "--output_dir /proc/inversion: cannot write"),
+             (["--image", str(tmp_path), "--output_dir", str(tmp_path / "out")], f"--image {tmp_path} is a folder")]
+    for args, message in cases:
+        assert invert.main(["--path", str(tiny_checkpoint), *args, *CLI_SIZES, *FAST]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+    assert not (tmp_path / "out" / "codes.pth").exists()
+
+
+def render_codes(checkpoint, codes, output_dir) -> int:
+    return render_multiview_image.main(["--path", str(checkpoint), "--codes", str(codes), "--output_dir",
+                                        str(output_dir), "--image_size", "8", "--num_steps", "6", "--output_size", "16"])
+
+
+@pytest.mark.parametrize("key", ["frequencies", "yaw", "generator"])
+def test_non_finite_codes_cameras_and_weights_are_refused(inverted, tiny_checkpoint, tmp_path, capsys, key):
+    """Issue 32: codes whose frequencies were NaN (checksum valid) rendered an all-black picture, exit 0."""
+    state = torch.load(inverted[1] / "codes.pth", weights_only=True)
+    state.pop("checksum")
+    if key == "generator":
+        name = next(iter(state["generator"]))
+        state["generator"][name] = torch.full_like(state["generator"][name], float("inf"))
+    elif key == "yaw":
+        state["yaw"], name = float("nan"), "yaw"
+    else:
+        state["frequencies"][0, 3], name = float("nan"), "frequencies"
+    codes = tmp_path / "bad.pth"
+    save_checkpoint(codes, state)  # a valid checksum over the bad values
+    assert render_codes(tiny_checkpoint, codes, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: --codes {codes}: its {name} holds NaN or infinite values; run " \
+                                       f"invert.py again to write it anew"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tiny_checkpoint, tmp_path, capsys):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state.pop("checksum")
+    name = next(iter(state["generator_ema"]))
+    state["generator_ema"][name] = torch.full_like(state["generator_ema"][name], float("nan"))
+    path = tmp_path / "nan.pth"
+    save_checkpoint(path, state)
+    assert render_multiview_image.main(["--path", str(path), "--output_dir", str(tmp_path / "out"), "--seeds", "0",
+                                        "--image_size", "8", "--num_steps", "6", "--output_size", "16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: its generator_ema weights hold NaN") and name in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_codes_file_with_a_stale_checksum_says_run_invert_again(inverted, tiny_checkpoint, tmp_path, capsys):
+    """Issue 32: a damaged codes file got a checkpoint's advice (use a numbered checkpoint_*.pth)."""
+    state = torch.load(inverted[1] / "codes.pth", weights_only=True)
+    state["yaw"] += 0.1  # the stored checksum no longer matches
+    codes = tmp_path / "stale.pth"
+    torch.save(state, codes)
+    assert render_codes(tiny_checkpoint, codes, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --codes {codes} is corrupted")
+    assert err[0].endswith("run invert.py again to write it anew") and "checkpoint_" not in err[0]
+
+
+def test_a_folder_as_codes_is_named():
+    with pytest.raises(CLIError, match=r"^--codes .* is a folder; name a file in it$"):
+        read_codes_file(Path(__file__).parent)

@@ -102,6 +102,13 @@ def test_bad_flags_fail_before_anything_starts(tmp_path, capsys, extra, message)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_seed_out_of_range_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(tiny_argv(tmp_path / "run", "--seed", str(2 ** 64)))
+    assert exit_info.value.code == 2 and f"seed {2 ** 64} is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_output_dir_under_a_file_and_a_busy_port(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = run_main(tiny_argv(tmp_path / "file" / "run"), capsys)
@@ -179,6 +186,25 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
     # --set_step belongs to the job's first start: a requeue continues, it does not rewind.
     assert main.main(tiny_argv(run, "--resume", "auto", "--set_step", "0", "--max_steps", "3")) == 0
     assert load_checkpoint(run)["step"] == 3
+
+
+def test_a_resume_after_kill_9_cuts_metrics_back_to_the_resumed_step(tmp_path, capsys):
+    """Issue 32: after kill -9 and --resume auto, metrics.jsonl kept the killed run's rows past the resumed
+    step, then had those steps again: two curves. It is cut back (atomically) to the checkpoint's step."""
+    run = tmp_path / "killed"
+    assert main.main(tiny_argv(run, "--max_steps", "1")) == 0
+    log = run / "metrics.jsonl"
+    as_killed = log.read_text() + '{"step": 2, "killed": 1}\n{"step": 3, "killed": 1}\n{"step": 4, "ki'
+    log.write_text(as_killed)  # the rows a killed run wrote after its last checkpoint, the last one cut short
+    assert main.main(tiny_argv(run, "--resume", "auto", "--max_steps", "3")) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and not any("killed" in r for r in records)
+    (previous,) = run.glob("previous_*")
+    assert (previous / "metrics.jsonl").read_text() == as_killed
+    # a resume with nothing past its step changes nothing
+    assert main.main(tiny_argv(run, "--resume", "auto", "--max_steps", "4")) == 0
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert len(list(run.glob("previous_*"))) == 1
 
 
 def test_a_resumed_run_reads_and_hashes_its_checkpoint_once(tiny_run, tmp_path, monkeypatch):

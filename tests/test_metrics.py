@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from pytorch_fid.inception import FID_WEIGHTS_URL
@@ -424,3 +425,34 @@ def test_synthetic_summary_has_the_readme_table_columns():
                     "trivial: one fixed blob where most heads are",
                     "the sphere prior alone (untrained generator with it)", "this generator"}
     assert "(101 % of the gap)" in lines[-1] and "(88 % of the gap)" in lines[-1]
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in Inception: the mean colour of each image as its 3 "pool features"."""
+
+    fingerprint = "mean_colour"
+
+    def forward(self, images):
+        return [images.mean(dim=(2, 3))[:, :, None, None]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "junk", "other_keys"])
+def test_a_damaged_inception_statistics_cache_is_named_and_computed_again(tmp_path, capsys, damage):
+    """Issue 32: a truncated inception_*.npz stopped fid_evaluation.py with a BadZipFile traceback."""
+    for index in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * index, dtype=np.uint8)).save(tmp_path / f"{index:06d}.png")
+    first = metric_utils.real_statistics(tmp_path, MeanColour())
+    cache = tmp_path / "inception_mean_colour.npz"
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    elif damage == "junk":
+        cache.write_bytes(b"not a zip")
+    else:
+        np.savez(cache, something=np.zeros(2))
+    again = metric_utils.real_statistics(tmp_path, MeanColour())
+    err = capsys.readouterr().err
+    assert f"the Inception statistics cache {cache} is damaged" in err and "computing it again" in err
+    for key in ("mu", "sigma", "features"):
+        np.testing.assert_array_equal(again[key], first[key])
+    with np.load(cache) as stats:  # written anew
+        np.testing.assert_array_equal(stats["mu"], first["mu"])

@@ -374,3 +374,18 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_before_it_is_allocated(tmp_
     model = load_model(tiny_checkpoint, device="cpu")
     options = render_options(model, 64, 64, 4)
     assert render_memory_bytes(model, options, 7) < available_memory_bytes()
+
+
+@pytest.mark.parametrize("extra, bad", [
+    (["--seeds", "0", "18446744073709551616"], "18446744073709551616"),
+    (["--seeds", "0", "-1"], "-1"),
+    (["--mode", "style_mix", "--seeds", "0", "--style_seeds", "1", "99999999999999999999"], "99999999999999999999"),
+])
+def test_every_seed_is_checked_before_anything_is_written(tmp_path, tiny_checkpoint, capsys, extra, bad):
+    """Issue 32: the first seed's picture was written, then torch refused the second seed with a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, tiny_checkpoint, *extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"seed {bad} is out of range" in err and "Traceback" not in err
+    assert not (tmp_path / "render").exists()

@@ -190,6 +190,27 @@ def test_bad_inputs_after_viser_are_usage_errors(tmp_path, tiny_checkpoint, caps
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.1", "no-such-host.invalid"])
+def test_a_host_this_machine_cannot_listen_on_fails_at_once(tmp_path, tiny_checkpoint, host):
+    """Issue 32: viser takes every OSError for a busy port and tries the next port forever, so --host
+    999.1.1.1 (or an address of another machine, 192.0.2.1 is TEST-NET-1) hung without a word."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "viewer.py"), "--path", str(tiny_checkpoint), "--host", host,
+                           "--threads", "1", "--output_dir", str(tmp_path / "saved")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --host {host}") and done.stderr.count("\n") == 1, done.stderr
+    assert time.monotonic() - started < 60 and not (tmp_path / "saved").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "file").write_text("x")
+    for output_dir in (tmp_path / "file", tmp_path / "file" / "sub", Path("/proc/viewer")):
+        assert viewer.main(["--path", str(tiny_checkpoint), "--output_dir", str(output_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --output_dir {output_dir}") and err.count("\n") == 1, err
+
+
 # ------------------------------------------------------------------- browser
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 MISSING = [name for name, found in [("Debian's chromium (apt-get install chromium)", CHROMIUM),

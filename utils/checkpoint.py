@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -76,7 +76,8 @@ def state_checksum(state: dict) -> dict:
     return {"algorithm": CHECKSUM_ALGORITHM, "digest": digest.hexdigest()}
 
 
-def verify_checksum(state: dict, path, trusted_digest: Optional[str] = None) -> Optional[str]:
+def verify_checksum(state: dict, path, trusted_digest: Optional[str] = None,
+                    advice: str = "; use another checkpoint (e.g. a numbered checkpoint_*.pth)") -> Optional[str]:
     """Raise CheckpointError unless `state` carries a checksum that its contents match; returns its
     digest. Only checkpoints of a format older than CHECKSUM_FORMAT_VERSION may lack one (they pass,
     returning None), and only when nothing in them looks like a damaged checksum: a corrupted tag,
@@ -84,10 +85,10 @@ def verify_checksum(state: dict, path, trusted_digest: Optional[str] = None) -> 
     fresh one.
 
     `trusted_digest`: the digest this file was verified against moments ago (run_spec.RunSpec): the
-    stored digest is compared with it instead of hashing the whole state again.
+    stored digest is compared with it instead of hashing the whole state again. `advice` ends the
+    message of a damaged file (what to do instead).
     """
     corrupted = f"{path} is corrupted: "
-    advice = "; use another checkpoint (e.g. a numbered checkpoint_*.pth)"
     stored = state.pop("checksum", None)
     if stored is None:
         damaged = [key for key, value in state.items() if isinstance(value, dict) and {"algorithm", "digest"} & set(value)]
@@ -451,6 +452,18 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
+def first_nonfinite(tensors: Mapping) -> Optional[str]:
+    """The name of the first floating-point tensor (or float) in `tensors` that holds a NaN or an infinity,
+    else None: weights, codes or cameras that would render as a black or garbage picture."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return name
+        elif isinstance(value, float) and not math.isfinite(value):
+            return name
+    return None
+
+
 def load_generator(path, device="cpu", use_ema: bool = True,
                    state: Optional[dict] = None) -> Tuple[torch.nn.Module, dict, int]:
     """Rebuild the generator from a checkpoint; returns (generator in eval mode, curriculum, step)."""
@@ -461,6 +474,10 @@ def load_generator(path, device="cpu", use_ema: bool = True,
     curriculum, step = state["curriculum"], int(state.get("step", 0))
     generator = build_generator(extract_metadata(curriculum, 0))
     key = "generator_ema" if use_ema and "generator_ema" in state else "generator"
+    bad = first_nonfinite(state[key])
+    if bad is not None:
+        raise CheckpointError(f"{path}: its {key} weights hold NaN or infinite values (first in {bad}); use another "
+                              f"checkpoint (e.g. a numbered checkpoint_*.pth)")
     try:
         generator.load_state_dict(state[key])
     except RuntimeError as error:

@@ -31,6 +31,7 @@ from generators.generators import ImplicitGenerator3d, LatentCodes, RenderOption
 from utils.checkpoint import (CheckpointError, describe_os_error, load_checkpoint, load_generator,
                               resolve_checkpoint_path)
 from utils.cpu_runtime import add_threads_argument
+from utils.run_dir import check_output_path
 
 DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU at H = 256
 
@@ -285,17 +286,48 @@ def render_memory_bytes(model: "LoadedModel", options: RenderOptions, views: int
     return 4 * views * per_view
 
 
-def prepare_output_dir(path) -> Path:
-    """The output folder, created, after checking that a file can be written there: CLIError (one line)
-    when it cannot (read-only, under a file, /proc), before any work is done."""
+def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
+    """The output folder, created, after checking that a file can be written there: CLIError (one line,
+    naming `flag`) when it cannot (a file, under a file, read-only, /proc), before any work is done."""
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise CLIError(f"--output_dir {path}: cannot write there ({describe_os_error(error)})") from None
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # a file in the way: say which
+            try:
+                check_output_path(path, flag)
+            except ValueError as named:
+                raise CLIError(str(named)) from None
+        raise CLIError(f"{flag} {path}: cannot write there ({describe_os_error(error)})") from None
     return folder
+
+
+def input_file(path, flag: str) -> Path:
+    """`path` as a Path when it is a file; CLIError naming `flag` when it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; name a file in it")
+    if not path.is_file():
+        raise CLIError(f"{flag} {path}: no such file")
+    return path
+
+
+SEED_MAX = 2 ** 63 - 1  # seeds of torch.Generator (and seed + 1, seed + rank) stay in int64
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to SEED_MAX, so that every seed of a list is checked
+    before the first one's files are written (torch.Generator.manual_seed would refuse it only then)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {value} is out of range: seeds are whole numbers from 0 to "
+                                         f"{SEED_MAX} (2^63 - 1)")
+    return value
 
 
 # ---------------------------------------------------------------- latents, poses

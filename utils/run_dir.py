@@ -9,13 +9,19 @@ under it (`utils.checkpoint.remove_stale_temp_files`).
 
 `earlier_run(path)` says whether the directory holds another run's files, which main.py refuses to
 train over unless told (resume it, or `--start_over`, which `move_aside` carries out: the old files
-go to `previous_<time>/` inside the directory).
+go to `previous_<time>/` inside the directory). `make_room` is that rule for any script that writes
+a folder of results (main.py, invert.py: refuse, or with --start_over move the earlier files aside),
+and `check_output_path` the check before any work that an output folder or file can be written there.
+`rewind_metrics(path, step)`: a resumed run's metrics.jsonl cut back to the step it resumes from, so that
+the rows of a killed run past its last checkpoint do not stand beside the steps trained again.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +34,10 @@ RUN_FILE_GLOBS = ("checkpoint.pth", "checkpoint_*.pth", "metrics.jsonl", "option
 
 class RunDirBusy(ValueError):
     """Another live run holds the directory's lock."""
+
+
+class EarlierOutput(ValueError):
+    """The output folder holds files of an earlier run, and nothing said to replace them."""
 
 
 _HELD_FDS = set()  # the lock descriptors this process holds
@@ -95,30 +105,118 @@ class RunDirLock:
         self.release()
 
 
-def earlier_run(directory) -> Optional[str]:
-    """What of another run `directory` holds ("checkpoint.pth, metrics.jsonl"), or None (none of its files)."""
+def check_output_path(path, flag: str = "--output_dir", is_file: bool = False) -> None:
+    """ValueError naming `flag` unless `path` is a folder that exists or can be created (with `is_file`: a
+    file that can be written, not a folder): nothing of it or above it is a file in the way, and the
+    nearest existing folder is writable. Writes nothing."""
+    absolute = Path(path).expanduser().absolute()
+    if is_file and absolute.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; name the file to write")
+    existing = absolute.parent if is_file else absolute
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: no permission to write in {existing}")
+
+
+def earlier_run(directory, globs=RUN_FILE_GLOBS) -> Optional[str]:
+    """What of another run `directory` holds ("checkpoint.pth, metrics.jsonl"): its files that match
+    `globs`, or None (none of them)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    found = sorted({path.name for pattern in RUN_FILE_GLOBS for path in directory.glob(pattern) if path.is_file()})
+    found = sorted({path.name for pattern in globs for path in directory.glob(pattern) if path.is_file()})
     if not found:
         return None
     return ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
 
 
-def move_aside(directory) -> Path:
-    """Move everything in `directory` except its lock and earlier `previous_*` folders into a new
-    `previous_<time>` folder inside it; returns that folder. Renames only: fast, nothing copied."""
-    directory = Path(directory)
+def make_room(directory, start_over: bool, globs=RUN_FILE_GLOBS, what: str = "another run", advice: str = "",
+              move_all: bool = True) -> Optional[str]:
+    """Make `directory` free for a new run's files: EarlierOutput when it holds files of `globs` (an earlier
+    run's) and `start_over` is false (`advice`, e.g. how to continue it, leads the ways out it names); with
+    `start_over` they move to `previous_<time>/` inside it (everything but earlier previous_* folders and the
+    lock with `move_all`, else only the files of `globs`). Returns the note to print when files moved."""
+    found = earlier_run(directory, globs)
+    if not found:
+        return None
+    if not start_over:
+        raise EarlierOutput(f"--output_dir {directory} holds {what} ({found}); {advice}start over there with "
+                            f"--start_over (its files move to {PREVIOUS_PREFIX}<time>/ inside it), or choose "
+                            f"another --output_dir")
+    moved = move_aside(directory, None if move_all else globs)
+    return f"note: --output_dir {directory} held {what} ({found}): moved its files to {moved}"
+
+
+def previous_folder(directory) -> Path:
+    """A new, empty `previous_<time>` folder inside `directory` (where earlier files are kept)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = directory / f"{PREVIOUS_PREFIX}{stamp}"
+    target = Path(directory) / f"{PREVIOUS_PREFIX}{stamp}"
     suffix = 1
     while target.exists():
         suffix += 1
-        target = directory / f"{PREVIOUS_PREFIX}{stamp}-{suffix}"
+        target = Path(directory) / f"{PREVIOUS_PREFIX}{stamp}-{suffix}"
     target.mkdir()
+    return target
+
+
+def move_aside(directory, globs=None) -> Path:
+    """Move everything in `directory` except its lock and earlier `previous_*` folders (or, given `globs`, only
+    the files that match them) into a new `previous_<time>` folder inside it; returns that folder. Renames
+    only: fast, nothing copied."""
+    directory = Path(directory)
+    target = previous_folder(directory)
+    chosen = None if globs is None else {path for pattern in globs for path in directory.glob(pattern)}
     for entry in sorted(directory.iterdir()):
         if entry == target or entry.name == LOCK_NAME or entry.name.startswith(PREVIOUS_PREFIX):
             continue
+        if chosen is not None and entry not in chosen:
+            continue
         entry.rename(target / entry.name)
     return target
+
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _row_step(line: str) -> Optional[int]:
+    """The step of a metrics row; None for a row without one (kept); -1 for a line that is not JSON."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return -1
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def rewind_metrics(directory, step: int) -> Optional[str]:
+    """Cut `directory`/metrics.jsonl back to the rows of steps <= `step` (the step a resumed run continues
+    from): the rows a killed run wrote past its last checkpoint, and a line it left half-written, go. The
+    file is replaced atomically (a temp file and a rename), after a copy of it as it was is kept in
+    `previous_<time>/`. Returns a line saying what was dropped, or None when nothing was."""
+    path = Path(directory) / METRICS_NAME
+    if not path.is_file():
+        return None
+    *complete, last = path.read_text(errors="replace").split("\n")
+    lines = [line + "\n" for line in complete] + ([last] if last else [])
+    kept, dropped = [], 0
+    for line in lines:
+        row_step = _row_step(line) if line.endswith("\n") else -1  # no newline: a write cut short by a kill
+        if row_step is not None and (row_step < 0 or row_step > step):
+            dropped += 1
+        else:
+            kept.append(line)
+    if not dropped:
+        return None
+    previous = previous_folder(directory)
+    shutil.copy2(path, previous / METRICS_NAME)
+    temporary = path.with_name(f".{METRICS_NAME}.rewind.tmp")
+    with open(temporary, "w") as handle:
+        handle.writelines(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return (f"{path}: dropped {dropped} row(s) past step {step}, written before the run was stopped and now "
+            f"trained again (the file as it was: {previous / METRICS_NAME})")
