@@ -13,7 +13,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -90,16 +91,15 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_
     paths = resolve_image_paths(metadata, curriculum_name, set_by_flag)
     first_error = None
     for path in paths[:MAX_UNREADABLE_CHECKED]:
-        try:
-            with Image.open(path) as image:
-                image.load()
+        checked = read_image(path)
+        if not checked.skipped:
             return len(paths)
-        except Exception as error:  # noqa: BLE001 - truncated, corrupt, not an image, unreadable
-            first_error = first_error or f"{path}: {type(error).__name__}: {error}"
+        first_error = first_error or f"{path}: {checked.reason}"
     checked = min(len(paths), MAX_UNREADABLE_CHECKED)
     what = f"none of the {checked} files" if checked == len(paths) else f"none of the first {checked} files"
-    raise DatasetError(f"{what} that dataset_path {metadata['dataset_path']!r} matches is a readable image "
-                       f"(e.g. {first_error}). {_edit_hint(curriculum_name, set_by_flag)}")
+    raise DatasetError(f"{what} that dataset_path {metadata['dataset_path']!r} matches is a readable image of at "
+                       f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels (e.g. {first_error}). "
+                       f"{_edit_hint(curriculum_name, set_by_flag)}")
 
 
 # --------------------------------------------------------------------------- #
@@ -193,8 +193,82 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8)).convert("RGB")
 
 
+# --------------------------------------------------------------------------- #
+# The per-image rules: one function, used by the loader and by dataset_tool.py
+# --------------------------------------------------------------------------- #
+
+# Pixels: an image whose shorter side is smaller holds too little to crop or fit anything to, and is
+# not used (training skips it with a warning naming the file, dataset_tool.py lists it, invert.py
+# refuses it). A 1x1 thumbnail left in a training folder would otherwise become a flat 512 px square.
+MIN_IMAGE_SIDE = 16
+
+# What happens to each kind of image, said once: the loader does it, dataset_tool.py reports it with
+# these words. The first three are skipped, the others used after the conversion named.
+IMAGE_RULES = {
+    "unreadable": "skipped: not an image Pillow reads, or damaged",
+    "truncated": "skipped: the file ends before the image does",
+    "too small": f"skipped: shorter side under {MIN_IMAGE_SIDE} px (datasets.MIN_IMAGE_SIDE)",
+    "smaller than the crop": "used: enlarged by the faces' resize to 576, padded with black by Cat's crop",
+    "grey": "used: the grey value copied to the three channels",
+    "CMYK": "used: converted to RGB by Pillow's convert('RGB')",
+    "16-bit": "used: 16-bit and float values scaled to 8 bits (not clipped)",
+    "alpha": "used: transparent pixels composited on white",
+    "EXIF-rotated": "used: turned as its EXIF orientation tag says",
+}
+SKIPPED_KINDS = ("unreadable", "truncated", "too small")
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """What `read_image` found: the 8-bit RGB image to train on (None when skipped), the IMAGE_RULES
+    kinds that apply to it, and for a skipped one why, in words (the decoder's message)."""
+
+    image: Optional[Image.Image]
+    kinds: Tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.image is None
+
+
+def _kinds_before_conversion(image: Image.Image) -> list:
+    kinds = []
+    if image.getexif().get(ExifTags.Base.Orientation, 1) not in (None, 1):
+        kinds.append("EXIF-rotated")
+    if image.mode in ("L", "LA", "La", "1", "I", "F") or image.mode.startswith("I;16"):
+        kinds.append("grey")
+    if image.mode == "CMYK":
+        kinds.append("CMYK")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        kinds.append("16-bit")
+    if has_transparency(image):
+        kinds.append("alpha")
+    return kinds
+
+
+def read_image(source, dataset: Optional[str] = None) -> CheckedImage:
+    """Decode one image file (a path or a binary file object) fully and apply IMAGE_RULES: the image
+    to train on, 8-bit RGB and upright (`to_rgb8`), or None with the reason it is skipped. `dataset`
+    (a key of CROP_SIZES) adds "smaller than the crop" where it applies. Never raises for a bad file."""
+    try:
+        with Image.open(source) as opened:
+            kinds = _kinds_before_conversion(opened)
+            rgb = to_rgb8(opened)  # forces a full decode
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt, not an image, a decompression bomb
+        message = f"{type(error).__name__}: {error}"
+        return CheckedImage(None, ("truncated" if "truncated" in str(error) else "unreadable",), message)
+    if min(rgb.size) < MIN_IMAGE_SIDE:
+        return CheckedImage(None, ("too small",), f"{rgb.size[0]}x{rgb.size[1]} pixels, under "
+                                                  f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    if dataset in CROP_SIZES and min(rgb.size) < CROP_SIZES[dataset]:
+        kinds.append("smaller than the crop")
+    return CheckedImage(rgb, tuple(kinds))
+
+
 class ImageFolderDataset(Dataset):
-    """Images from a glob or folder; unreadable files are skipped with a warning.
+    """Images from a glob or folder; the files `read_image` skips (unreadable, truncated, too small) are
+    skipped with a warning, and the next image is used in their place.
 
     `num_skipped` counts the distinct unreadable files met so far (per process: each
     DataLoader worker keeps its own count).
@@ -215,25 +289,26 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _read(self, index: int) -> CheckedImage:
+        return read_image(self.paths[index], self.dataset_name)
+
     def _load(self, index: int) -> Optional[Image.Image]:
+        """The image to train on at `index`, or None (warned once per file) when IMAGE_RULES skip it."""
         if index in self._unreadable:
             return None
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                rgb = to_rgb8(image)  # forces a full decode
-        except Exception as error:  # truncated, corrupt, not an image, ...
+        checked = self._read(index)
+        if checked.skipped:
             self._unreadable.add(index)
             self.num_skipped += 1
-            logger.warning("Skipping unreadable image %s (%s: %s); using the next readable one "
-                           "(%d skipped so far in this process).", path, type(error).__name__, error,
-                           self.num_skipped)
+            logger.warning("Skipping image %s (%s; %s); using the next one (%d skipped so far in this process).",
+                           self.paths[index], checked.reason, IMAGE_RULES[checked.kinds[0]], self.num_skipped)
             return None
+        rgb = checked.image
         crop = CROP_SIZES[self.dataset_name]
-        if min(rgb.size) < crop and not self._warned_small:  # once per process: the data set is usually uniform
-            self._warned_small = True
-            logger.warning("Image %s is %dx%d, smaller than the %dx%d crop of %s: it is %s (warned once).", path,
-                           *rgb.size, crop, crop, self.dataset_name,
+        if "smaller than the crop" in checked.kinds and not self._warned_small:  # once per process: the data
+            self._warned_small = True                                              # set is usually uniform
+            logger.warning("Image %s is %dx%d, smaller than the %dx%d crop of %s: it is %s (warned once).",
+                           self.paths[index], *rgb.size, crop, crop, self.dataset_name,
                            "padded with black" if self.dataset_name == "Cat" else "upscaled")
         return rgb
 
@@ -249,7 +324,7 @@ class ImageFolderDataset(Dataset):
                 crop = self.crop(image)
                 return self.resize(crop.flip(-1) if flip else crop), 0
         raise DatasetError(f"None of the {n} files of dataset {self.dataset_name!r} is a readable "
-                           f"image (e.g. {self.paths[0]!r}).")
+                           f"image of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels (e.g. {self.paths[0]!r}).")
 
 
 class CelebAHQ(ImageFolderDataset):
