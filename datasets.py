@@ -1,8 +1,11 @@
-"""Training data (docs/METHOD.md §9): image folders (CelebAHQ, FFHQ, Cat) and procedural heads (Synthetic).
+"""Training data (docs/METHOD.md §9): image folders (CelebAHQ, FFHQ, Cat), the same prepared once by
+dataset_tool.py (a zip or folder of crops with a dataset.json), and procedural heads (Synthetic).
 
 Entry points: `build_dataset(metadata, img_size, flip)` builds the dataset a
 curriculum names; `check_dataset(metadata)` is the cheap up-front check (run it
-before spawning processes) that the curriculum's `dataset_path` matches images.
+before spawning processes) that the curriculum's `dataset_path` matches images, or a
+prepared set that fits the curriculum. `read_image(file)` applies the per-image rules
+(IMAGE_RULES: what is skipped, what converted), for the loader and dataset_tool.py alike.
 
 Every dataset returns `(image, 0)` with image a (3, R, R) float tensor in [-1, 1]
 (the 0 is a dummy label, as in pi-GAN). `Synthetic`, the procedural heads that need no
@@ -11,8 +14,11 @@ download, lives in synthetic_heads.py.
 from __future__ import annotations
 
 import glob
+import io
+import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
@@ -78,9 +84,12 @@ def resolve_image_paths(metadata: Mapping, curriculum_name: Optional[str] = None
 MAX_UNREADABLE_CHECKED = 32
 
 
-def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_by_flag: bool = False) -> int:
+def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_by_flag: bool = False,
+                  output_sizes: Optional[Mapping] = None) -> int:
     """Fail early with a clear DatasetError if the curriculum's data is unusable: nothing matches
-    dataset_path, or the first files matched are not readable images.
+    dataset_path, or the first files matched are not readable images; for a prepared set (dataset_tool.py),
+    its dataset.json does not fit the curriculum: another crop, another transform version, or images
+    smaller than a stage's size (`output_sizes`: {stage: output_size} of the stages the run reaches).
 
     Returns the number of items. Cheap (one image decoded, if the first is readable); call it before
     spawning training processes. `set_by_flag`: dataset_path came from --set (the hint says so).
@@ -88,6 +97,15 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_
     name = _dataset_name(metadata)
     if name == "Synthetic":
         return int(metadata["synthetic_size"])
+    if is_prepared(metadata["dataset_path"]):
+        prepared = PreparedSet(metadata["dataset_path"])
+        problem = prepared.problem(name, output_sizes or {})
+        if problem:
+            raise DatasetError(problem)
+        if not prepared.names or read_image(io.BytesIO(prepared.read(prepared.names[0]))).skipped:
+            raise DatasetError(f"the prepared set {prepared.path} has no readable first image: prepare it again "
+                               f"with dataset_tool.py")
+        return len(prepared.names)
     paths = resolve_image_paths(metadata, curriculum_name, set_by_flag)
     first_error = None
     for path in paths[:MAX_UNREADABLE_CHECKED]:
@@ -345,6 +363,139 @@ class Cat(ImageFolderDataset):
     dataset_name = "Cat"
 
 
+
+# --------------------------------------------------------------------------- #
+# Prepared sets (dataset_tool.py): each image's crop stored once, as a lossless PNG, in a zip or folder
+# --------------------------------------------------------------------------- #
+
+PREPARED_INFO = "dataset.json"  # what dataset_tool.py writes beside the images: crop, size, count, version
+# The version of what `read_image` and the crop steps compute. Bump it when either changes: a set prepared
+# by older code is then refused instead of trained on as if it were what the raw images give now.
+TRANSFORM_VERSION = 1
+PREPARED_EXTENSION = ".png"
+
+
+def crop_spec(dataset: str) -> dict:
+    """The deterministic part of `dataset`'s transform, as dataset.json records it: the short side the image
+    is first resized to (None: no resize) and the centre crop's side. CelebAHQ and FFHQ share theirs."""
+    if dataset not in CROP_SIZES:
+        raise DatasetError(f"dataset {dataset!r} has no image crop; the ones with one: {', '.join(CROP_SIZES)}")
+    return {"short_side": 576 if dataset in ("CelebAHQ", "FFHQ") else None, "crop": CROP_SIZES[dataset]}
+
+
+def describe_crop(spec: Mapping) -> str:
+    short = f"short side to {spec['short_side']}, " if spec.get("short_side") else ""
+    return f"{short}centre crop {spec['crop']}"
+
+
+def center_crop(image: Image.Image, dataset: str) -> Image.Image:
+    """The dataset's crop of an 8-bit RGB image, still 8-bit: steps 1-2 of the published pipeline, what a
+    prepared set stores (crop_transform is this, then to a tensor in [-1, 1])."""
+    return v2.Compose(_crop_steps(dataset))(image)
+
+
+def is_prepared(dataset_path) -> bool:
+    """Whether `dataset_path` names a prepared set: a .zip file, or a folder holding a dataset.json."""
+    if not dataset_path:
+        return False
+    path = os.path.expanduser(str(dataset_path))
+    return (path.lower().endswith(".zip") and not os.path.isdir(path)) or \
+        os.path.isfile(os.path.join(path, PREPARED_INFO))
+
+
+class PreparedSet:
+    """The images and dataset.json of a prepared zip or folder; a zip is opened once per process (the
+    loader's workers are forked: a shared handle's file offset would mix their reads)."""
+
+    def __init__(self, path):
+        self.path = os.path.expanduser(str(path))
+        self.is_zip = not os.path.isdir(self.path)
+        self._zip, self._pid = None, None
+        if self.is_zip:
+            if not os.path.isfile(self.path):
+                raise DatasetError(f"dataset_path {self.path!r}: no such file")
+            if not zipfile.is_zipfile(self.path):
+                raise DatasetError(f"dataset_path {self.path!r} is not a zip file (make one with dataset_tool.py)")
+            names = self._open().namelist()
+        else:
+            names = [os.path.relpath(os.path.join(root, f), self.path).replace(os.sep, "/")
+                     for root, _dirs, files in os.walk(self.path) for f in files]
+        if PREPARED_INFO not in names:
+            raise DatasetError(f"dataset_path {self.path!r} has no {PREPARED_INFO}: it was not made by dataset_tool.py "
+                               f"(prepare it with: python dataset_tool.py --source ... --dest {self.path})")
+        try:
+            self.info = json.loads(self.read(PREPARED_INFO))
+            count = int(self.info["count"])
+            int(self.info["size"]), dict(self.info["crop"])  # present and well formed
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(f"{self.path}: {PREPARED_INFO} cannot be read ({type(error).__name__}: {error}); "
+                               f"prepare the set again with dataset_tool.py") from None
+        self.names = sorted(n for n in names if n.lower().endswith(PREPARED_EXTENSION))
+        if len(self.names) != count:
+            raise DatasetError(f"{self.path} holds {len(self.names)} images but its {PREPARED_INFO} says {count}: an "
+                               f"incomplete or altered set; prepare it again with dataset_tool.py")
+
+    def _open(self) -> zipfile.ZipFile:
+        if self._zip is None or self._pid != os.getpid():
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._zip
+
+    def read(self, name: str) -> bytes:
+        if self.is_zip:
+            return self._open().read(name)
+        with open(os.path.join(self.path, name), "rb") as f:
+            return f.read()
+
+    def __getstate__(self):
+        return dict(self.__dict__, _zip=None, _pid=None)
+
+    def problem(self, dataset: str, output_sizes: Mapping) -> Optional[str]:
+        """Why this set cannot train `dataset` at `output_sizes` ({stage: output size}), or None."""
+        info, where = self.info, f"the prepared set {self.path}"
+        version = info.get("transform_version")
+        if version != TRANSFORM_VERSION:
+            return (f"{where} was made with transform version {version}, this code applies version "
+                    f"{TRANSFORM_VERSION} (datasets.TRANSFORM_VERSION): prepare it again with dataset_tool.py")
+        wanted = crop_spec(dataset)
+        if dict(info["crop"]) != wanted:
+            return (f"{where} was made for another crop ({describe_crop(info['crop'])}, dataset "
+                    f"{info.get('dataset')!r}) than {dataset}'s ({describe_crop(wanted)}): prepare it again with "
+                    f"dataset_tool.py --curriculum {dataset}")
+        size = int(info["size"])
+        if size < wanted["crop"]:
+            for stage, output_size in sorted(output_sizes.items()):
+                if output_size > size:
+                    return (f"{where} holds {size}x{size} images, too small for stage {stage} (output_size "
+                            f"{output_size}): prepare it again at --size {wanted['crop']} (the crop), or stop the "
+                            f"run before that stage with --max_steps")
+        return None
+
+
+class PreparedDataset(ImageFolderDataset):
+    """A prepared set (dataset_tool.py): every image is the dataset's crop, stored losslessly, so an item is
+    what ImageFolderDataset gives for the raw image, bit for bit, without decoding and cropping it at
+    full size. The flip and the final resize are the same code."""
+
+    def __init__(self, dataset_path, dataset_name: str, img_size: int, flip: bool = False,
+                 real_resize: str = "nearest"):
+        self.dataset_name = dataset_name
+        self.prepared = PreparedSet(dataset_path)
+        self.paths = self.prepared.names
+        self.img_size = img_size
+        self.flip = flip
+        self.crop = v2.Compose([v2.Lambda(_to_unit_tensor), v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+        self.resize = final_resize(img_size, real_resize)
+        self.num_skipped = 0
+        self._unreadable = set()
+        self._warned_small = False
+
+    def _read(self, index: int) -> CheckedImage:
+        try:
+            data = self.prepared.read(self.paths[index])
+        except (OSError, zipfile.BadZipFile, KeyError) as error:
+            return CheckedImage(None, ("unreadable",), f"{type(error).__name__}: {error}")
+        return read_image(io.BytesIO(data))
+
 # --------------------------------------------------------------------------- #
 # Dispatch
 # --------------------------------------------------------------------------- #
@@ -362,8 +513,11 @@ def _dataset_name(metadata: Mapping) -> str:
 
 def build_dataset(metadata: Mapping, img_size: int, flip: bool = True) -> Dataset:
     """The dataset named by metadata['dataset'], producing img_size x img_size images (real
-    images resized as metadata['real_resize'] says)."""
+    images resized as metadata['real_resize'] says), from raw images or a prepared set (is_prepared)."""
     name = _dataset_name(metadata)
     if name == "Synthetic":
         return Synthetic(img_size, metadata, flip=flip)
+    if is_prepared(metadata["dataset_path"]):
+        return PreparedDataset(metadata["dataset_path"], name, img_size, flip=flip,
+                               real_resize=str(metadata["real_resize"]))
     return DATASETS[name](metadata["dataset_path"], img_size, flip=flip, real_resize=str(metadata["real_resize"]))
