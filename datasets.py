@@ -157,6 +157,11 @@ def _to_unit_tensor(image: Image.Image) -> torch.Tensor:
     return v2.functional.pil_to_tensor(image).to(torch.float32).div(255)
 
 
+def _normalise(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 codes -> float32 in [-1, 1]: ToTensor's /255, then Normalize(0.5, 0.5)'s (x - 0.5) / 0.5."""
+    return codes.to(torch.float32).div(255).sub(0.5).div(0.5)
+
+
 def final_resize(img_size: int, real_resize: str = "nearest") -> v2.Resize:
     """The last step: the normalised crop to (img_size, img_size) (REAL_RESIZES)."""
     if real_resize not in REAL_RESIZES:
@@ -298,8 +303,9 @@ class ImageFolderDataset(Dataset):
         self.paths = _find_images(dataset_path, self.dataset_name)
         self.img_size = img_size
         self.flip = flip
-        self.crop = crop_transform(self.dataset_name)
+        self.crop_steps = v2.Compose(_crop_steps(self.dataset_name))  # PIL -> PIL: the 8-bit crop
         self.resize = final_resize(img_size, real_resize)
+        self.nearest = real_resize == "nearest"
         self.num_skipped = 0
         self._unreadable = set()
         self._warned_small = False
@@ -330,6 +336,18 @@ class ImageFolderDataset(Dataset):
                            "padded with black" if self.dataset_name == "Cat" else "upscaled")
         return rgb
 
+    def finish(self, crop: Image.Image, flip: bool) -> torch.Tensor:
+        """The 8-bit crop -> (3, img_size, img_size) in [-1, 1]: to [0, 1], normalise, flip, resize (steps
+        3-6 of the published pipeline). Nearest resizing only picks pixels, and the flip only reorders
+        them, so both run on the 8-bit codes before the per-pixel steps: bit for bit the published order's
+        result (tests/test_published_data.py), with the arithmetic on the resized image only."""
+        codes = v2.functional.pil_to_tensor(crop)  # (3, C, C) uint8
+        if flip:
+            codes = codes.flip(-1)
+        if self.nearest:
+            return _normalise(self.resize(codes))
+        return self.resize(_normalise(codes))
+
     def __getitem__(self, key):
         """`key` is an index, or (index, flip) as the training sampler yields it; a plain index
         is flipped at random when the dataset was built with `flip`. The flip comes before the
@@ -339,8 +357,7 @@ class ImageFolderDataset(Dataset):
         for offset in range(n):
             image = self._load((index + offset) % n)
             if image is not None:
-                crop = self.crop(image)
-                return self.resize(crop.flip(-1) if flip else crop), 0
+                return self.finish(self.crop_steps(image), flip), 0
         raise DatasetError(f"None of the {n} files of dataset {self.dataset_name!r} is a readable "
                            f"image of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels (e.g. {self.paths[0]!r}).")
 
@@ -483,8 +500,9 @@ class PreparedDataset(ImageFolderDataset):
         self.paths = self.prepared.names
         self.img_size = img_size
         self.flip = flip
-        self.crop = v2.Compose([v2.Lambda(_to_unit_tensor), v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+        self.crop_steps = v2.Identity()  # the stored image is the crop
         self.resize = final_resize(img_size, real_resize)
+        self.nearest = real_resize == "nearest"
         self.num_skipped = 0
         self._unreadable = set()
         self._warned_small = False
