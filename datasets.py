@@ -102,7 +102,7 @@ def check_dataset(metadata: Mapping, curriculum_name: Optional[str] = None, set_
         problem = prepared.problem(name, output_sizes or {})
         if problem:
             raise DatasetError(problem)
-        if not prepared.names or read_image(io.BytesIO(prepared.read(prepared.names[0]))).skipped:
+        if not prepared.names or PreparedDataset(prepared.path, name, 1)._codes(0) is None:
             raise DatasetError(f"the prepared set {prepared.path} has no readable first image: prepare it again "
                                f"with dataset_tool.py")
         return len(prepared.names)
@@ -322,11 +322,7 @@ class ImageFolderDataset(Dataset):
             return None
         checked = self._read(index)
         if checked.skipped:
-            self._unreadable.add(index)
-            self.num_skipped += 1
-            logger.warning("Skipping image %s (%s; %s); using the next one (%d skipped so far in this process).",
-                           self.paths[index], checked.reason, IMAGE_RULES[checked.kinds[0]], self.num_skipped)
-            return None
+            return self._skip(index, checked.reason, checked.kinds[0])
         rgb = checked.image
         crop = CROP_SIZES[self.dataset_name]
         if "smaller than the crop" in checked.kinds and not self._warned_small:  # once per process: the data
@@ -336,12 +332,22 @@ class ImageFolderDataset(Dataset):
                            "padded with black" if self.dataset_name == "Cat" else "upscaled")
         return rgb
 
-    def finish(self, crop: Image.Image, flip: bool) -> torch.Tensor:
-        """The 8-bit crop -> (3, img_size, img_size) in [-1, 1]: to [0, 1], normalise, flip, resize (steps
-        3-6 of the published pipeline). Nearest resizing only picks pixels, and the flip only reorders
+    def _skip(self, index: int, reason: str, kind: str) -> None:
+        self._unreadable.add(index)
+        self.num_skipped += 1
+        logger.warning("Skipping image %s (%s; %s); using the next one (%d skipped so far in this process).",
+                       self.paths[index], reason, IMAGE_RULES[kind], self.num_skipped)
+
+    def _codes(self, index: int) -> Optional[torch.Tensor]:
+        """The 8-bit crop of the image at `index`, (3, C, C) uint8, or None when it is skipped."""
+        image = self._load(index)
+        return None if image is None else v2.functional.pil_to_tensor(self.crop_steps(image))
+
+    def finish(self, codes: torch.Tensor, flip: bool) -> torch.Tensor:
+        """The 8-bit crop (3, C, C) -> (3, img_size, img_size) in [-1, 1]: to [0, 1], normalise, flip, resize
+        (steps 3-6 of the published pipeline). Nearest resizing only picks pixels, and the flip only reorders
         them, so both run on the 8-bit codes before the per-pixel steps: bit for bit the published order's
         result (tests/test_published_data.py), with the arithmetic on the resized image only."""
-        codes = v2.functional.pil_to_tensor(crop)  # (3, C, C) uint8
         if flip:
             codes = codes.flip(-1)
         if self.nearest:
@@ -355,9 +361,9 @@ class ImageFolderDataset(Dataset):
         index, flip = key if isinstance(key, tuple) else (key, self.flip and bool(torch.rand(()) < 0.5))
         n = len(self.paths)
         for offset in range(n):
-            image = self._load((index + offset) % n)
-            if image is not None:
-                return self.finish(self.crop_steps(image), flip), 0
+            codes = self._codes((index + offset) % n)
+            if codes is not None:
+                return self.finish(codes, flip), 0
         raise DatasetError(f"None of the {n} files of dataset {self.dataset_name!r} is a readable "
                            f"image of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels (e.g. {self.paths[0]!r}).")
 
@@ -389,7 +395,9 @@ PREPARED_INFO = "dataset.json"  # what dataset_tool.py writes beside the images:
 # The version of what `read_image` and the crop steps compute. Bump it when either changes: a set prepared
 # by older code is then refused instead of trained on as if it were what the raw images give now.
 TRANSFORM_VERSION = 1
-PREPARED_EXTENSION = ".png"
+# How a prepared set stores the crops: 8-bit PNGs (compressed: about 0.35 MB each at 512², a PNG decode per
+# item), or uncompressed arrays (0.79 MB, nothing to decode; docs/PERFORMANCE.md). Both are lossless.
+PREPARED_FORMATS = {"png": ".png", "npy": ".npy"}
 
 
 def crop_spec(dataset: str) -> dict:
@@ -447,7 +455,11 @@ class PreparedSet:
         except (ValueError, KeyError, TypeError) as error:
             raise DatasetError(f"{self.path}: {PREPARED_INFO} cannot be read ({type(error).__name__}: {error}); "
                                f"prepare the set again with dataset_tool.py") from None
-        self.names = sorted(n for n in names if n.lower().endswith(PREPARED_EXTENSION))
+        extension = PREPARED_FORMATS.get(self.info.get("image_format"))
+        if extension is None:
+            raise DatasetError(f"{self.path}: {PREPARED_INFO} names image_format {self.info.get('image_format')!r}; "
+                               f"this code reads {', '.join(PREPARED_FORMATS)}")
+        self.names = sorted(n for n in names if n.lower().endswith(extension))
         if len(self.names) != count:
             raise DatasetError(f"{self.path} holds {len(self.names)} images but its {PREPARED_INFO} says {count}: an "
                                f"incomplete or altered set; prepare it again with dataset_tool.py")
@@ -513,6 +525,19 @@ class PreparedDataset(ImageFolderDataset):
         except (OSError, zipfile.BadZipFile, KeyError) as error:
             return CheckedImage(None, ("unreadable",), f"{type(error).__name__}: {error}")
         return read_image(io.BytesIO(data))
+
+    def _codes(self, index: int) -> Optional[torch.Tensor]:
+        if not self.paths[index].endswith(".npy"):
+            return super()._codes(index)
+        if index in self._unreadable:
+            return None
+        try:  # the crop's codes, (C, C, 3) uint8, uncompressed: nothing to decode
+            array = np.load(io.BytesIO(self.prepared.read(self.paths[index])), allow_pickle=False)
+            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+                raise ValueError(f"a {array.dtype} array of shape {array.shape}, not (H, W, 3) uint8")
+        except (OSError, ValueError, zipfile.BadZipFile, KeyError) as error:
+            return self._skip(index, f"{type(error).__name__}: {error}", "unreadable")
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)  # a copy: np.load's buffer is read-only
 
 # --------------------------------------------------------------------------- #
 # Dispatch

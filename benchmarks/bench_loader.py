@@ -9,7 +9,8 @@ The raw images are made here (nothing is downloaded): smooth colour noise over f
 fine grain, whose PNGs (about 1.4 MB at 1024²) and JPEGs (quality 90, about 160 kB) are the size of
 FFHQ's PNGs and CelebA-HQ's JPEGs, and decode about as fast. Each is prepared with dataset_tool.py
 (timed: the tool's seconds per image), then one process reads every item as training does
-(`dataset[(index, flip)]`, half of them flipped) for each stage size; the best of `--repeats` passes
+(`dataset[(index, flip)]`, half of them flipped) for each stage size, from the raw files and from the
+prepared zips in both formats (`--format png`, `npy`); the best of `--repeats` passes
 counts. One such process is what one DataLoader worker does, so images/s here is per worker.
 Prints a table and, last, one JSON line.
 """
@@ -36,6 +37,7 @@ from datasets import build_dataset  # noqa: E402
 
 # (curriculum, the format its images come in): CelebA-HQ is distributed as JPEGs, FFHQ as PNGs
 CURRICULA = (("CelebAHQ", "jpg"), ("FFHQ", "png"))
+FORMATS = ("png", "npy")  # dataset_tool.py --format
 JPEG_QUALITY = 90
 
 
@@ -110,16 +112,21 @@ def run(args, work: Path) -> dict:
     for curriculum, fmt in CURRICULA:
         raw = work / f"raw_{fmt}_{args.raw_size}"
         mean_mb = make_raw(raw, args.images, args.raw_size, fmt)
-        prepared = work / f"prepared_{fmt}_{args.raw_size}_level{args.compress_level}.zip"
-        for leftover in (prepared, prepared.with_name(prepared.name + ".report.tsv")):
-            leftover.unlink(missing_ok=True)
-        started = time.perf_counter()
-        code = dataset_tool.main(["--source", str(raw), "--dest", str(prepared), "--curriculum", curriculum,
-                                  "--workers", str(args.tool_workers), "--compress_level", str(args.compress_level),
-                                  "--no_progress"])
-        tool_seconds = time.perf_counter() - started
-        if code != 0:
-            raise SystemExit(f"dataset_tool.py failed with exit code {code}")
+        prepared, tool = {}, {}
+        for image_format in FORMATS:
+            dest = work / f"prepared_{fmt}_{args.raw_size}_{image_format}_level{args.compress_level}.zip"
+            for leftover in (dest, dest.with_name(dest.name + ".report.tsv")):
+                leftover.unlink(missing_ok=True)
+            started = time.perf_counter()
+            code = dataset_tool.main(["--source", str(raw), "--dest", str(dest), "--curriculum", curriculum,
+                                      "--format", image_format, "--workers", str(args.tool_workers),
+                                      "--compress_level", str(args.compress_level), "--no_progress"])
+            seconds = time.perf_counter() - started
+            if code != 0:
+                raise SystemExit(f"dataset_tool.py failed with exit code {code}")
+            prepared[image_format] = dest
+            tool[image_format] = {"seconds": round(seconds, 2), "seconds_per_image": round(seconds / args.images, 4),
+                                  "mean_mb": round(dest.stat().st_size / 1e6 / args.images, 3)}
         rows = []
         stages = stage_table(curriculum)
         if args.sizes:
@@ -128,35 +135,37 @@ def run(args, work: Path) -> dict:
         for step, size, batch in stages:
             meta = curriculums.extract_metadata(curriculums.get_curriculum(curriculum), step)
             rates = {}
-            for label, path in (("raw", raw), ("prepared", prepared)):
+            for label, path in (("raw", raw),) + tuple((f"prepared_{f}", prepared[f]) for f in FORMATS):
                 dataset = build_dataset(dict(meta, dataset_path=str(path)), size, flip=False)
                 assert len(dataset) == args.images
                 rates[label] = items_per_second(dataset, args.images, args.repeats)
-            rows.append({"stage": step, "size": size, "batch": batch, "raw_per_s": round(rates["raw"], 2),
-                         "prepared_per_s": round(rates["prepared"], 2),
-                         "speedup": round(rates["prepared"] / rates["raw"], 2),
-                         "workers_raw": {str(t): workers_needed(batch, t, rates["raw"]) for t in steps},
-                         "workers_prepared": {str(t): workers_needed(batch, t, rates["prepared"]) for t in steps}})
-        result["curricula"][curriculum] = {
-            "raw_format": fmt, "raw_mean_mb": round(mean_mb, 3),
-            "prepared_mean_mb": round(prepared.stat().st_size / 1e6 / args.images, 3),
-            "tool_seconds": round(tool_seconds, 2), "tool_seconds_per_image": round(tool_seconds / args.images, 4),
-            "tool_workers": args.tool_workers, "stages": rows}
+            row = {"stage": step, "size": size, "batch": batch}
+            for label, rate in rates.items():
+                row[f"{label}_per_s"] = round(rate, 2)
+                row[f"workers_{label}"] = {f"{t:g}": workers_needed(batch, t, rate) for t in steps}
+            for image_format in FORMATS:
+                row[f"speedup_{image_format}"] = round(rates[f"prepared_{image_format}"] / rates["raw"], 2)
+            rows.append(row)
+        result["curricula"][curriculum] = {"raw_format": fmt, "raw_mean_mb": round(mean_mb, 3), "tool": tool,
+                                           "tool_workers": args.tool_workers, "stages": rows}
     return result
 
 
 def print_table(result: dict) -> None:
     for curriculum, record in result["curricula"].items():
-        print(f"{curriculum}: raw {record['raw_format']} {result['raw_size']}² ({record['raw_mean_mb']} MB each), "
-              f"prepared zip ({record['prepared_mean_mb']} MB each); dataset_tool.py {record['tool_seconds']} s for "
-              f"{result['images']} images ({record['tool_workers']} worker)")
+        tool = "; ".join(f"{f}: {t['mean_mb']} MB each, dataset_tool.py {t['seconds']} s" for f, t in record["tool"].items())
+        print(f"{curriculum}: {result['images']} raw {record['raw_format']} {result['raw_size']}² "
+              f"({record['raw_mean_mb']} MB each); prepared zips ({record['tool_workers']} tool worker) {tool}")
         steps = list(record["stages"][0]["workers_raw"])
-        print("| stage | size | batch | raw img/s | prepared img/s | speedup | "
-              + " | ".join(f"workers at {t} s/step: raw / prepared" for t in steps) + " |")
+        labels = ["raw"] + [f"prepared_{f}" for f in FORMATS]
+        print("| stage | size | batch | " + " | ".join(f"{label} img/s" for label in labels) + " | speedup "
+              + " / ".join(FORMATS) + " | " + " | ".join(f"workers at {t} s/step: " + " / ".join(labels)
+                                                      for t in steps) + " |")
         for row in record["stages"]:
-            print(f"| {row['stage']} | {row['size']} | {row['batch']} | {row['raw_per_s']} | {row['prepared_per_s']} | "
-                  f"{row['speedup']}x | " + " | ".join(f"{row['workers_raw'][t]} / {row['workers_prepared'][t]}"
-                                                     for t in steps) + " |")
+            print(f"| {row['stage']} | {row['size']} | {row['batch']} | "
+                  + " | ".join(str(row[f"{label}_per_s"]) for label in labels) + " | "
+                  + " / ".join(f"{row[f'speedup_{f}']}x" for f in FORMATS) + " | "
+                  + " | ".join(" / ".join(str(row[f"workers_{label}"][t]) for label in labels) for t in steps) + " |")
 
 
 def main(argv=None) -> dict:

@@ -97,9 +97,9 @@ def test_the_prepared_set_gives_the_raw_images_tensors_bit_for_bit(raw, prepared
                        expected["CelebAHQ"]["img_a"]["64"])
 
 
-def test_cat_folder_destination_from_a_zip_source_with_workers_and_antialias(raw, tmp_path):
-    """Another crop (Cat, 472, padded where smaller), a zip source, a folder destination, 2 processes, and the
-    antialiased resize correction: still the raw tensors."""
+def test_cat_npy_folder_destination_from_a_zip_source_with_workers_and_antialias(raw, tmp_path):
+    """Another crop (Cat, 472, padded where smaller), a zip source, uncompressed arrays in a folder destination,
+    2 processes, and the antialiased resize correction: still the raw tensors."""
     source = tmp_path / "cats.zip"
     with zipfile.ZipFile(source, "w") as archive:
         for path in sorted(raw.rglob("*")):
@@ -107,16 +107,20 @@ def test_cat_folder_destination_from_a_zip_source_with_workers_and_antialias(raw
                 archive.write(path, path.relative_to(raw).as_posix())
     dest = tmp_path / "cats"
     assert dataset_tool.main(["--source", str(source), "--dest", str(dest), "--crop", "Cat", "--workers", "2",
-                              "--no_progress"]) == 0
+                              "--format", "npy", "--no_progress"]) == 0
     info = json.loads((dest / "dataset.json").read_text())
     assert info["dataset"] == "Cat" and info["crop"] == {"short_side": None, "crop": 472} and info["size"] == 472
     assert info["curriculum"] is None and info["count"] == 10
     from_folder = build_dataset(_meta("Cat", dest, real_resize="antialias"), 64, flip=False)
+    nearest = build_dataset(_meta("Cat", dest), 128, flip=False)
     for index, path in enumerate(_kept_raw(raw)):
         assert torch.equal(from_folder[(index, True)][0],
                            datasets.Cat(path, 64, real_resize="antialias")[(0, True)][0]), path
-    with Image.open(dest / "00000" / "img00000000.png") as image:
-        assert image.size == (472, 472) and image.mode == "RGB"
+        for flip in (False, True):
+            assert torch.equal(nearest[(index, flip)][0], datasets.Cat(path, 128)[(0, flip)][0]), path
+    assert info["image_format"] == "npy" and not list(dest.rglob("*.png"))
+    array = np.load(dest / "00000" / "img00000000.npy")
+    assert array.shape == (472, 472, 3) and array.dtype == np.uint8
 
 
 def test_dataset_json_counts_and_the_report_list(raw, prepared):
