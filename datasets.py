@@ -395,7 +395,7 @@ PREPARED_INFO = "dataset.json"  # what dataset_tool.py writes beside the images:
 # The version of what `read_image` and the crop steps compute. Bump it when either changes: a set prepared
 # by older code is then refused instead of trained on as if it were what the raw images give now.
 TRANSFORM_VERSION = 1
-# How a prepared set stores the crops: 8-bit PNGs (compressed: about 0.35 MB each at 512², a PNG decode per
+# How a prepared set stores the crops: 8-bit PNGs (compressed: about 0.4 MB each at 512², a PNG decode per
 # item), or uncompressed arrays (0.79 MB, nothing to decode; docs/PERFORMANCE.md). Both are lossless.
 PREPARED_FORMATS = {"png": ".png", "npy": ".npy"}
 

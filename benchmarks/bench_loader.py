@@ -11,8 +11,9 @@ FFHQ's PNGs and CelebA-HQ's JPEGs, and decode about as fast. Each is prepared wi
 (timed: the tool's seconds per image), then one process reads every item as training does
 (`dataset[(index, flip)]`, half of them flipped) for each stage size, from the raw files and from the
 prepared zips in both formats (`--format png`, `npy`); the best of `--repeats` passes
-counts. One such process is what one DataLoader worker does, so images/s here is per worker.
-Prints a table and, last, one JSON line.
+counts, in wall time and in this process's CPU time (on a busy machine the CPU rate is what a worker
+with a core to itself delivers; the speed-ups and the workers per GPU use it). One such process is
+what one DataLoader worker does, so images/s here is per worker. Prints a table and, last, one JSON line.
 """
 from __future__ import annotations
 
@@ -65,14 +66,16 @@ def make_raw(folder: Path, count: int, size: int, fmt: str) -> float:
     return float(np.mean([p.stat().st_size for p in folder.iterdir()]) / 1e6)
 
 
-def items_per_second(dataset, count: int, repeats: int) -> float:
-    best = math.inf
+def items_per_second(dataset, count: int, repeats: int) -> tuple:
+    """(items per wall second, items per CPU second of this process), each the best of `repeats` passes. On a
+    busy machine the CPU rate is what a worker with a core to itself delivers."""
+    best_wall = best_cpu = math.inf
     for _ in range(repeats):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for index in range(count):
             dataset[(index, index % 2 == 1)]
-        best = min(best, time.perf_counter() - started)
-    return count / best
+        best_wall, best_cpu = min(best_wall, time.perf_counter() - wall), min(best_cpu, time.process_time() - cpu)
+    return count / best_wall, count / max(best_cpu, 1e-9)
 
 
 def stage_table(curriculum: str) -> list:
@@ -140,11 +143,12 @@ def run(args, work: Path) -> dict:
                 assert len(dataset) == args.images
                 rates[label] = items_per_second(dataset, args.images, args.repeats)
             row = {"stage": step, "size": size, "batch": batch}
-            for label, rate in rates.items():
-                row[f"{label}_per_s"] = round(rate, 2)
-                row[f"workers_{label}"] = {f"{t:g}": workers_needed(batch, t, rate) for t in steps}
+            for label, (wall_rate, cpu_rate) in rates.items():  # workers: each with a core to itself
+                row[f"{label}_per_s"] = round(wall_rate, 2)
+                row[f"{label}_per_cpu_s"] = round(cpu_rate, 2)
+                row[f"workers_{label}"] = {f"{t:g}": workers_needed(batch, t, cpu_rate) for t in steps}
             for image_format in FORMATS:
-                row[f"speedup_{image_format}"] = round(rates[f"prepared_{image_format}"] / rates["raw"], 2)
+                row[f"speedup_{image_format}"] = round(rates[f"prepared_{image_format}"][1] / rates["raw"][1], 2)
             rows.append(row)
         result["curricula"][curriculum] = {"raw_format": fmt, "raw_mean_mb": round(mean_mb, 3), "tool": tool,
                                            "tool_workers": args.tool_workers, "stages": rows}
@@ -158,12 +162,12 @@ def print_table(result: dict) -> None:
               f"({record['raw_mean_mb']} MB each); prepared zips ({record['tool_workers']} tool worker) {tool}")
         steps = list(record["stages"][0]["workers_raw"])
         labels = ["raw"] + [f"prepared_{f}" for f in FORMATS]
-        print("| stage | size | batch | " + " | ".join(f"{label} img/s" for label in labels) + " | speedup "
+        print("| stage | size | batch | " + " | ".join(f"{label} img/s (per CPU s)" for label in labels) + " | speedup "
               + " / ".join(FORMATS) + " | " + " | ".join(f"workers at {t} s/step: " + " / ".join(labels)
                                                       for t in steps) + " |")
         for row in record["stages"]:
             print(f"| {row['stage']} | {row['size']} | {row['batch']} | "
-                  + " | ".join(str(row[f"{label}_per_s"]) for label in labels) + " | "
+                  + " | ".join(f"{row[f'{label}_per_s']} ({row[f'{label}_per_cpu_s']})" for label in labels) + " | "
                   + " / ".join(f"{row[f'speedup_{f}']}x" for f in FORMATS) + " | "
                   + " | ".join(" / ".join(str(row[f"workers_{label}"][t]) for label in labels) for t in steps) + " |")
 

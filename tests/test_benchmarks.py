@@ -155,14 +155,14 @@ def test_bench_loader_measures_raw_and_prepared_and_the_workers_each_needs(tmp_p
     result = bench_loader.main(["--smoke", "--work_dir", str(tmp_path), "--step_seconds", "0.5,2"])
     printed = capsys.readouterr().out
     assert json.loads(printed.strip().splitlines()[-1]) == result
-    assert "| stage | size | batch | raw img/s | prepared_png img/s | prepared_npy img/s |" in printed
+    assert "| stage | size | batch | raw img/s (per CPU s) | prepared_png img/s (per CPU s) |" in printed
     for curriculum, fmt in (("CelebAHQ", "jpg"), ("FFHQ", "png")):
         record = result["curricula"][curriculum]
         assert record["raw_format"] == fmt and set(record["tool"]) == {"png", "npy"}
         (row,) = record["stages"]
         assert row["size"] == 64 and row["batch"] == 56  # the published stage-0 batch
         for label in ("raw", "prepared_png", "prepared_npy"):
-            rate = row[f"{label}_per_s"]
-            assert rate > 0
+            rate = row[f"{label}_per_cpu_s"]
+            assert rate > 0 and row[f"{label}_per_s"] > 0
             assert row[f"workers_{label}"] == {t: bench_loader.workers_needed(56, float(t), rate) for t in ("0.5", "2")}
     assert bench_loader.workers_needed(56, 0.5, 50.0) == 3 and bench_loader.workers_needed(28, 2.0, 1000.0) == 1
