@@ -51,7 +51,7 @@ from datasets import (CROP_SIZES, IMAGE_EXTENSIONS, IMAGE_RULES, PREPARED_FORMAT
 from utils.rendering_cli import HelpFormatter
 
 USAGE_ERROR = 2
-PNG_COMPRESS_LEVEL = 1  # zlib level of the PNGs: 3x faster to write than 6, 15 % larger, as fast to read (docs/PERFORMANCE.md)
+PNG_COMPRESS_LEVEL = 1  # zlib level of the PNGs: 2-3x faster to write than 6, 15 % larger (docs/PERFORMANCE.md)
 IMAGES_PER_FOLDER = 1000  # the destination holds 00000/img00000000.png ... (StyleGAN's layout)
 
 

@@ -263,3 +263,13 @@ def test_check_dataset_refuses_damaged_or_foreign_sets(prepared, tmp_path):
             archive.writestr(name, data)
     with pytest.raises(DatasetError, match="holds 9 images but its dataset.json says 10"):
         check_dataset(_meta("FFHQ", altered))
+
+
+def test_forked_loader_workers_each_open_the_zip(prepared):
+    """The parent has read from the zip (its handle is open) before the workers fork: each worker opens its own,
+    and the batches are the items read directly."""
+    dataset = build_dataset(_meta("FFHQ", prepared), 32, flip=False)
+    direct = torch.stack([dataset[(i, i % 2 == 1)][0] for i in range(len(dataset))])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="fork",
+                                         sampler=[(i, i % 2 == 1) for i in range(len(dataset))])
+    assert torch.equal(torch.cat([batch for batch, _ in loader]), direct)
