@@ -273,3 +273,19 @@ def test_forked_loader_workers_each_open_the_zip(prepared):
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="fork",
                                          sampler=[(i, i % 2 == 1) for i in range(len(dataset))])
     assert torch.equal(torch.cat([batch for batch, _ in loader]), direct)
+
+
+def test_a_tiny_run_trains_from_the_prepared_zip(prepared, tmp_path, capsys):
+    """main.py with --set dataset_path=set.zip: the checks pass, a step trains, real.png shows the crops."""
+    import sys
+
+    import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from fault_check import TINY_SETS, tiny_argv
+
+    run = tmp_path / "run"
+    assert main.main(tiny_argv(run, "--max_steps", "1", sets=TINY_SETS + ["dataset=FFHQ",
+                                                                         f"dataset_path={prepared}"])) == 0, \
+        capsys.readouterr().err
+    assert (run / "checkpoint.pth").is_file() and (run / "real.png").is_file()
