@@ -339,11 +339,10 @@ def prepare(args) -> str:
         _write_report(report, sorted(records.values(), key=lambda r: r["index"]))
         shutil.rmtree(staging)
     except OSError as error:  # a full disk, a folder gone: what is done stays in the staging folder
-        reason = error.strerror or str(error)
-        if error.errno == errno.ENOSPC:
-            reason = "No space left on device"
-        raise ToolError(f"cannot write {error.filename or dest}: {reason}; free space and run the same command "
-                        f"again to finish ({staging} keeps what is done)") from None
+        full = error.errno == errno.ENOSPC
+        reason = "No space left on device" if full else (error.strerror or str(error))
+        raise ToolError(f"cannot write {error.filename or dest}: {reason}; {'free space' if full else 'fix that'} and "
+                        f"run the same command again to finish ({staging} keeps what is done)") from None
     seconds = time.perf_counter() - started
 
     def counts(counter):

@@ -335,8 +335,8 @@ class ImageFolderDataset(Dataset):
     def _skip(self, index: int, reason: str, kind: str) -> None:
         self._unreadable.add(index)
         self.num_skipped += 1
-        logger.warning("Skipping image %s (%s; %s); using the next one (%d skipped so far in this process).",
-                       self.paths[index], reason, IMAGE_RULES[kind], self.num_skipped)
+        logger.warning("Skipping %s image %s (%s; %s); using the next one (%d skipped so far in this process).",
+                       kind, self.paths[index], reason, IMAGE_RULES[kind], self.num_skipped)
 
     def _codes(self, index: int) -> Optional[torch.Tensor]:
         """The 8-bit crop of the image at `index`, (3, C, C) uint8, or None when it is skipped."""
