@@ -171,12 +171,14 @@ def check_run(spec: RunSpec, checkpoint_state: Optional[dict], world_size: int) 
 
 def check_dataset_size(curriculum: dict, name: str, world_size: int, max_steps: Optional[int],
                        dataset_path_set: bool = False) -> None:
-    """The data is readable and every stage the run reaches has at least one batch per process (the
-    loader drops incomplete batches). `dataset_path_set`: it came from --set (where a problem is fixed)."""
-    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name, set_by_flag=dataset_path_set)
-    for stage in curriculums.stage_boundaries(curriculum)[:-1]:
-        if max_steps is not None and stage >= max_steps:
-            break
+    """The data is readable, a prepared set fits every stage the run reaches (its crop and size), and every
+    such stage has at least one batch per process (the loader drops incomplete batches). `dataset_path_set`: it came from --set (where a problem is fixed)."""
+    stages = [stage for stage in curriculums.stage_boundaries(curriculum)[:-1]
+              if max_steps is None or stage < max_steps]
+    output_sizes = {stage: int(curriculums.extract_metadata(curriculum, stage)["output_size"]) for stage in stages}
+    items = check_dataset(curriculums.extract_metadata(curriculum, 0), name, set_by_flag=dataset_path_set,
+                          output_sizes=output_sizes)
+    for stage in stages:
         batch_size = int(curriculums.extract_metadata(curriculum, stage)["batch_size"])
         if items // world_size < batch_size:
             raise DatasetError(f"the dataset has {items} images: fewer than one batch of {batch_size} per process "

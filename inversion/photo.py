@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from datasets import CROP_SIZES, image_transform, to_rgb8
+from datasets import CROP_SIZES, MIN_IMAGE_SIDE, image_transform, to_rgb8
 from utils.rendering_cli import CLIError, input_file
 
-MIN_SIDE = 16  # pixels: below this a picture holds too little to fit anything to
+# pixels: the shorter side of a picture that is refused, the rule training's loader and dataset_tool.py apply
+MIN_SIDE = MIN_IMAGE_SIDE
 FACE_DATASETS = ("CelebAHQ", "FFHQ")
 # FFHQ's alignment crops a square of side 2 * max(2 * eye distance, 1.8 * eye-to-mouth distance)
 # centred 0.1 eye-to-mouth below the eyes' midpoint. In the LBP cascade's box the eyes sit at
@@ -65,7 +66,7 @@ def read_photo(path) -> Tuple[Image.Image, List[str]]:
         image = image.convert("RGB")
     if min(image.size) < MIN_SIDE:
         raise CLIError(f"--image {path} is {image.size[0]}x{image.size[1]} pixels; at least {MIN_SIDE}x{MIN_SIDE} "
-                       "is needed")
+                       "is needed (datasets.MIN_IMAGE_SIDE: training skips such images too)")
     return image, notes
 
 

@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import bench_demo  # noqa: E402
+import bench_loader  # noqa: E402
 import bench_step  # noqa: E402
 import bench_viewer  # noqa: E402
 import bench_warp_signal  # noqa: E402
@@ -160,3 +161,21 @@ def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_pa
         assert figure.size == (7 * 32, 2 * 32)
     with pytest.raises(SystemExit, match="training seed"):
         bench_inversion.main(["--path", str(path), "--held_out_seed", "0", "--num_heads", "1"])
+
+
+def test_bench_loader_measures_raw_and_prepared_and_the_workers_each_needs(tmp_path, capsys):
+    """--smoke: 2 images of 64², one stage size; the table's columns and the JSON line docs/PERFORMANCE.md quotes."""
+    result = bench_loader.main(["--smoke", "--work_dir", str(tmp_path), "--step_seconds", "0.5,2"])
+    printed = capsys.readouterr().out
+    assert json.loads(printed.strip().splitlines()[-1]) == result
+    assert "| stage | size | batch | raw img/s (per CPU s) | prepared_png img/s (per CPU s) |" in printed
+    for curriculum, fmt in (("CelebAHQ", "jpg"), ("FFHQ", "png")):
+        record = result["curricula"][curriculum]
+        assert record["raw_format"] == fmt and set(record["tool"]) == {"png", "npy"}
+        (row,) = record["stages"]
+        assert row["size"] == 64 and row["batch"] == 56  # the published stage-0 batch
+        for label in ("raw", "prepared_png", "prepared_npy"):
+            rate = row[f"{label}_per_cpu_s"]
+            assert rate > 0 and row[f"{label}_per_s"] > 0
+            assert row[f"workers_{label}"] == {t: bench_loader.workers_needed(56, float(t), rate) for t in ("0.5", "2")}
+    assert bench_loader.workers_needed(56, 0.5, 50.0) == 3 and bench_loader.workers_needed(28, 2.0, 1000.0) == 1

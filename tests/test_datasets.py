@@ -232,3 +232,60 @@ def test_jpeg_exif_orientation_is_applied(tmp_path):
     with Image.open(tmp_path / "phone.jpg") as image:
         assert np.array_equal(rgb, np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
     assert rgb[:20].mean() > 200 and rgb[20:].mean() < 50  # the light half is on top now
+
+
+# --------------------------------------------------------------------------- the per-image rules
+
+def test_read_image_names_each_kind_and_skips_only_the_unusable(tmp_path):
+    """datasets.read_image is the one statement of IMAGE_RULES (the loader and dataset_tool.py both call it)."""
+    from datasets import IMAGE_RULES, MIN_IMAGE_SIDE, SKIPPED_KINDS, read_image
+
+    rng = np.random.default_rng(2)
+    _save(tmp_path / "fine.png", rng.integers(0, 256, (40, 48, 3)))
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "grey.png")
+    Image.fromarray(np.full((40, 40), 30000, np.uint16)).save(tmp_path / "deep.png")
+    Image.new("CMYK", (40, 40), (10, 20, 30, 40)).save(tmp_path / "cmyk.jpg")
+    Image.new("RGBA", (40, 40), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    _save(tmp_path / "tiny.png", np.zeros((1, 1, 3)))
+    _save(tmp_path / "thin.png", np.zeros((MIN_IMAGE_SIDE - 1, 200, 3)))
+    good = (tmp_path / "fine.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "text.png").write_bytes(b"hello")
+    expected = {"fine.png": (), "grey.png": ("grey",), "deep.png": ("grey", "16-bit"), "cmyk.jpg": ("CMYK",),
+                "alpha.png": ("alpha",), "turned.jpg": ("EXIF-rotated",), "tiny.png": ("too small",),
+                "thin.png": ("too small",), "cut.png": ("truncated",), "text.png": ("unreadable",)}
+    for name, kinds in expected.items():
+        checked = read_image(tmp_path / name)
+        assert checked.kinds == kinds, name
+        assert checked.skipped == bool(set(kinds) & set(SKIPPED_KINDS)), name
+        assert all(kind in IMAGE_RULES for kind in kinds)
+        if not checked.skipped:
+            assert checked.image.mode == "RGB"
+    assert read_image(tmp_path / "turned.jpg").image.size == (30, 40)
+    assert read_image(tmp_path / "fine.png", "Cat").kinds == ("smaller than the crop",)
+    with open(tmp_path / "fine.png", "rb") as f:  # a file object (a zip member) reads the same
+        assert np.array_equal(np.asarray(read_image(f).image), np.asarray(read_image(tmp_path / "fine.png").image))
+
+
+def test_a_tiny_image_in_a_training_folder_is_skipped_with_its_name(tmp_path, caplog):
+    """Not used silently: a 1x1 thumbnail would become a flat square at every size."""
+    _save(tmp_path / "a_tiny.png", np.full((1, 1, 3), 200))
+    _save(tmp_path / "b_real.png", np.full((40, 40, 3), 10))
+    ds = build_dataset(with_defaults({"dataset": "FFHQ", "dataset_path": str(tmp_path)}), 8, flip=False)
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        image, _ = ds[0]
+    assert torch.equal(image, ds[1][0]) and ds.num_skipped == 1
+    assert any("a_tiny.png" in r.getMessage() and "1x1" in r.getMessage() for r in caplog.records)
+    (tmp_path / "b_real.png").unlink()
+    with pytest.raises(DatasetError, match="at least 16x16"):
+        check_dataset({"dataset": "FFHQ", "dataset_path": str(tmp_path)})
+
+
+def test_invert_refuses_below_the_same_minimum():
+    from datasets import MIN_IMAGE_SIDE
+    from inversion import photo
+
+    assert photo.MIN_SIDE == MIN_IMAGE_SIDE
