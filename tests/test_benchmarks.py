@@ -54,6 +54,7 @@ def test_fresh_allocation_counter_counts_new_large_outputs_only():
     assert counter.total == 4000
 
 
+@pytest.mark.slow
 def test_bench_demo_scores_numbered_checkpoints_in_step_order(tmp_path, tiny_generator, capsys):
     state = tiny_generator.state_dict()
 
@@ -113,6 +114,7 @@ def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
     assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"
 
 
+@pytest.mark.slow
 def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsys):
     """benchmarks/fault_check.py, one run of the kill -9 case (tests/test_main.py runs its group-signal case)."""
     import fault_check
@@ -125,6 +127,7 @@ def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsy
         "kill_during_write": {"runs": 1, "kept_a_resumable_checkpoint": 1}}
 
 
+@pytest.mark.slow
 def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
     import bench_inversion
 

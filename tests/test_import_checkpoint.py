@@ -280,6 +280,7 @@ def test_every_flag_has_help():
 
 
 # ------------------------------------------------------------------- the scripts take it
+@pytest.mark.slow
 def test_render_and_shape_scripts_run_on_the_import(imported, tmp_path):
     import extract_shapes
     import render_multiview_image
@@ -294,6 +295,7 @@ def test_render_and_shape_scripts_run_on_the_import(imported, tmp_path):
     assert (tmp_path / "shapes" / "shape_0.ply").is_file()
 
 
+@pytest.mark.slow
 def test_fine_tuning_continues_from_the_published_step(imported, tmp_path, monkeypatch, caplog):
     """`main.py --load_dir` on the import: two steps of a tiny stage (4 px NeRF) at the published widths."""
     import main

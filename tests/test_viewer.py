@@ -351,6 +351,7 @@ def mean_difference(a, b):
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(MISSING), reason="the browser test needs " + ", ".join(MISSING))
 def test_the_page_shows_the_camera_s_render_and_follows_the_mouse_and_the_seed(running_viewer, model):
     from selenium.webdriver.common.action_chains import ActionChains
