@@ -6,6 +6,10 @@ there is one (`--device cuda` or `--device cpu` picks one). Such tests carry the
 `device_aware`: `pytest -m device_aware` runs the checks of the CUDA path (field numerics,
 a whole training step, fp16 overflows and the loss-scale floor, checkpoints with the CUDA RNG
 state), which is what `benchmarks/gpu_acceptance.py` runs first on a GPU.
+
+Tests marked `slow` (a second or more on our 2-core machine: training runs, launches of the scripts in
+subprocesses, the browser) are left out by `pytest -m "not slow"`, the quick check while editing (under a
+minute); README's test command and CI run everything.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "device_aware: runs on every available device (tests taking a `device` "
                                        "argument); benchmarks/gpu_acceptance.py selects them on a GPU")
+    config.addinivalue_line("markers", "slow: takes a second or more (training, subprocess launches of the "
+                                       "scripts, the browser); pytest -m \"not slow\" leaves these out")
     requested = config.getoption("--device")
     if requested and "cuda" in requested and not torch.cuda.is_available():
         raise pytest.UsageError("--device cuda: no CUDA device is available")

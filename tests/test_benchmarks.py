@@ -55,6 +55,7 @@ def test_fresh_allocation_counter_counts_new_large_outputs_only():
     assert counter.total == 4000
 
 
+@pytest.mark.slow
 def test_bench_demo_scores_numbered_checkpoints_in_step_order(tmp_path, tiny_generator, capsys):
     state = tiny_generator.state_dict()
 
@@ -114,6 +115,7 @@ def test_bench_viewer_times_full_and_moving_frames(tiny_checkpoint, capsys):
     assert random["full"]["output"] == 32 and random["checkpoint"] == "random Synthetic at step 800"
 
 
+@pytest.mark.slow
 def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsys):
     """benchmarks/fault_check.py, one run of the kill -9 case (tests/test_main.py runs its group-signal case)."""
     import fault_check
@@ -126,6 +128,7 @@ def test_fault_check_kills_during_a_checkpoint_write_and_resumes(tmp_path, capsy
         "kill_during_write": {"runs": 1, "kept_a_resumable_checkpoint": 1}}
 
 
+@pytest.mark.slow
 def test_fault_check_probes_the_overwrite_and_hang_cases(tmp_path, capsys):
     """benchmarks/fault_check.py's tool cases (issue 32): import_checkpoint.py never replaces a trained
     checkpoint or its own input, viewer.py --host of an address this machine lacks ends at once."""
@@ -139,6 +142,7 @@ def test_fault_check_probes_the_overwrite_and_hang_cases(tmp_path, capsys):
         "import_overwrite": {"runs": 1, "behaved": 1}, "viewer_bad_host": {"runs": 1, "behaved": 1}}
 
 
+@pytest.mark.slow
 def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
     import bench_inversion
 

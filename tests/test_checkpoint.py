@@ -240,9 +240,9 @@ def test_a_torch_with_the_weights_only_bypass_is_refused(tmp_path, monkeypatch):
     import re
 
     text = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
-    minimum = re.search(r"^torch>=(\d+)\.(\d+)", text, re.M)
+    minimum = re.search(r"^torch(?:>=|==)(\d+)\.(\d+)", text, re.M)  # the lowest torch it allows
     assert minimum and tuple(map(int, minimum.groups())) >= (2, 6)
-    vision = re.search(r"^torchvision>=0\.(\d+)", text, re.M)
+    vision = re.search(r"^torchvision(?:>=|==)0\.(\d+)", text, re.M)
     assert vision and int(vision.group(1)) >= 21  # the release that goes with torch 2.6
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})

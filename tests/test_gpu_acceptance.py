@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -24,6 +26,7 @@ def python_step(name, code, time_box, **kwargs):
     return Step(name, "part", [sys.executable, "-c", code], time_box, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_crash_and_a_hang_are_reported_and_the_later_steps_still_run(tmp_path):
     graceful = ("import signal, sys, time\n"
                 "signal.signal(signal.SIGTERM, lambda *a: (print('saving'), sys.exit(0)))\n"
@@ -45,6 +48,7 @@ def test_a_crash_and_a_hang_are_reported_and_the_later_steps_still_run(tmp_path)
     assert "saving" in Path(outcomes["training"]["log"]).read_text()
 
 
+@pytest.mark.slow
 def test_the_reserve_cuts_and_skips_steps_that_would_eat_into_the_learning_time(tmp_path):
     steps = [python_step("cut", "import time; time.sleep(60)", 50),
              python_step("no_time", "print('never')", 20),
@@ -56,6 +60,7 @@ def test_the_reserve_cuts_and_skips_steps_that_would_eat_into_the_learning_time(
     assert outcomes["learning"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_smoke_runs_the_whole_plan_on_cpu(tmp_path):
     """The acceptance command end to end on the CPU, with bench_fp16_split1 forced past its time box."""
     output_dir, work_dir = tmp_path / "out", tmp_path / "work"

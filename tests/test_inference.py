@@ -7,6 +7,7 @@ import torch
 
 import render_multiview_image as rmi
 from curriculums import extract_metadata
+from float_tolerance import network_atol
 from generators.cameras import cam2world_from_poses
 from generators.generators import ImplicitGenerator3d, RenderOptions
 from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, render_in_batches
@@ -31,8 +32,10 @@ def test_render_in_batches_equals_one_staged_forward(tiny_generator, tiny_curric
                                      max_batch_size=1000))
     assert [out.image.shape[0] for out in batches] == [2, 2, 1]
     whole = tiny_generator.staged_forward(z, options, psi=0.7, cam2world=cam2world, alpha=1.0)
+    # Batches of 2 and 1 against one of 5: other GEMM/convolution blockings, so equal to float32 rounding
+    # only (tests/float_tolerance.py: the generator's longest sum, 576 terms, times eps times the value).
     for name, batched, single in zip(whole._fields, cat_outputs(batches), whole):
-        torch.testing.assert_close(batched, single, msg=name)
+        torch.testing.assert_close(batched, single, rtol=0, atol=network_atol(tiny_generator, single), msg=name)
     with pytest.raises(ValueError, match="one camera per latent"):
         next(render_in_batches(tiny_generator, z, cam2world[:3], options))
 

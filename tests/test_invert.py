@@ -124,6 +124,7 @@ def test_w_space_codes_are_those_of_the_mapping(smooth_generator):
 QUICK = dict(search_steps=6, steps=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("yaw, pitch", [(0.25, -0.1), (-0.4, 0.1), (0.4, 0.0)])
 def test_the_camera_search_finds_the_pose(one_object_generator, options, yaw, pitch):
     """Off the grid of starts too (0.25, -0.1 and -0.4, 0.1: the starts are 0.2 apart in yaw and
@@ -391,6 +392,7 @@ def test_every_invert_flag_has_help():
         assert action.help, action.option_strings
 
 
+@pytest.mark.slow
 def test_a_photo_inverts_end_to_end_with_the_imported_published_checkpoint(tmp_path, capsys):
     """The published checkpoint fixture (FFHQ widths) imported, then a real photo (scikit-image's
     astronaut) aligned and inverted: every file written, the codes loadable for that checkpoint."""

@@ -277,6 +277,7 @@ def signal_during_training(tmp_path, *extra, send):
     return proc.returncode, output, run
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     code, output, run = signal_during_training(tmp_path, send=lambda proc: proc.send_signal(signal.SIGTERM))
     assert code == 0, output[-3000:]
@@ -284,6 +285,7 @@ def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
     assert "stopped by signal" in output
 
 
+@pytest.mark.slow
 def test_a_group_sigint_then_sigterm_with_loader_workers_saves_once_and_resumes(tmp_path):
     """Ctrl-C and then a cluster's SIGTERM reach every process of the job, the two loader workers too: they
     ignore both, the training process warns once per signal (not once per worker), saves, exits 0, and
@@ -297,6 +299,7 @@ def test_a_group_sigint_then_sigterm_with_loader_workers_saves_once_and_resumes(
     assert outcome.saved_step >= 2 and outcome.resumed_step == outcome.saved_step + 1
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
     """A SIGTERM to the launcher of `--nproc 2` with two loader workers each, then one to the whole process
     group (as a cluster sends): both processes save once and exit; the checkpoint is written, loads and
@@ -327,6 +330,7 @@ def _hold_lock_in_another_process(folder):
     return holder
 
 
+@pytest.mark.slow
 def test_a_live_run_locks_its_folder_and_a_killed_one_does_not_leave_it_locked(tmp_path, capsys):
     """A second run in a folder another live run writes is refused before it touches anything, its
     checkpoint write's temp file included; the kernel drops the lock of a run killed with SIGKILL."""
@@ -355,6 +359,7 @@ def test_a_live_run_locks_its_folder_and_a_killed_one_does_not_leave_it_locked(t
     assert not in_flight.exists() and load_checkpoint(run)["step"] == 1
 
 
+@pytest.mark.slow
 def test_a_folder_with_another_runs_checkpoint_is_refused_unless_told(tmp_path, capsys):
     """The demo command run twice used to replace the finished checkpoint and mix both runs' metrics."""
     run = tmp_path / "run"

@@ -133,6 +133,7 @@ def test_missing_weights_error_names_file_url_and_place(offline_hub):
         inception.load_inception(weights=str(offline_hub / "nowhere.pth"))
 
 
+@pytest.mark.slow
 def test_inception_loads_local_file_and_hub_cache_without_network(offline_hub, tmp_path):
     torch.manual_seed(1)
     reference = inception.fid_inception_architecture().state_dict()
@@ -166,6 +167,7 @@ def test_generated_images_are_deterministic(tiny_generator, metadata):
     assert torch.allclose(first, second, atol=1 / 255 + 1e-6)
 
 
+@pytest.mark.slow
 def test_fid_pipeline_end_to_end_caches_reals(tiny_generator, metadata, small_inception, tmp_path, monkeypatch):
     results = metric_main.evaluate(tiny_generator, metadata, metrics=("fid", "kid"), num_real=20, num_fake=12,
                                    real_dir=str(tmp_path), inception=small_inception, batch_size=8, device="cpu")
@@ -308,6 +310,7 @@ def test_synthetic_metric_leaves_the_callers_rng_alone(tiny_generator, metadata)
     assert "synthetic_iou_prior" in scores and torch.equal(before, torch.get_rng_state())
 
 
+@pytest.mark.slow
 def test_synthetic_metric_ceiling_beats_floor_and_an_untrained_generator_is_the_floor(
         plain_generator, tiny_generator, metadata):
     results = metric_main.evaluate(plain_generator, metadata, metrics=("synthetic",), num_synthetic=48,

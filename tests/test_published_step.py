@@ -330,6 +330,7 @@ FLOAT64 = {"loss": 1e-9, "logits": 1e-9, "images": 1e-9, "cameras": 1e-12, "grad
 FLOAT32 = {"loss": 2e-4, "logits": 1e-3, "images": 1e-4, "cameras": 1e-6, "grad_norm": 1e-3, "grad_sig": 0.15}
 
 
+@pytest.mark.slow
 def test_the_probes_are_the_published_ones(expected_float64, imported_checkpoint):
     """The signature probes u_i are regenerated identically (README section 6)."""
     trainer_free = [probe(i, ()).sum() for i in range(3)]  # cheap smoke check of the generator itself
@@ -346,6 +347,7 @@ def test_the_probes_are_the_published_ones(expected_float64, imported_checkpoint
                 assert float(probe(i, state[key][our_name].shape).sum()) == pytest.approx(float(sums[i]), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_three_published_steps_in_float64(imported_checkpoint, inputs, expected_float64, tmp_path):
     results, sizes = run_published_steps(imported_checkpoint, inputs, expected_float64, torch.float64, 3, tmp_path)
     check = Comparison()
@@ -359,6 +361,7 @@ def test_three_published_steps_in_float64(imported_checkpoint, inputs, expected_
     check.finish()
 
 
+@pytest.mark.slow
 def test_the_first_published_step_in_float32(imported_checkpoint, inputs, expected_float32, tmp_path):
     results, sizes = run_published_steps(imported_checkpoint, inputs, expected_float32, torch.float32, 1, tmp_path)
     check = Comparison()

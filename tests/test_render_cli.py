@@ -271,6 +271,8 @@ def test_modes_agree_at_the_frontal_pose(tiny_model):
     frontal = to_uint8(multi.image[3])
     interp = rmi.render_interpolation(tiny_model, 5, 9, [0.0, 1.0], options, psi=0.5, max_batch_size=10_000)
     mixed = rmi.render_style_mix(tiny_model, 5, [5, 9], options, psi=0.5, max_batch_size=10_000)
+    # other batches (3 views, 2 latents): float32 rounding apart (tests/float_tolerance.py), which can move a
+    # value across a uint8 rounding boundary, so 1 level apart at most
     np.testing.assert_allclose(interp[0].astype(int), frontal.astype(int), atol=1)
     np.testing.assert_allclose(mixed[0].astype(int), frontal.astype(int), atol=1)
     assert not np.array_equal(interp[0], interp[1])

@@ -97,6 +97,7 @@ def test_resume_continues_exactly(tmp_path, first_leg):
     assert not different, different[:5]
 
 
+@pytest.mark.slow
 def test_resume_with_loader_workers_on_an_image_folder_is_exact(tmp_path):
     """Two loader workers (kept alive across epochs) and random flips: stopping at step 3 and resuming
     gives the weights of the uninterrupted run (the second leg crosses epoch boundaries)."""
@@ -159,6 +160,7 @@ def _ddp_worker(rank, world_size, config, init_method, result_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_identical_weights(tmp_path):
     config = tiny_config(tmp_path, "ddp", max_steps=2)
     result = tmp_path / "weights.pt"
@@ -412,6 +414,7 @@ def test_the_fp16_loss_scale_never_stays_below_one(tmp_path, device):
     assert scales[-1] == 8.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stopping", [True, False], ids=["during-a-stop", "without-a-stop"])
 def test_a_loader_worker_killed_in_the_middle_of_a_step_ends_in_a_checkpoint(tmp_path, monkeypatch, stopping):
     """torch reports a dead loader worker from its SIGCHLD handler, as an exception in whatever the training

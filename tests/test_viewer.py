@@ -372,6 +372,7 @@ def mean_difference(a, b):
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(MISSING), reason="the browser test needs " + ", ".join(MISSING))
 def test_the_page_shows_the_camera_s_render_and_follows_the_mouse_and_the_seed(running_viewer, model):
     from selenium.webdriver.common.action_chains import ActionChains
@@ -435,7 +436,12 @@ def test_the_page_shows_the_camera_s_render_and_follows_the_mouse_and_the_seed(r
             time.sleep(0.2)
         (view,), (mesh,) = list(output_dir.glob("view_*.png")), list(output_dir.glob("mesh_*.ply"))
         from PIL import Image
-        np.testing.assert_array_equal(np.asarray(Image.open(view).convert("RGB")), other)
+        # The saved frame is rendered at the viewer's exact yaw, `other` at the status's 6-decimal yaw (and in
+        # another process, which may split the work over other threads): float32 rounding apart, which can move
+        # a value across a uint8 boundary (measured: 1 level on 1 of 768 values, in CI on issue 28's branch),
+        # so the screenshot's bound holds here too.
+        saved = np.asarray(Image.open(view).convert("RGB"))
+        assert np.abs(saved.astype(int) - other.astype(int)).max() <= PNG_TOLERANCE
         assert view.name.startswith("view_seed1_psi0.5_image_yaw")
         vertices, faces, colours = read_ply(mesh, colours=True)
         assert mesh.name == "mesh_seed1_psi0.5.ply" and len(faces) > 100 and colours.shape == (len(vertices), 3)
