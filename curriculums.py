@@ -207,6 +207,8 @@ KEYS = {
     "drift_g_grad_norm": Key(GLOBAL, None, valid=interval("(0, inf)", nullable=True)),
     # D's pose regression on real images too, with their true poses (procedural data only); 0: as published
     "real_pose_lambda": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
+    # the field's colour ignores the ray direction in training too (as at inference when asked); False: published
+    "lock_view_dependence": Key(GLOBAL, False),
     # the published behaviour by default; each has an opt-in correction
     "photometric_input": Key(GLOBAL, "shifted", choices=tuple(PHOTOMETRIC_INPUTS)),  # or "unit"
     "warp_projection": Key(GLOBAL, "ray_norm", choices=WARP_PROJECTIONS),            # or "pinhole"

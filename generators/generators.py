@@ -67,7 +67,7 @@ class RenderOptions:
             max_mixup_ratio=float(metadata["max_mixup_ratio"]),
             stereo_auxiliary=bool(metadata["stereo_auxiliary"]),
             hierarchical_sample=bool(metadata["hierarchical_sample"]),
-            lock_view_dependence=lock_view_dependence,
+            lock_view_dependence=lock_view_dependence or bool(metadata["lock_view_dependence"]),
             warp_projection=str(metadata["warp_projection"]),
             image_source=str(metadata["image_source"]),
         )

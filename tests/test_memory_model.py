@@ -113,8 +113,8 @@ def test_a_run_with_auto_chooses_logs_and_trains_with_the_split(tmp_path, monkey
     chunk_sizes = []
     original = Trainer.train_step
 
-    def recording(self, real, metadata):
-        stats = original(self, real, metadata)
+    def recording(self, real, metadata, real_poses=None):
+        stats = original(self, real, metadata, real_poses)
         chunk_sizes.append(real.shape[0] // stats["batch_split"])
         return stats
 
