@@ -18,6 +18,8 @@ thickness t at density sigma lets exp(-sigma * t) of the light through (sigma 10
 over the 0.02 spacing of 12 samples in the faces' 0.24 ray range: 18 % absorbed).
 The default 10 is pi-GAN's. A seed whose volume never crosses the level gets no
 mesh (the message names its density range) rather than a mesh of some other level.
+Files already in `--output_dir` under the names a run writes are not replaced unless `--overwrite`
+(the run is refused before the checkpoint is loaded); other files there are left alone.
 Entry points: `main(argv)`, `density_volume`, `extract_mesh`, `vertex_colours`,
 `coloured_mesh`, `write_ply`.
 """
@@ -37,9 +39,10 @@ from generators.generators import LatentCodes
 from generators.volume_rendering import IntegrationOptions, integrate
 from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_codes_argument,
-                                 add_model_arguments, available_memory_bytes, cameras_around_mean, check_memory,
-                                 codes_for_seed, decoder_alpha, finite_float, load_fitted_codes, load_model,
-                                 prepare_output_dir, render_options, run_cli, seed_value)
+                                 add_model_arguments, add_overwrite_argument, available_memory_bytes,
+                                 cameras_around_mean, check_memory, codes_for_seed, codes_name, decoder_alpha,
+                                 finite_float, load_fitted_codes, load_model, output_files, prepare_output_dir,
+                                 render_options, run_cli, seed_value)
 
 DEFAULT_LEVEL = 10.0          # pi-GAN's sigma threshold for shapes (raw density, 1 / world units)
 COLOUR_MODES = ("ray", "point", "image", "none")
@@ -345,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_codes_argument(parser)
     parser.add_argument("--output_dir", default="shapes", help="folder the files are written to")
+    add_overwrite_argument(parser)
     parser.add_argument("--seeds", type=seed_value, nargs="+", default=[0, 1, 2, 3],
                         help="random seeds of the latent codes z (one shape per seed)")
     parser.add_argument("--voxel_resolution", type=int, default=256,
@@ -371,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def shape_files(args, seed) -> dict:
+    """The files one seed (or a `FittedCodes`) gets, by kind: its mesh, and with --save_npy its density volume."""
+    return {"mesh": f"shape_{seed}.ply", **({"density": f"density_{seed}.npy"} if args.save_npy else {})}
+
+
+def planned_files(args) -> list:
+    """Every file name the run of `args` may write (a `--codes` file's name stands in for the seeds)."""
+    seeds = [codes_name(args.codes)] if args.codes else args.seeds
+    return [name for seed in seeds for name in shape_files(args, seed).values()]
+
+
 def extract(args) -> list:
     """Everything main() does after parsing; returns the written paths. Seeds without a mesh
     are reported and skipped; `args.skipped` lists them."""
@@ -378,6 +393,7 @@ def extract(args) -> list:
         raise CLIError(f"--voxel_resolution must be at least 2, got {args.voxel_resolution}")
     if args.max_batch_size < 1:
         raise CLIError(f"--max_batch_size must be at least 1, got {args.max_batch_size}")
+    files = output_files(args, planned_files(args))  # files of an earlier run: refused before anything is loaded
     set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     check_voxel_memory(args.voxel_resolution, model.device)
@@ -391,10 +407,11 @@ def extract(args) -> list:
           f"psi {args.psi}, {args.voxel_resolution}^3 voxels over a {cube_size:g} cube on {model.device}")
     written, args.skipped = [], []
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
+        names = shape_files(args, seed)
         codes = codes_for_seed(model, seed, args.psi)
         density = density_volume(model, seed, args.voxel_resolution, cube_size, args.psi, args.max_batch_size, codes)
         if args.save_npy:
-            npy = output_dir / f"density_{seed}.npy"
+            npy = files.path(names["density"])
             np.save(npy, density)
             written.append(npy)
         try:
@@ -404,7 +421,7 @@ def extract(args) -> list:
             tqdm.write(f"seed {seed}: no mesh written: {error}", file=sys.stderr)
             args.skipped.append(seed)
             continue
-        written.append(write_ply(output_dir / f"shape_{seed}.ply", mesh.vertices, mesh.faces, binary=not args.ascii,
+        written.append(write_ply(files.path(names["mesh"]), mesh.vertices, mesh.faces, binary=not args.ascii,
                                  colours=mesh.colours))
         tqdm.write(f"seed {seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {mesh.level:g}")
         if args.colour in ("ray", "point") and len(mesh.colours) and mesh.colours.std(0).max() < PLAIN_COLOUR_STD:

@@ -14,6 +14,8 @@ normals of the NeRF's depth (`geometry_{seed}.png`, with `--video` `geometry_{se
 `utils.shading`).
 `--mode style_mix` renders NeRF geometry from one seed with the decoder style of
 another; `--mode interpolate` walks between the codes of consecutive seeds.
+Files already in `--output_dir` under the names a run writes are not replaced unless `--overwrite`
+(the run is refused before the checkpoint is loaded); other files there are left alone.
 Entry point: `main(argv)`; the render_* functions are importable.
 """
 from __future__ import annotations
@@ -34,9 +36,11 @@ from utils.images import depth_row, make_grid, make_row, resize, save_gif, save_
 from utils.shading import geometry_images
 from utils.cpu_runtime import set_threads
 from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
-                                 cameras_around_mean, check_memory, codes_for_seed, decoder_alpha, finite_float,
-                                 latent_for_seed, load_fitted_codes, load_model, prepare_output_dir,
-                                 render_memory_bytes, render_options, run_cli, seed_value)
+                                 add_overwrite_argument, cameras_around_mean, check_memory, codes_for_seed, codes_name,
+                                 decoder_alpha, finite_float, latent_for_seed, load_fitted_codes, load_model,
+                                 output_files, prepare_output_dir, render_memory_bytes, render_options, run_cli,
+                                 seed_value)
+from utils.run_dir import OutputFiles
 
 MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
 VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
@@ -147,32 +151,71 @@ def render_interpolation(model: LoadedModel, seed_a: int, seed_b: int, weights: 
     return np.concatenate(images)
 
 
+# ---------------------------------------------------------------- file names
+def multiview_files(args, seed) -> dict:
+    """The files --mode multiview writes for one seed (or a `FittedCodes`), by kind: those the flags ask for."""
+    files = {"image": f"image_{seed}.png"}
+    if args.depth:
+        files["depth"] = f"depth_{seed}.png"
+    if args.video:
+        files["video"] = f"video_{seed}.gif"
+    if args.geometry:
+        files["geometry"] = f"geometry_{seed}.png"
+        if args.video:
+            files["geometry_video"] = f"geometry_{seed}.gif"
+    return files
+
+
+STYLE_MIX_GRID = "style_mix.png"
+
+
+def style_mix_file(seed) -> str:
+    return f"style_mix_{seed}.png"
+
+
+def interpolation_files(args, a, b) -> dict:
+    """The files --mode interpolate writes for the seed pair (a, b), by kind."""
+    return {"row": f"interp_{a}_{b}.png", **({"video": f"interp_{a}_{b}.gif"} if args.video else {})}
+
+
+def planned_files(args) -> List[str]:
+    """Every file name the run of `args` will write (before the checkpoint is loaded: a `--codes` file's
+    name stands in for the seeds), so that one already in the folder is refused before the work."""
+    seeds = [codes_name(args.codes)] if args.codes else args.seeds
+    if args.mode == "multiview":
+        return [name for seed in seeds for name in multiview_files(args, seed).values()]
+    if args.mode == "style_mix":
+        return [style_mix_file(seed) for seed in seeds] + [STYLE_MIX_GRID]
+    return [name for a, b in zip(seeds[:-1], seeds[1:]) for name in interpolation_files(args, a, b).values()]
+
+
 # ----------------------------------------------------------------------- modes
-def run_multiview(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+def run_multiview(model: LoadedModel, options: RenderOptions, args, files: OutputFiles) -> List[Path]:
     written = []
     near, far = options.rays.ray_start, options.rays.ray_end
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
+        names = multiview_files(args, seed)
         out = render_multiview(model, seed, options, args.psi, args.max_batch_size, args.batch_size)
-        written.append(save_image(make_row(to_uint8(out.image)), output_dir / f"image_{seed}.png"))
+        written.append(save_image(make_row(to_uint8(out.image)), files.path(names["image"])))
         if args.depth:
             written.append(save_image(depth_row(out.depth, near, far, options.output_size),
-                                      output_dir / f"depth_{seed}.png"))
+                                      files.path(names["depth"])))
         if args.video:
             frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
                                          args.batch_size)
-            written.append(save_gif(frames, output_dir / f"video_{seed}.gif", fps=args.fps))
+            written.append(save_gif(frames, files.path(names["video"]), fps=args.fps))
         if args.geometry:
             size = geometry_size(args, options)
             row = render_geometry(model, seed, options, args.psi, args.max_batch_size, size,
                                   batch_size=args.batch_size)
             # Nearest-upscaled to the images' size when smaller, so the rows line up; never shrunk.
             shown = max(size, options.output_size)
-            written.append(save_image(make_row([resize(im, shown) for im in row]), output_dir / f"geometry_{seed}.png"))
+            written.append(save_image(make_row([resize(im, shown) for im in row]), files.path(names["geometry"])))
             if args.video:
                 yaw, pitch = video_offsets(args.num_frames)
                 frames = render_geometry(model, seed, options, args.psi, args.max_batch_size, size, yaw, pitch,
                                          args.batch_size)
-                written.append(save_gif([resize(f, shown) for f in frames], output_dir / f"geometry_{seed}.gif",
+                written.append(save_gif([resize(f, shown) for f in frames], files.path(names["geometry_video"]),
                                         fps=args.fps))
     return written
 
@@ -182,33 +225,34 @@ def geometry_size(args, options: RenderOptions) -> int:
     return args.geometry_size or min(options.output_size, MAX_DEFAULT_GEOMETRY_SIZE)
 
 
-def run_style_mix(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+def run_style_mix(model: LoadedModel, options: RenderOptions, args, files: OutputFiles) -> List[Path]:
     style_seeds = args.style_seeds if args.style_seeds else args.seeds
     written, rows = [], []
     for seed in tqdm(args.seeds, desc="geometry seeds", unit="seed"):
         row = render_style_mix(model, seed, style_seeds, options, args.psi, args.max_batch_size, args.batch_size)
         rows.extend(row)
-        written.append(save_image(make_row(row), output_dir / f"style_mix_{seed}.png"))
+        written.append(save_image(make_row(row), files.path(style_mix_file(seed))))
     # All rows together: rows = geometry seeds, columns = style seeds.
-    written.append(save_image(make_grid(rows, ncols=len(style_seeds)), output_dir / "style_mix.png"))
+    written.append(save_image(make_grid(rows, ncols=len(style_seeds)), files.path(STYLE_MIX_GRID)))
     return written
 
 
-def run_interpolate(model: LoadedModel, options: RenderOptions, args, output_dir: Path) -> List[Path]:
+def run_interpolate(model: LoadedModel, options: RenderOptions, args, files: OutputFiles) -> List[Path]:
     if len(args.seeds) < 2:
         raise CLIError("--mode interpolate needs at least two --seeds (it interpolates between consecutive ones)")
     written = []
     pairs = list(zip(args.seeds[:-1], args.seeds[1:]))
     for a, b in tqdm(pairs, desc="seed pairs", unit="pair"):
+        names = interpolation_files(args, a, b)
         weights = np.linspace(0.0, 1.0, args.num_interp)
         row = render_interpolation(model, a, b, weights, options, args.psi, args.max_batch_size, args.batch_size)
-        written.append(save_image(make_row(row), output_dir / f"interp_{a}_{b}.png"))
+        written.append(save_image(make_row(row), files.path(names["row"])))
         if args.video:
             # a -> b -> a with an eased weight, so the loop has no jump.
             t = np.arange(args.num_frames) / args.num_frames
             frames = render_interpolation(model, a, b, 0.5 - 0.5 * np.cos(2 * np.pi * t), options, args.psi,
                                           args.max_batch_size, args.batch_size)
-            written.append(save_gif(list(frames), output_dir / f"interp_{a}_{b}.gif", fps=args.fps))
+            written.append(save_gif(list(frames), files.path(names["video"]), fps=args.fps))
     return written
 
 
@@ -224,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_codes_argument(parser)
     parser.add_argument("--output_dir", default="render_dir", help="folder the files are written to")
+    add_overwrite_argument(parser)
     parser.add_argument("--mode", choices=sorted(MODES), default="multiview",
                         help="multiview: image_{seed}.png, a row of 7 yaw offsets per seed; "
                              "style_mix: style_mix_{seed}.png, geometry of each seed with the decoder style of "
@@ -309,6 +354,7 @@ def check_render_memory(model: LoadedModel, options: RenderOptions, args) -> Non
 
 def render(args) -> List[Path]:
     """Everything main() does after parsing: load, validate, render, write; returns the written paths."""
+    files = output_files(args, planned_files(args))  # files of an earlier run: refused before anything is loaded
     set_threads(args.threads)
     model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     options = render_options(model, args.image_size, args.output_size, args.num_steps, args.lock_view_dependence,
@@ -322,7 +368,7 @@ def render(args) -> List[Path]:
           f"{model.stage.output_size} px), curriculum {model.curriculum_name or '(unnamed)'}, {weights} weights, "
           f"psi {args.psi}, {options.rays.img_size}px NeRF x {options.rays.num_steps} steps "
           f"-> {options.output_size}px on {model.device}")
-    written = MODES[args.mode](model, options, args, output_dir)
+    written = MODES[args.mode](model, options, args, files)
     print(f"wrote {len(written)} file(s) to {output_dir}/: " + ", ".join(p.name for p in written))
     return written
 

@@ -12,7 +12,8 @@ controls set the seed, the truncation psi, style mixing (the decoder's style fro
 seed), what is shown (the decoded image, the NeRF's low-resolution RGB, its depth, its
 shaded geometry) and the field of view; two buttons save the current view as PNG and the
 current object as a coloured PLY mesh (colours from the decoded images by default, or the
-field's RGB; written to --output_dir and offered as a download).
+field's RGB; written to --output_dir and offered as a download). A save that would replace a file
+the viewer did not write itself (an earlier session's) is refused in the page unless --overwrite.
 While the camera moves, frames are rendered at a lower NeRF size and sent as JPEG; once it
 has been still for --settle seconds, at full size as PNG. Each frame reports its time.
 Frames are rendered by `visualize.frames`; the codes file is invert.py's (`inversion/codes_file.py`).
@@ -52,7 +53,7 @@ def import_viser():
 
 # ------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    from utils.rendering_cli import HelpFormatter, add_model_arguments, finite_float
+    from utils.rendering_cli import HelpFormatter, add_model_arguments, add_overwrite_argument, finite_float
 
     parser = argparse.ArgumentParser(description="Look around generated objects of an MVCGAN checkpoint in a web "
                                                  "browser (viser), and save views and coloured meshes.",
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=finite_float, default=0.25,
                         help="seconds without changes after which the full-size frame is rendered")
     parser.add_argument("--output_dir", default="runs/viewer", help="folder the save buttons write to")
+    add_overwrite_argument(parser, help="let the save buttons replace files of the same names already in "
+                                        "--output_dir; without it a save that would replace a file this viewer did "
+                                        "not write itself is refused, saying so in the page")
     parser.add_argument("--mesh_resolution", type=int, default=128,
                         help=f"voxels per axis of saved meshes, {MESH_RESOLUTIONS[0]} to {MESH_RESOLUTIONS[1]} "
                              "(a slider in the page)")
@@ -320,8 +324,13 @@ class Session:
 
     # ---------------------------------------------------------------- save
     def _guarded(self, action) -> None:
+        from utils.run_dir import ExistingFile
+
         try:
             action()
+        except ExistingFile as error:  # an earlier session's file: kept, and the page says how to replace it
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            self.client.add_notification("not saved", str(error), color="red", auto_close_seconds=10)
         except Exception as error:
             traceback.print_exc()
             self.client.add_notification("saving failed", f"{type(error).__name__}: {error}",
@@ -342,10 +351,11 @@ class Session:
         from utils.images import save_image
 
         settings = self.settings()
-        frame = self.app.render(settings, moving=False)
         name = f"view_{self.object_name(settings)}_{settings.mode.replace(' ', '')}_yaw{settings.yaw:.3f}" \
                f"_pitch{settings.pitch:.3f}.png"
-        path = save_image(frame.image, Path(self.app.args.output_dir) / name)
+        path = self.app.files.path(name)  # refused before the render when an earlier session's file is there
+        frame = self.app.render(settings, moving=False)
+        path = save_image(frame.image, path)
         self._deliver(path, "view")
         return path
 
@@ -353,6 +363,7 @@ class Session:
         from extract_shapes import DEFAULT_LEVEL, coloured_mesh, default_cube_size, write_ply
 
         settings = self.settings()
+        path = self.app.files.path(f"mesh_{self.object_name(settings)}.ply")  # checked before the mesh is made
         resolution = int(self.mesh_resolution.value)
         model, renderer = self.app.renderer.model, self.app.renderer
         note = self.client.add_notification("making the mesh", f"{resolution}^3 voxels …", loading=True,
@@ -367,8 +378,7 @@ class Session:
             return None
         finally:
             note.remove()
-        path = write_ply(Path(self.app.args.output_dir) / f"mesh_{self.object_name(settings)}.ply", mesh.vertices,
-                         mesh.faces, colours=mesh.colours)
+        path = write_ply(path, mesh.vertices, mesh.faces, colours=mesh.colours)
         self._deliver(path, f"mesh ({len(mesh.vertices)} vertices)")
         return path
 
@@ -382,7 +392,10 @@ class ViewerApp:
     """The server: one FrameRenderer shared by all tabs, one frame rendered at a time."""
 
     def __init__(self, args, renderer, viser):
+        from utils.run_dir import OutputFiles
+
         self.args, self.renderer = args, renderer
+        self.files = OutputFiles(args.output_dir, overwrite=args.overwrite)  # what the save buttons wrote
         self.render_lock = threading.Lock()
         self.sessions = {}
         self.server = viser.ViserServer(host=args.host, port=args.port, verbose=False)

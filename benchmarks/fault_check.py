@@ -2,7 +2,7 @@
 
     python benchmarks/fault_check.py --runs 10                           # every case, one process
     python benchmarks/fault_check.py --runs 5 --nproc 2 --cases group_sigterm
-    python benchmarks/fault_check.py --runs 1 --cases import_overwrite,viewer_bad_host
+    python benchmarks/fault_check.py --runs 1 --cases import_overwrite,render_overwrite,viewer_bad_host
 
 Every run trains a tiny Synthetic model (`TINY_SETS`, a few seconds a step on one CPU thread) with
 `main.py` in a session of its own, then:
@@ -20,6 +20,10 @@ The tools around training are probed too (issue 32), each case after a one-step 
 * `import_overwrite`: `import_checkpoint.py --output` the run's trained `checkpoint.pth`, and `--output`
   one of the published files it imports (with `--force`): both must be refused (exit 2, one `error:`
   line) with the files unchanged.
+* `render_overwrite`: `render_multiview_image.py` and `extract_shapes.py` into a folder that holds an
+  earlier run's `image_0.png` and `shape_0.ply` (and the user's `notes.txt`): both must be refused (exit
+  2, one `error: --output_dir` line naming the file and `--overwrite`) with every file unchanged; with
+  `--overwrite` the render replaces its picture and leaves the other files alone.
 * `viewer_bad_host`: `viewer.py --host` 999.1.1.1 (not an address) and 192.0.2.1 (an address of another
   machine): each must end with exit 2 and one `error: --host` line within HANG_TIMEOUT_S, where it
   once hung in silence (viser took the bind error for a busy port and tried the next port forever).
@@ -27,7 +31,7 @@ The tools around training are probed too (issue 32), each case after a one-step 
 Prints one line per run, a summary line per case and one JSON line; exit code 0 when every run kept a
 loadable, resumable checkpoint (the tool cases: behaved), else 1. Entry points: `main(argv)`,
 `kill_during_write`, `group_sigterm` (tests/test_main.py runs the group case through it),
-`import_overwrite`, `viewer_bad_host`.
+`import_overwrite`, `render_overwrite`, `viewer_bad_host`.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from utils.checkpoint import STALE_TEMP_GLOB, CheckpointError, load_checkpoint  
 # The Synthetic curriculum made tiny from the command line (stage 0 and globals only).
 TINY_SETS = ["hidden_dim=16", "decoder_channels=(16, 16, 8, 8)", "disc_width_factor=0.0625", "synthetic_size=32",
              "0.batch_size=2", "0.num_steps=4", "0.img_size=8", "0.output_size=8", "0.batch_split=1"]
-TOOL_CASES = ("import_overwrite", "viewer_bad_host")
+TOOL_CASES = ("import_overwrite", "render_overwrite", "viewer_bad_host")
 CASES = ("kill_during_write", "group_sigterm") + TOOL_CASES
 TIMEOUT_S = 180  # per run, for a loaded machine
 HANG_TIMEOUT_S = 60  # a refused --host takes seconds (loading torch); more is the old silent hang
@@ -232,6 +236,40 @@ def import_overwrite(run: Path) -> Outcome:
     return Outcome(not failed, 2 if not failed else None, checkpoint_step(run), None, None, "\n".join(outputs), detail)
 
 
+def render_overwrite(run: Path) -> Outcome:
+    """render_multiview_image.py and extract_shapes.py into a folder holding files of their names: refused,
+    every file unchanged; the render with --overwrite replaces only its own names."""
+    if not trained_run(run):
+        return Outcome(False, None, None, None, None, "", "the tiny run did not train")
+    folder = run / "renders"
+    folder.mkdir()
+    for name, text in (("image_0.png", "an earlier render"), ("shape_0.ply", "an earlier mesh"),
+                       ("notes.txt", "the user's")):
+        (folder / name).write_text(text)
+    state = lambda: {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.iterdir()}
+    before = state()
+    common = ["--path", run, "--output_dir", folder, "--seeds", "0", "--threads", "1", "--device", "cpu"]
+    outputs, failed = [], []
+    for script, name, extra in (("render_multiview_image.py", "image_0.png", []),
+                                ("extract_shapes.py", "shape_0.ply", ["--voxel_resolution", "16"])):
+        code, output, _ = run_script(script, *common, *extra)
+        outputs.append(output)
+        if not (refused(code, output, f"error: --output_dir {folder} already holds {name}") and "--overwrite" in output
+                and state() == before):
+            failed.append(f"{script} onto {name}: exit code {code}, {'unchanged' if state() == before else 'REPLACED'}")
+    code, output, _ = run_script("render_multiview_image.py", *common, "--overwrite")
+    outputs.append(output)
+    after = state()
+    if code != 0 or after["image_0.png"] == before["image_0.png"] or any(
+            after[name] != before[name] for name in before if name != "image_0.png"):
+        failed.append(f"render_multiview_image.py --overwrite: exit code {code}, image_0.png "
+                      f"{'replaced' if after['image_0.png'] != before['image_0.png'] else 'kept'}, the other files "
+                      f"{'kept' if all(after[n] == before[n] for n in before if n != 'image_0.png') else 'CHANGED'}")
+    detail = "; ".join(failed) or ("an earlier image_0.png and shape_0.ply kept by both scripts; --overwrite replaced "
+                                   "the picture alone")
+    return Outcome(not failed, 2 if not failed else None, None, None, None, "\n".join(outputs), detail)
+
+
 def viewer_bad_host(run: Path) -> Outcome:
     """viewer.py --host of each BAD_HOSTS: one error line and exit 2 within HANG_TIMEOUT_S."""
     if not trained_run(run):
@@ -294,8 +332,9 @@ def main(argv=None) -> int:
                 print(outcome.output[-3000:], flush=True)
         if case in TOOL_CASES:
             summary[case] = {"runs": args.runs, "behaved": passed}
-            what = ("import_checkpoint.py --output a trained checkpoint or its own input" if case == "import_overwrite"
-                    else f"viewer.py --host {' / '.join(BAD_HOSTS)}")
+            what = {"import_overwrite": "import_checkpoint.py --output a trained checkpoint or its own input",
+                    "render_overwrite": "render_multiview_image.py, extract_shapes.py onto an earlier run's files",
+                    "viewer_bad_host": f"viewer.py --host {' / '.join(BAD_HOSTS)}"}[case]
             print(f"{what}: {passed}/{args.runs} runs refused it with one error line, exit code 2, nothing "
                   f"replaced and nothing hung", flush=True)
             continue
@@ -307,7 +346,8 @@ def main(argv=None) -> int:
     return 0 if all(s.get("kept_a_resumable_checkpoint", s.get("behaved")) == s["runs"] for s in summary.values()) else 1
 
 
-TOOL_CHECKS = {"import_overwrite": import_overwrite, "viewer_bad_host": viewer_bad_host}
+TOOL_CHECKS = {"import_overwrite": import_overwrite, "render_overwrite": render_overwrite,
+               "viewer_bad_host": viewer_bad_host}
 
 
 if __name__ == "__main__":

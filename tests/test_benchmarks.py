@@ -143,6 +143,18 @@ def test_fault_check_probes_the_overwrite_and_hang_cases(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_fault_check_probes_the_rendering_scripts_overwrite_case(tmp_path, capsys):
+    """benchmarks/fault_check.py's render_overwrite case (issue 32): render_multiview_image.py and extract_shapes.py
+    keep an earlier run's files unless --overwrite."""
+    import fault_check
+
+    assert fault_check.main(["--runs", "1", "--cases", "render_overwrite", "--output_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "render_overwrite 1/1: ok: an earlier image_0.png and shape_0.ply kept by both scripts" in out
+    assert json.loads(out.strip().splitlines()[-1])["fault_check"] == {"render_overwrite": {"runs": 1, "behaved": 1}}
+
+
+@pytest.mark.slow
 def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_path, tiny_generator, capsys):
     import bench_inversion
 

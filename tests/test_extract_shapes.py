@@ -387,3 +387,34 @@ def test_every_seed_is_checked_before_a_mesh_is_written(tmp_path, tiny_checkpoin
     err = capsys.readouterr().err
     assert "argument --seeds: seed -5 is out of range" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_second_extraction_into_the_same_folder_is_refused_unless_overwrite(tmp_path, tiny_checkpoint, capsys,
+                                                                              monkeypatch):
+    """Issue 32: extracting the same seeds again into a folder replaced its meshes silently. Now the run is
+    refused before the checkpoint is loaded, naming the first file and --overwrite; nothing is written."""
+    out = tmp_path / "shapes"
+    common = ["--path", str(tiny_checkpoint), "--output_dir", str(out), "--voxel_resolution", "12", "--level", "0",
+              "--colour", "none", "--device", "cpu", "--threads", "1"]
+    args = [*common, "--seeds", "1", "2", "--save_npy"]
+    assert es.main(args) == 0
+    planned = es.planned_files(es.build_parser().parse_args(args))
+    assert planned == ["shape_1.ply", "density_1.npy", "shape_2.ply", "density_2.npy"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(planned)
+    (out / "shape_7.ply").write_text("another seed's")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(es, "load_model", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+        assert es.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --output_dir {out} already holds shape_1.ply (and 3 more of the files it would write), "
+                   f"which this run would replace; pass --overwrite to replace them, or choose another --output_dir\n")
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    # --save_npy off: only the meshes are planned; one of them is enough
+    assert es.main([*common, "--seeds", "2", "3"]) == 2
+    assert "already holds shape_2.ply, which" in capsys.readouterr().err
+    assert es.main([*args, "--overwrite"]) == 0
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    assert after.keys() == before.keys() and after["shape_7.ply"] == before["shape_7.ply"]
+    assert all(after[name][1] != before[name][1] for name in planned)

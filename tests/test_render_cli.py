@@ -391,3 +391,76 @@ def test_every_seed_is_checked_before_anything_is_written(tmp_path, tiny_checkpo
     err = capsys.readouterr().err
     assert f"seed {bad} is out of range" in err and "Traceback" not in err
     assert not (tmp_path / "render").exists()
+
+
+def folder_state(folder):
+    """{name: (bytes, mtime_ns)} of every file in `folder`: what a refused run must leave as it was."""
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("extra", [
+    ["--seeds", "3", "4", "--depth", "--video", "--geometry", "--geometry_size", "8", "--num_frames", "2"],
+    ["--mode", "style_mix", "--seeds", "0", "1", "--style_seeds", "2"],
+    ["--mode", "interpolate", "--seeds", "0", "1", "2", "--num_interp", "2", "--video", "--num_frames", "2"],
+])
+def test_a_second_render_into_the_same_folder_is_refused_unless_overwrite(tmp_path, trained_checkpoint, capsys,
+                                                                          monkeypatch, extra):
+    """Issue 32: rendering the same seeds again into a folder replaced its pictures silently. Now the run is
+    refused before the checkpoint is loaded, naming the first file and --overwrite; nothing is written."""
+    code, out = run(tmp_path, trained_checkpoint, *extra)
+    assert code == 0
+    # the names planned before the work are exactly the files written
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(rmi.planned_files(rmi.build_parser().parse_args(
+        ["--path", "x", *extra]))))
+    (out / "notes.txt").write_text("the user's")  # another name: never in the way
+    before = folder_state(out)
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(rmi, "load_model", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+        code, _ = run(tmp_path, trained_checkpoint, *extra)
+    err = capsys.readouterr().err
+    first = rmi.planned_files(rmi.build_parser().parse_args(["--path", "x", *extra]))[0]
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --output_dir {out} already holds {first} (and ") and "pass --overwrite" in err
+    assert folder_state(out) == before
+    code, _ = run(tmp_path, trained_checkpoint, *extra, "--overwrite")
+    assert code == 0
+    after = folder_state(out)
+    assert after.keys() == before.keys() and after["notes.txt"] == before["notes.txt"]
+    assert all(after[name][1] != before[name][1] for name in after if name != "notes.txt")  # written anew
+
+
+def test_files_of_other_names_and_a_seed_twice_are_not_in_the_way(tmp_path, trained_checkpoint, capsys):
+    """A folder holding other renders (README renders several things into one folder) is fine, and a seed
+    named twice on the command line writes its own file twice."""
+    code, out = run(tmp_path, trained_checkpoint, "--seeds", "0", "--depth")
+    assert code == 0
+    before = folder_state(out)
+    code, _ = run(tmp_path, trained_checkpoint, "--seeds", "1", "1", "--depth")
+    assert code == 0, capsys.readouterr().err
+    after = folder_state(out)
+    assert sorted(after) == ["depth_0.png", "depth_1.png", "image_0.png", "image_1.png"]
+    assert all(after[name] == before[name] for name in before)
+    # one file of the planned ones is enough to refuse, and the message names it alone
+    capsys.readouterr()
+    code, _ = run(tmp_path, trained_checkpoint, "--seeds", "2", "0")
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: --output_dir {out} already holds image_0.png, which this run would replace; "
+                                 f"pass --overwrite to replace it, or choose another --output_dir\n")
+    assert not (out / "image_2.png").exists()
+
+
+def test_an_unplanned_file_is_still_refused_where_it_is_written(tmp_path):
+    """The check before each write (`OutputFiles.path`) catches a file the plan did not name or that appeared
+    during the run; the run's own files pass it again."""
+    from utils.run_dir import ExistingFile, OutputFiles
+
+    (tmp_path / "late.png").write_text("someone else's")
+    files = OutputFiles(tmp_path)
+    files.check(["image_0.png"])
+    assert files.path("image_0.png") == tmp_path / "image_0.png"
+    (tmp_path / "image_0.png").write_text("ours")
+    assert files.path("image_0.png") == tmp_path / "image_0.png"  # this run's own file
+    with pytest.raises(ExistingFile, match="already holds late.png, which this run would replace; pass --overwrite"):
+        files.path("late.png")
+    assert OutputFiles(tmp_path, overwrite=True).path("late.png") == tmp_path / "late.png"

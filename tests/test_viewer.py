@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -209,6 +210,71 @@ def test_an_output_dir_that_is_a_file_is_named(tmp_path, tiny_checkpoint, capsys
         assert viewer.main(["--path", str(tiny_checkpoint), "--output_dir", str(output_dir)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --output_dir {output_dir}") and err.count("\n") == 1, err
+
+
+class FakeClient:
+    """What the save buttons use of a browser tab: notifications and downloads, recorded."""
+
+    def __init__(self):
+        self.notes, self.downloads = [], []
+
+    def add_notification(self, title, body, **kwargs):
+        self.notes.append((title, body, kwargs.get("color")))
+        return SimpleNamespace(remove=lambda: None)
+
+    def send_file_download(self, name, data):
+        self.downloads.append(name)
+
+
+def saving_session(renderer, output_dir, *flags, settings=ViewSettings()):
+    """A Session of a ViewerApp (viser mocked) whose controls say `settings`; its renders are counted."""
+    from unittest.mock import MagicMock
+
+    args = viewer.build_parser().parse_args(["--path", "x.pth", "--output_dir", str(output_dir), *flags])
+    app = viewer.ViewerApp(args, renderer, MagicMock())
+    app.renders = 0
+    real_render = app.render
+
+    def render(*a, **k):
+        app.renders += 1
+        return real_render(*a, **k)
+
+    app.render = render
+    session = object.__new__(viewer.Session)
+    session.app, session.client = app, FakeClient()
+    session.settings = lambda: settings
+    session.mesh_resolution, session.mesh_colours = SimpleNamespace(value=32), SimpleNamespace(value="none")
+    return session
+
+
+def test_the_save_buttons_keep_an_earlier_session_s_files_unless_overwrite(tmp_path, renderer, capsys):
+    """Issue 32: a save replaced a file of the same name in --output_dir (an earlier session's view of the
+    same object at the same camera) without a word. Now the page says "not saved", naming the file and
+    --overwrite, before anything is rendered; the viewer's own files may be saved again."""
+    out = tmp_path / "saved"
+    session = saving_session(renderer, out)
+    view = session.save_view()
+    assert view.parent == out and session.app.renders == 1
+    assert session.save_view() == view and session.app.renders == 2  # its own file, saved again
+    other = saving_session(renderer, out)  # the next session, into the same folder
+    mesh = out / f"mesh_{other.object_name(ViewSettings())}.ply"
+    mesh.write_text("an earlier session's mesh")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    other.app.renderer = None  # neither a frame nor a mesh may be made
+    other._guarded(other.save_view)
+    other._guarded(other.save_mesh)
+    assert other.app.renders == 0 and {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [(title, colour) for title, _, colour in other.client.notes] == [("not saved", "red")] * 2
+    assert other.client.notes[0][1].startswith(f"--output_dir {out} already holds {view.name}, which this run would "
+                                               f"replace; pass --overwrite")
+    assert f"already holds {mesh.name}" in other.client.notes[1][1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and err.startswith("error: --output_dir") and "Traceback" not in err
+    written = view.stat().st_mtime_ns
+    replacing = saving_session(renderer, out, "--overwrite")
+    assert replacing.save_view() == view and replacing.client.notes[0][0] == "saved view"
+    assert view.stat().st_mtime_ns != written and view.read_bytes() == before[view.name]  # the same frame, anew
 
 
 # ------------------------------------------------------------------- browser

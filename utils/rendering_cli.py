@@ -8,7 +8,8 @@ its curriculum and checking it against a `--curriculum` the user named
 inference `RenderOptions` that default to that stage and refuse untrained decoder
 blocks (`render_options`), seeded latents (`latent_for_seed`), camera poses around
 the curriculum's mean pose, argparse types that reject NaN and infinities
-(`finite_float`), an output folder checked before the work (`prepare_output_dir`), a size
+(`finite_float`), an output folder checked before the work (`prepare_output_dir`), its files never
+replaced unless `--overwrite` says so (`add_overwrite_argument`, `output_files`), a size
 refused before it is allocated when it cannot fit in memory (`check_memory`), and the
 exit-code convention of every CLI (`run_cli`): 0 success, 2 a usage or input error (one
 `error: ...` line), 1 a failure during the work.
@@ -31,7 +32,7 @@ from generators.generators import ImplicitGenerator3d, LatentCodes, RenderOption
 from utils.checkpoint import (CheckpointError, describe_os_error, load_checkpoint, load_generator,
                               resolve_checkpoint_path)
 from utils.cpu_runtime import add_threads_argument
-from utils.run_dir import check_output_path
+from utils.run_dir import ExistingFile, OutputFiles, check_output_path
 
 DEFAULT_MAX_BATCH_SIZE = 2_400_000  # SIREN points per chunk: fits a 16 GB GPU at H = 256
 
@@ -304,6 +305,23 @@ def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
     return folder
 
 
+OVERWRITE_HELP = ("replace files of the same names already in --output_dir; without it a run that would replace a "
+                  "file it did not write itself is refused before it starts (other files there are never touched)")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, help: str = OVERWRITE_HELP) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def output_files(args, names: Sequence = ()) -> OutputFiles:
+    """The files of --output_dir this run writes (`utils.run_dir.OutputFiles`, --overwrite), `names`, those
+    known before the work, checked now: ExistingFile (run_cli: one `error:` line, exit 2) when one of them is
+    already there. Reads the folder only: it is created by `prepare_output_dir`."""
+    files = OutputFiles(args.output_dir, overwrite=args.overwrite)
+    files.check(names)
+    return files
+
+
 def input_file(path, flag: str) -> Path:
     """`path` as a Path when it is a file; CLIError naming `flag` when it is missing or a folder."""
     path = Path(path)
@@ -358,7 +376,12 @@ def load_fitted_codes(model: "LoadedModel", path) -> FittedCodes:
 
     loaded = load_codes(path, model.generator)
     model.generator = loaded.generator
-    return FittedCodes(Path(path).stem, loaded.codes, loaded.yaw, loaded.pitch)
+    return FittedCodes(codes_name(path), loaded.codes, loaded.yaw, loaded.pitch)
+
+
+def codes_name(path) -> str:
+    """What a `--codes` file is called in output file names, in place of a seed (inv/codes.pth: codes)."""
+    return Path(path).stem
 
 
 def latent_for_seed(model: "LoadedModel", seed) -> torch.Tensor:
@@ -398,14 +421,15 @@ WORK_FAILED = 1  # the inputs were fine but the work itself failed
 def run_cli(body: Callable[[], None]) -> int:
     """Run a script's body and return its exit code (the convention of every CLI of the project).
 
-    Usage and input errors (CLIError, CheckpointError) print one `error: ...` line and return 2;
+    Usage and input errors (CLIError, CheckpointError, an output file already there: ExistingFile) print one
+    `error: ...` line and return 2;
     running out of memory prints one line with the flags that help and returns 1, as does an OSError
     (a full disk: a failure during the work, as is anything else, which keeps its traceback: Python
     exits with 1).
     """
     try:
         body()
-    except (CheckpointError, CLIError) as error:
+    except (CheckpointError, CLIError, ExistingFile) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:

@@ -12,6 +12,9 @@ train over unless told (resume it, or `--start_over`, which `move_aside` carries
 go to `previous_<time>/` inside the directory). `make_room` is that rule for any script that writes
 a folder of results (main.py, invert.py: refuse, or with --start_over move the earlier files aside),
 and `check_output_path` the check before any work that an output folder or file can be written there.
+`OutputFiles` is the rule for the scripts that write named result files into a folder that may hold others
+(render_multiview_image.py, extract_shapes.py, the viewer's save buttons): a file already there that the run
+did not write itself is not replaced unless the run was told to (`--overwrite`); other names are left alone.
 `rewind_metrics(path, step)`: a resumed run's metrics.jsonl cut back to the step it resumes from, so that
 the rows of a killed run past its last checkpoint do not stand beside the steps trained again.
 """
@@ -22,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -38,6 +42,10 @@ class RunDirBusy(ValueError):
 
 class EarlierOutput(ValueError):
     """The output folder holds files of an earlier run, and nothing said to replace them."""
+
+
+class ExistingFile(ValueError):
+    """An output file is already there, this run did not write it, and nothing said to replace it."""
 
 
 _HELD_FDS = set()  # the lock descriptors this process holds
@@ -119,6 +127,43 @@ def check_output_path(path, flag: str = "--output_dir", is_file: bool = False) -
         raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: no permission to write in {existing}")
+
+
+class OutputFiles:
+    """The named files a run writes into `directory`, a folder that may hold other files (the user's, other
+    runs'): `check(names)` refuses, before any work, when one of them is already there; `path(name)` checks one
+    name again just before it is written and returns where to write it. A file this run wrote itself may be
+    written again (seed 0 twice on the command line); with `overwrite` nothing is refused. A refusal is
+    ExistingFile: one line naming `folder_flag` and the folder, the first file already there and `flag`."""
+
+    def __init__(self, directory, overwrite: bool = False, flag: str = "--overwrite",
+                 folder_flag: str = "--output_dir"):
+        self.directory = Path(directory)
+        self.overwrite, self.flag, self.folder_flag = overwrite, flag, folder_flag
+        self.written = set()  # the names this run has written (or is writing)
+        self._lock = threading.Lock()  # the viewer saves from several threads
+
+    def existing(self, names) -> list:
+        """Those of `names` (in order, each once) already in the folder that this run did not write: a file,
+        a folder or a link, even a broken one (writing through it would land elsewhere)."""
+        names = list(dict.fromkeys(str(name) for name in names))
+        return [name for name in names if name not in self.written and os.path.lexists(self.directory / name)]
+
+    def check(self, names) -> None:
+        """ExistingFile unless `overwrite` or none of `names` is already there (the run's own files aside)."""
+        found = [] if self.overwrite else self.existing(names)
+        if found:
+            more = f" (and {len(found) - 1} more of the files it would write)" if len(found) > 1 else ""
+            raise ExistingFile(f"{self.folder_flag} {self.directory} already holds {found[0]}{more}, which this "
+                               f"run would replace; pass {self.flag} to replace {'them' if more else 'it'}, or "
+                               f"choose another {self.folder_flag}")
+
+    def path(self, name) -> Path:
+        """Where to write `name` in the folder, after `check([name])`; from then on it is this run's file."""
+        with self._lock:
+            self.check([name])
+            self.written.add(str(name))
+        return self.directory / str(name)
 
 
 def earlier_run(directory, globs=RUN_FILE_GLOBS) -> Optional[str]:
