@@ -236,3 +236,16 @@ def test_a_tiny_critters_run_trains_scores_and_resumes_exactly(tmp_path):
     whole, half = load_checkpoint(tmp_path / "whole" / "checkpoint.pth"), load_checkpoint(tmp_path / "half" / "checkpoint.pth")
     for name, tensor in whole["generator"].items():
         assert torch.equal(tensor, half["generator"][name]), name
+
+
+def test_the_iou_gap_is_undefined_where_a_trivial_answer_beats_the_ceiling():
+    """A family of critters scored against *other* critters at each pose: the mean critter's silhouette
+    overlaps the truth more than another real critter's does, so no generator can show shape by IoU there."""
+    torch.manual_seed(0)
+    metadata = dict(CRITTERS, hidden_dim=16, latent_dim=16)
+    results = synthetic_scores(build_generator(metadata).eval(), metadata, num_samples=8, seed=0)
+    assert results["synthetic_iou_ceiling"] < results["synthetic_iou_best_trivial"]  # 0.625 < 0.664 here
+    assert math.isnan(results["synthetic_iou_vs_trivial"])
+    one = dict(metadata, synthetic_objects=1)
+    results = synthetic_scores(build_generator(one).eval(), one, num_samples=8, seed=0)
+    assert results["synthetic_iou_ceiling"] == 1 and math.isfinite(results["synthetic_iou_vs_trivial"])
