@@ -7,9 +7,10 @@ before spawning processes) that the curriculum's `dataset_path` matches images, 
 prepared set that fits the curriculum. `read_image(file)` applies the per-image rules
 (IMAGE_RULES: what is skipped, what converted), for the loader and dataset_tool.py alike.
 
-Every dataset returns `(image, 0)` with image a (3, R, R) float tensor in [-1, 1]
-(the 0 is a dummy label, as in pi-GAN). `Synthetic`, the procedural heads that need no
-download, lives in synthetic_heads.py.
+Every image dataset returns `(image, 0)` with image a (3, R, R) float tensor in [-1, 1]
+(the 0 is a dummy label, as in pi-GAN). The procedural sets that need no download, `Synthetic`
+(heads) and `Critters` (animals seen from all around), live in synthetic_heads.py and return
+`(image, pose)` with the image's true (pitch, yaw), which `real_pose_lambda` uses.
 """
 from __future__ import annotations
 
