@@ -38,6 +38,7 @@ from discriminators.discriminators import RESOLUTION_TO_ENTRY
 from generators.generators import IMAGE_SOURCES
 from generators.warp import WARP_PROJECTIONS
 from losses import PHOTOMETRIC_INPUTS
+from synthetic_heads import PROCEDURAL_DATASETS
 
 class _Required:
     def __repr__(self) -> str:
@@ -222,7 +223,6 @@ STAGE_KEYS = tuple(name for name, key in KEYS.items() if key.scope == STAGE)
 # then the only behaviour); a resumed run of such a checkpoint keeps them (run_spec.run_curriculum).
 LEGACY_CORRECTIONS = {"photometric_input": "unit", "warp_projection": "pinhole", "real_resize": "antialias"}
 
-PROCEDURAL_DATA = ("Synthetic", "Critters")  # synthetic_heads.PROCEDURAL_DATASETS' names: rendered, poses known
 MAX_UPSAMPLE_LEVELS = 4  # the 2D decoder has 4 scale blocks (docs/METHOD.md §5)
 DISCRIMINATOR_SIZES = frozenset(RESOLUTION_TO_ENTRY)  # the output sizes the discriminator takes (§6)
 
@@ -544,9 +544,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
 
     out_of_range = _values_out_of_range(curriculum, boundaries)
     problems.extend(message for _, message in out_of_range)
-    if (curriculum.get("real_pose_lambda") or 0) > 0 and curriculum.get("dataset") not in PROCEDURAL_DATA:
-        problems.append(f"real_pose_lambda needs the true poses of a procedural data set ({', '.join(PROCEDURAL_DATA)}),"
-                        f" not {curriculum.get('dataset')!r}")
+    if (curriculum.get("real_pose_lambda") or 0) > 0 and curriculum.get("dataset") not in PROCEDURAL_DATASETS:
+        problems.append(f"real_pose_lambda needs the true poses of a procedural data set "
+                        f"({', '.join(PROCEDURAL_DATASETS)}), not {curriculum.get('dataset')!r}")
     for boundary in boundaries[:-1]:
         stage = curriculum[boundary]
         if not isinstance(stage, Mapping):

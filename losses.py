@@ -176,9 +176,9 @@ class MVCGANLoss:
             if cfg.real_pose_lambda > 0:
                 if real_poses is None:
                     raise ValueError("real_pose_lambda needs the real images' poses (a procedural data set)")
-                real_position = F.mse_loss(full_precision(real_pred_pose), real_poses.to(real_pred_pose.device,
-                                                                                       torch.float32)
-                                           .to(full_precision(real_pred_pose).dtype)) * cfg.real_pose_lambda
+                predicted = full_precision(real_pred_pose)
+                real_position = F.mse_loss(predicted, real_poses.to(predicted.device, predicted.dtype)) \
+                    * cfg.real_pose_lambda
             r1 = real_logits.new_zeros(())
             if cfg.r1_lambda > 0:
                 # Differentiate the scaled output so fp16 gradients do not underflow, then unscale.

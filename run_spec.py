@@ -92,7 +92,8 @@ def resolve_run(config: TrainConfig) -> Tuple[RunSpec, Optional[dict]]:
     curriculum, overrides = run_curriculum(config, state)
     eval_freq = config.eval_freq
     if eval_freq is None:
-        eval_freq = 0 if config.curriculum in PROCEDURAL_DATASETS else EVAL_FREQ
+        procedural = curriculums.extract_metadata(curriculum, 0)["dataset"] in PROCEDURAL_DATASETS
+        eval_freq = 0 if procedural else EVAL_FREQ
     config = dataclasses.replace(config, curriculum_overrides=overrides, eval_freq=eval_freq)
     return RunSpec(config, curriculum, path, digest), state
 

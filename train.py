@@ -397,7 +397,7 @@ class Trainer:
         self.loss = MVCGANLoss(self.generator, self.discriminator, self.scaler, self.autocast)
 
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_streak = 0, 0, 0, 0
-        self.drift = DriftWatch(curriculums.extract_metadata(self.curriculum, 0)["drift_g_grad_norm"])
+        self.drift = DriftWatch(meta0["drift_g_grad_norm"])
         self.last_good_checkpoint = None  # (path, step), named when non-finite training stops the run
         self.fixed_z = torch.randn(NUM_GRID_IMAGES, self.generator.z_dim,
                                    generator=torch.Generator().manual_seed(1234)).to(device)
@@ -788,6 +788,7 @@ class Trainer:
         if self.is_main:
             self.log_step(stats, metadata, started)
         self.check_nonfinite_streak(stats)
+        self.check_drift(stats)
         if config.sample_interval and self.step % config.sample_interval == 0:
             if self.is_main:
                 self.write_samples(metadata, stats["alpha"])
@@ -810,15 +811,18 @@ class Trainer:
                                           if self.drift.drifting_since is not None else {})})
         self.progress.end_step(self.step, stats)
 
-    def check_nonfinite_streak(self, stats: dict) -> None:
-        """Stop the run (FloatingPointError) after too many skipped steps in a row."""
-        self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
+    def check_drift(self, stats: dict) -> None:
+        """Warn once (rank 0) when the generator's gradient norms say the run is drifting (DriftWatch)."""
         if self.drift.update(self.step, stats["g_grad_norm"]) and self.is_main:
             logger.warning("step %d: this run looks like it is drifting into noise: the median g_grad_norm of the "
                            "last %d steps is %.0f, above drift_g_grad_norm=%g, which healthy runs of this recipe stay "
                            "below; look at the latest sample grids, and start again with another --seed if they are "
                            "noise", self.step, self.drift.window, float(np.median(self.drift.norms)),
                            self.drift.threshold)
+
+    def check_nonfinite_streak(self, stats: dict) -> None:
+        """Stop the run (FloatingPointError) after too many skipped steps in a row."""
+        self.nonfinite_streak = self.nonfinite_streak + 1 if stats["skipped"] else 0
         limit = MAX_OVERFLOW_STEPS if self.scaler.is_enabled() else MAX_NONFINITE_STEPS
         if self.nonfinite_streak >= limit:
             raise FloatingPointError(

@@ -311,14 +311,16 @@ class ImplicitGenerator3d(nn.Module):
         if options.stereo_auxiliary:
             aux_cam = cam2world_from_poses(draws.aux.yaw.to(dtype), draws.aux.pitch.to(dtype))
             aux = self.render_view(codes, aux_cam, options, draws.aux, generator=generator)
-            warped, _ = stereo_warp(torch.cat([aux.features, aux.rgb], dim=1), primary.depth,
-                                    primary_cam, aux_cam, options.rays.fov, options.warp_projection)
-            warped_aux_features, warped_aux_rgb = warped[:, :-3], warped[:, -3:]
+            field_image = options.image_source == "nerf"
+            # The field's image mixes RGB only: its features need no warp (each channel warps on its own).
+            warped, _ = stereo_warp(aux.rgb if field_image else torch.cat([aux.features, aux.rgb], dim=1),
+                                    primary.depth, primary_cam, aux_cam, options.rays.fov, options.warp_projection)
+            warped_aux_rgb = warped[:, -3:]
             ratio = draws.mixup.to(dtype) * options.max_mixup_ratio
-            if options.image_source == "nerf":
+            if field_image:
                 rgb = stereo_mixup(primary.rgb, warped_aux_rgb, ratio)
             else:
-                features = stereo_mixup(primary.features, warped_aux_features, ratio)
+                features = stereo_mixup(primary.features, warped[:, :-3], ratio)
         image = self.image_from(features, rgb, codes, options, alpha)
         pose = torch.stack([pitch, yaw], dim=-1)
         return GeneratorOutput(image, pose, primary, aux, warped_aux_rgb, ratio)
