@@ -188,6 +188,7 @@ KEYS = {
     # the field's initial density sphere (§3); 0: none
     "sphere_prior_radius": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     "sphere_prior_density": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
+    "density_scale": Key(GLOBAL, 1.0, valid=POSITIVE),
     # multi-view consistency
     "stereo_auxiliary": Key(GLOBAL),
     "max_mixup_ratio": Key(GLOBAL, valid=interval("[0, 1]")),
@@ -195,6 +196,7 @@ KEYS = {
     "last_back": Key(GLOBAL),
     "eval_last_back": Key(GLOBAL),
     "white_back": Key(GLOBAL, False),
+    "far_background_depth": Key(GLOBAL, False),
     # data
     "dataset": Key(GLOBAL),
     "dataset_path": Key(GLOBAL),
@@ -413,7 +415,13 @@ Critters = {
     # a weak prior: at 300 (Synthetic's) the field stayed the sphere; without one it became a wall
     "sphere_prior_radius": 0.06,
     "sphere_prior_density": 30.0,
-    "last_back": True,
+    # a white background, known to the renderer (pi-GAN's CARLA): the silhouette must come from density
+    "white_back": True,
+    "last_back": False,
+    "eval_last_back": False,
+    "far_background_depth": True,
+    # the density head's scale: at 1 one image takes thousands of steps to become opaque (docs/EXPERIMENTS.md)
+    "density_scale": 10.0,
     "hidden_dim": 64,
     "decoder_channels": (16, 16, 8, 8),  # unused with image_source "nerf"; kept small
     "disc_width_factor": 0.25,

@@ -245,7 +245,9 @@ class Critter(ProceduralShape):
                                                   (fur * 0.5 + 0.45).clamp(0, 1).tolist()]
         colours += [(fur * 0.6).tolist()] * 2 + [(0.05, 0.05, 0.05)] * 2 + [fur.tolist()]
         self.colours = torch.tensor(colours).clamp(0, 1)                  # (K, 3) albedo
-        self.background = torch.tensor([u(0.1, 0.9), u(0.1, 0.9), u(0.1, 0.9)])
+        # White, as pi-GAN's CARLA cars: a known background (the curriculum's white_back) leaves the field no
+        # colour to paint behind the critter, so only density can draw its silhouette.
+        self.background = torch.ones(3)
 
     def albedo(self, points: torch.Tensor, prim: torch.Tensor):
         """Stripes across x on the body (0) and the tail (11); each stripe is its own region."""

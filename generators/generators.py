@@ -147,7 +147,7 @@ class StagedOutput(NamedTuple):
 class ImplicitGenerator3d(nn.Module):
     def __init__(self, siren: str = "SPATIALSIRENBASELINE", z_dim: int = 256, hidden_dim: int = 256,
                  decoder_channels=(256, 256, 128, 64), sphere_prior_radius: float = 0.0,
-                 sphere_prior_density: float = 0.0):
+                 sphere_prior_density: float = 0.0, density_scale: float = 1.0):
         super().__init__()
         if siren not in SIRENS:
             raise ValueError(f"unknown model {siren!r}; available: {sorted(SIRENS)}")
@@ -157,6 +157,10 @@ class ImplicitGenerator3d(nn.Module):
         self.z_dim, self.hidden_dim = z_dim, hidden_dim
         # Not in the published code (docs/METHOD.md §4): off (0) for the published curricula.
         self.sphere_prior_radius, self.sphere_prior_density = float(sphere_prior_radius), float(sphere_prior_density)
+        if not density_scale > 0:
+            raise ValueError(f"density_scale must be > 0, got {density_scale}")
+        # Not in the published code (docs/METHOD.md §13): 1 for the published curricula.
+        self.density_scale = float(density_scale)
         self.siren = SIRENS[siren](z_dim=z_dim, hidden_dim=hidden_dim)
         self.decoder = Decoder(in_channels=hidden_dim, style_dim=self.siren.mapping_network.output_layer.in_features,
                                channels=tuple(decoder_channels))
@@ -195,10 +199,15 @@ class ImplicitGenerator3d(nn.Module):
         return bool(self.sphere_prior_radius and self.sphere_prior_density)
 
     def _with_prior(self, sigma: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Raw density (n, M) plus the sphere prior at points (n, M, 3):
+        """Raw density (n, M) times density_scale, plus the sphere prior at points (n, M, 3):
         sphere_prior_density * (1 - |x| / sphere_prior_radius), positive inside the sphere and
         negative outside. A fixed term, not a parameter: the field learns the difference from a
-        sphere instead of starting from (and settling in) an opaque wall (docs/METHOD.md §4)."""
+        sphere instead of starting from (and settling in) an opaque wall (docs/METHOD.md §4).
+        density_scale multiplies the SIREN's density head: at its initial scale and a GAN's learning
+        rate the head needs thousands of steps to make a surface opaque at 16 px (docs/EXPERIMENTS.md,
+        "Critters")."""
+        if self.density_scale != 1.0:
+            sigma = sigma * self.density_scale
         if not self.has_sphere_prior:
             return sigma
         distance = torch.linalg.vector_norm(points, dim=-1)
@@ -420,4 +429,5 @@ def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
                                hidden_dim=int(metadata["hidden_dim"]),
                                decoder_channels=tuple(metadata["decoder_channels"]),
                                sphere_prior_radius=float(metadata["sphere_prior_radius"]),
-                               sphere_prior_density=float(metadata["sphere_prior_density"]))
+                               sphere_prior_density=float(metadata["sphere_prior_density"]),
+                               density_scale=float(metadata["density_scale"]))

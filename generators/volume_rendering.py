@@ -19,13 +19,18 @@ class IntegrationOptions:
     nerf_noise: float = 0.0
     last_back: bool = False
     white_back: bool = False
+    # Not in the published code (docs/METHOD.md §13): the transparent remainder of a ray counts at the far
+    # end of its samples in the depth, so that an empty ray (the white background) lies behind the object,
+    # as last_back gives, instead of at depth 0.
+    far_background_depth: bool = False
 
     @classmethod
     def from_metadata(cls, metadata: Mapping, nerf_noise: float = 0.0,
                       evaluation: bool = False) -> "IntegrationOptions":
         last_back = metadata["eval_last_back"] if evaluation else metadata["last_back"]
         return cls(clamp_mode=metadata["clamp_mode"], nerf_noise=float(nerf_noise),
-                   last_back=bool(last_back), white_back=bool(metadata["white_back"]))
+                   last_back=bool(last_back), white_back=bool(metadata["white_back"]),
+                   far_background_depth=bool(metadata["far_background_depth"]))
 
 
 class Integrated(NamedTuple):
@@ -70,6 +75,8 @@ def integrate(rgb: torch.Tensor, sigma: torch.Tensor, depths: torch.Tensor,
     # A batched matmul: no (n, R, N, C) temporary for the weighted features.
     feature = torch.einsum("...n,...nc->...c", weights, features) if features is not None else None
     depth = (weights * depths).sum(dim=-1)
+    if options.far_background_depth and not options.last_back:
+        depth = depth + (1 - weights_total) * depths[..., -1]
     if options.white_back:
         colour = colour + (1 - weights_total)[..., None]
     return Integrated(colour, feature, depth, weights, opacity)

@@ -360,10 +360,10 @@ def test_density_grid(gen):
 
 
 # ---------------------------------------------------------------- sphere prior
-def prior_generator(radius=0.075, density=100.0):
+def prior_generator(radius=0.075, density=100.0, density_scale=1.0):
     torch.manual_seed(0)
     return build_generator(dict(PUBLISHED, latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
-                                sphere_prior_radius=radius, sphere_prior_density=density))
+                                sphere_prior_radius=radius, sphere_prior_density=density, density_scale=density_scale))
 
 
 def test_sphere_prior_adds_to_the_density_everywhere_the_field_is_queried():
@@ -388,6 +388,24 @@ def test_sphere_prior_adds_to_the_density_everywhere_the_field_is_queried():
         chunked = with_prior._query_field(codes, query_points, directions, 4)[1]
     whole = with_prior._query_field(codes, query_points, directions, None)[1]
     assert torch.allclose(whole - base, expected, atol=1e-4) and close(with_prior.siren, chunked, whole)
+
+
+def test_density_scale_multiplies_the_density_head_before_the_prior():
+    """density_scale k: the field's raw density times k (the same weights), then the prior; 1 is the
+    published field, and a non-positive scale is refused."""
+    plain = prior_generator()
+    scaled = prior_generator(density_scale=10.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), scaled.state_dict().values()))
+    codes = plain.mapping(zs())
+    points = torch.rand(2, 7, 3) * 0.24 - 0.12
+    directions = torch.nn.functional.normalize(torch.randn(2, 7, 3), dim=-1)
+    prior = 100.0 * (1 - points.norm(dim=-1) / 0.075)
+    raw = plain._query_field(codes, points, directions, None)[1] - prior
+    assert torch.allclose(scaled._query_field(codes, points, directions, None)[1] - prior, 10 * raw, atol=1e-3)
+    assert raw.abs().max() > 1e-2  # the comparison is not between zeros
+    with pytest.raises(ValueError, match="density_scale"):
+        build_generator(dict(PUBLISHED, density_scale=0.0))
+    assert build_generator(PUBLISHED).density_scale == 1.0
 
 
 def test_sphere_prior_gives_an_untrained_field_a_sphere_silhouette_and_depth():

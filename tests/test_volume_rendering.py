@@ -103,6 +103,25 @@ def test_white_back():
     assert torch.allclose(empty.rgb, torch.ones_like(empty.rgb))
 
 
+def test_far_background_depth():
+    """The transparent remainder of a ray counts at its last sample in the depth (not in the colour); an
+    empty ray lies at the far end instead of at 0, and last_back (which already puts it there) is unchanged."""
+    rgb, feats, _, depths = three_samples()
+    sigma = torch.tensor([1.0, 2.0, 0.0], dtype=D)  # nothing at the last sample: a part of the ray stays empty
+    w = by_hand(sigma.tolist(), depths.tolist())
+    assert float(1 - w.sum()) > 0.05
+    out = run(rgb, feats, sigma, depths, white_back=True, far_background_depth=True)
+    published = run(rgb, feats, sigma, depths, white_back=True)
+    assert torch.allclose(out.depth[0, 0], (w * depths).sum() + (1 - w.sum()) * depths[-1], atol=1e-12)
+    assert torch.equal(out.rgb, published.rgb) and torch.equal(out.weights, published.weights)
+    empty = run(rgb, feats, torch.zeros(3, dtype=D), depths, white_back=True, far_background_depth=True)
+    assert torch.allclose(empty.depth, torch.full_like(empty.depth, float(depths[-1])), atol=1e-12)
+    assert float(run(rgb, feats, torch.zeros(3, dtype=D), depths, white_back=True).depth.abs().max()) < 1e-12
+    last_back = dict(clamp_mode="relu", last_back=True)
+    assert torch.equal(run(rgb, feats, sigma, depths, far_background_depth=True, **last_back).depth,
+                       run(rgb, feats, sigma, depths, **last_back).depth)
+
+
 def test_softplus_vs_relu():
     rgb, feats, _, depths = three_samples()
     sigma = torch.tensor([-1.0, 0.5, -2.0], dtype=D)
@@ -147,7 +166,8 @@ def test_no_features():
 
 
 def test_integration_options_from_metadata():
-    meta = dict(clamp_mode="softplus", last_back=False, eval_last_back=True, white_back=True)
+    meta = dict(clamp_mode="softplus", last_back=False, eval_last_back=True, white_back=True,
+                far_background_depth=False)
     train = IntegrationOptions.from_metadata(meta, nerf_noise=0.5)
     assert train == IntegrationOptions("softplus", 0.5, False, True)
     assert IntegrationOptions.from_metadata(meta, evaluation=True).last_back is True
