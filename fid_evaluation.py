@@ -26,7 +26,8 @@ from metrics.inception import FID_WEIGHTS_FILENAME, InceptionWeightsMissing, hub
 from metrics.metric_main import MetricOptions, evaluate, list_metrics, parse_metrics, summary_lines, uses_inception
 from metrics.metric_utils import REALS_CACHE_ENV
 from utils.cpu_runtime import add_threads_argument, set_threads
-from utils.rendering_cli import CLIError, finite_float, load_model, run_cli, seed_value
+from generators.pretrained import load_model
+from utils.cli import CLIError, finite_float, run_cli, seed_value
 
 
 def find_run_dir(path) -> Optional[Path]:
