@@ -48,9 +48,8 @@ import numpy as np
 
 from datasets import (CROP_SIZES, IMAGE_EXTENSIONS, IMAGE_RULES, PREPARED_FORMATS, PREPARED_INFO, TRANSFORM_VERSION,
                       center_crop, crop_spec, describe_crop, final_resize, read_image)
-from utils.rendering_cli import HelpFormatter
+from utils.cli import USAGE_ERROR, HelpFormatter
 
-USAGE_ERROR = 2
 PNG_COMPRESS_LEVEL = 1  # zlib level of the PNGs: 2-3x faster to write than 6, 15 % larger (docs/PERFORMANCE.md)
 IMAGES_PER_FOLDER = 1000  # the destination holds 00000/img00000000.png ... (StyleGAN's layout)
 

@@ -7,7 +7,10 @@ a short readable summary named as in the README, then one JSON line of every res
 (the last line of the output, for scripts), and for a checkpoint inside a run directory
 appends that line to `<run_dir>/metrics.jsonl`. The metrics themselves live in the
 `metrics/` package (docs/METHOD.md §10); this file is only the command line.
-Entry point: `main(argv)`.
+Its model flags (--path, --curriculum, --no_ema, --psi, --max_batch_size, --device, --threads) are
+those of the other scripts (`utils.rendering_cli.add_model_arguments`), and so are its exit codes
+(`utils.cli.run_cli`: 0, 2 for a usage or input error in one `error:` line, 1 when the work fails).
+Entry point: `main(argv)`; `score_checkpoint(args)` returns the record.
 """
 from __future__ import annotations
 
@@ -17,16 +20,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-import torch
-
+from generators.pretrained import load_model
 from metrics.fid_kid import MIN_FID_SAMPLES, RECOMMENDED_FID_SAMPLES
 from metrics.inception import FID_WEIGHTS_FILENAME, InceptionWeightsMissing, hub_weights_path, load_inception
 from metrics.metric_main import MetricOptions, evaluate, list_metrics, parse_metrics, summary_lines, uses_inception
 from metrics.metric_utils import REALS_CACHE_ENV
-from utils.cpu_runtime import add_threads_argument, set_threads
-from utils.rendering_cli import CLIError, finite_float, load_model, run_cli, seed_value
+from utils.cli import CLIError, HelpFormatter, finite_float, run_cli, seed_value
+from utils.cpu_runtime import set_threads
+from utils.rendering_cli import add_model_arguments
 
 
 def find_run_dir(path) -> Optional[Path]:
@@ -44,17 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a checkpoint: FID/KID against the curriculum's dataset, multi-view consistency, "
                     "and ground truth for Synthetic runs. Prints a readable summary, then one JSON line of "
                     "all results; appends that line to <run_dir>/metrics.jsonl.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--path", required=True,
-                        help="checkpoint file, or a run directory (its latest checkpoint is used)")
+        formatter_class=HelpFormatter)
+    # The model flags of the other scripts; the truncation defaults to none (the scores' convention) and the
+    # points per SIREN call to the generator's own chunking, as before these flags were shared.
+    add_model_arguments(parser, psi=MetricOptions.psi,
+                        psi_note="the published code used 0.6; recorded with the scores",
+                        max_batch_size=MetricOptions.max_batch_size)
     parser.add_argument("--num_real", type=int, default=MetricOptions.num_real,
                         help=f"number of real images (cached as PNGs); at least {MIN_FID_SAMPLES} for fid/kid, "
                              f"and below {RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
     parser.add_argument("--num_fake", type=int, default=MetricOptions.num_fake,
                         help=f"number of generated images for FID/KID; at least {MIN_FID_SAMPLES}, and below "
                              f"{RECOMMENDED_FID_SAMPLES} the scores are biased (a warning says so)")
-    parser.add_argument("--psi", type=finite_float, default=MetricOptions.psi,
-                        help="truncation psi (the published code used 0.6; recorded with the scores)")
     parser.add_argument("--metrics", default="fid", help=f"comma-separated subset of {','.join(list_metrics())}")
     parser.add_argument("--real_dir", default=None,
                         help=f"cache root for real images and their Inception statistics; unset: "
@@ -62,12 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inception_weights", default=None,
                         help=f"local copy of {FID_WEIGHTS_FILENAME}; unset: the torch hub cache "
                              f"({hub_weights_path()}), else a download")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     parser.add_argument("--batch_size", type=int, default=MetricOptions.batch_size,
                         help="images per generator/Inception batch (lower it if the decoder runs out of memory)")
-    parser.add_argument("--max_batch_size", type=int, default=None,
-                        help="most points per SIREN call in staged_forward (lower it if out of memory); "
-                             "unset: the generator's default")
     parser.add_argument("--seed", type=seed_value, default=MetricOptions.seed, help="seed of the latents and poses")
     parser.add_argument("--num_mvc", type=int, default=MetricOptions.num_mvc,
                         help="number of latents for the mvc metric")
@@ -77,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of poses (real heads and latents) for the synthetic metric")
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data loader workers for preparing/reading real images")
-    parser.add_argument("--no_ema", action="store_true", help="score the raw generator weights, not the EMA")
-    add_threads_argument(parser)
     parser.add_argument("--no_append", action="store_true", help="do not append to the run's metrics.jsonl")
     parser.add_argument("--random_inception", action="store_true",
                         help="for tests only: random-weight Inception (no download; scores are meaningless)")
@@ -131,7 +129,7 @@ def score_checkpoint(args) -> dict:
     """Everything main() does after parsing: load, score at the trained stage, print, append; the record."""
     set_threads(args.threads)
     log = metrics_log(args)
-    model = load_model(args.path, use_ema=not args.no_ema, device=args.device)
+    model = load_model(args.path, args.curriculum, use_ema=not args.no_ema, device=args.device)
     stage = model.stage  # the stage the weights were last trained in, with its fade-in
     try:
         inception = None
@@ -167,17 +165,14 @@ def score_checkpoint(args) -> dict:
     return record
 
 
-def main(argv=None) -> dict:
-    """Returns the printed record; exits with 2 for usage or input errors, 1 when the work fails."""
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit code 0 (the record is the last line printed), 2 for usage or input errors, 1 when the work
+    fails; `score_checkpoint(args)` returns the record itself."""
     parser = build_parser()
     args = parser.parse_args(argv)
     validate_args(parser, args)
-    records = []
-    code = run_cli(lambda: records.append(score_checkpoint(args)))
-    if code:
-        sys.exit(code)
-    return records[0]
+    return run_cli(lambda: score_checkpoint(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 
 import curriculums
 from utils.checkpoint import first_nonfinite, save_checkpoint
+from utils.cli import CLIError, HelpFormatter, run_cli
 from utils.published import PUBLISHED_FILE_NAMES, find_published_files, import_published
-from utils.rendering_cli import CLIError, HelpFormatter, run_cli
 from utils.run_dir import check_output_path
 
 logger = logging.getLogger("mvcgan.import")

@@ -34,17 +34,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from extract_shapes import DEFAULT_LEVEL, check_voxel_memory, default_cube_size, extract_mesh, write_ply
 from generators.cameras import cam2world_from_poses
+from generators.pretrained import (MULTIVIEW_YAW_OFFSETS, LoadedModel, cameras_around_mean, decoder_alpha, load_model,
+                                   render_options, render_views, video_offsets)
 from inversion.codes_file import save_codes
 from inversion.fitting import LATENT_SPACES, TUNABLE, InversionSettings, invert, search_rounds
 from inversion.photo import align_face, prepare_target, read_photo
-from render_multiview_image import MULTIVIEW_YAW_OFFSETS, render_views, video_offsets
+from shapes.mesh import DEFAULT_LEVEL, check_voxel_memory, default_cube_size, extract_mesh
+from shapes.ply import write_ply
+from utils.cli import WORK_FAILED, CLIError, HelpFormatter, finite_float, run_cli, seed_value
 from utils.cpu_runtime import set_threads
 from utils.images import depth_row, make_row, save_gif, save_image, to_uint8
-from utils.rendering_cli import (WORK_FAILED, CLIError, HelpFormatter, LoadedModel, add_model_arguments,
-                                 cameras_around_mean, decoder_alpha, finite_float, load_model, prepare_output_dir,
-                                 render_options, run_cli, seed_value)
+from utils.rendering_cli import add_model_arguments, prepare_output_dir
 from utils.run_dir import EarlierOutput, make_room
 
 # What an inversion writes to --output_dir: files an earlier inversion left there are not replaced silently.
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "generator around them, and write the reconstruction, novel views, depth, a turntable GIF, "
                     "a mesh and the fitted codes.",
         formatter_class=HelpFormatter)
-    add_model_arguments(parser, truncation=False)
+    add_model_arguments(parser, psi=None)
     parser.add_argument("--image", required=True,
                         help="the picture to invert (PNG, JPEG, ...): framed like the checkpoint's training data "
                              "(an aligned face crop for CelebAHQ/FFHQ, a cat-face crop for Cat), or use --align")

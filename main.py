@@ -28,8 +28,8 @@ from datasets import DatasetError
 from run_spec import EVAL_FREQ, RunSpec, TrainConfig, check_run, resolve_run
 from train import LoaderFailed, train
 from utils.checkpoint import CheckpointError, describe_os_error
+from utils.cli import HelpFormatter, seed_value
 from utils.cpu_runtime import add_threads_argument, available_cores
-from utils.rendering_cli import HelpFormatter, seed_value
 from utils.run_dir import PREVIOUS_PREFIX, RunDirLock, check_output_path, make_room
 
 # The flags' defaults: TrainConfig's.

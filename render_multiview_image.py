@@ -6,7 +6,7 @@ Default mode `multiview`: for each seed, one z rendered from 7 yaw offsets
 (+0.6, +0.5, +0.3, 0, -0.3, -0.5, -0.6) around the curriculum's mean pose, with the
 EMA weights, psi = 0.5, no NeRF noise, no auxiliary view and eval_last_back, saved as
 one row `image_{seed}.png`. Sizes and samples per ray default to the stage the
-checkpoint was last trained in (`utils.rendering_cli.trained_stage`). `--depth` adds
+checkpoint was last trained in (`generators.pretrained.trained_stage`). `--depth` adds
 the colour-mapped depth of the same views with a near/far colour bar
 (`depth_{seed}.png`), `--video` a looping yaw/pitch sweep (`video_{seed}.gif`), and
 `--geometry` the geometry turntable: the same views as a grey surface shaded from the
@@ -16,7 +16,8 @@ normals of the NeRF's depth (`geometry_{seed}.png`, with `--video` `geometry_{se
 another; `--mode interpolate` walks between the codes of consecutive seeds.
 Files already in `--output_dir` under the names a run writes are not replaced unless `--overwrite`
 (the run is refused before the checkpoint is loaded); other files there are left alone.
-Entry point: `main(argv)`; the render_* functions are importable.
+Entry point: `main(argv)`; the multiview rows and videos are `generators.pretrained.render`'s (the
+Python API), the other render_* functions here are importable.
 """
 from __future__ import annotations
 
@@ -30,67 +31,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generators.generators import LatentCodes, RenderOptions, StagedOutput
-from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, expand_latents, render_in_batches
-from utils.images import depth_row, make_grid, make_row, resize, save_gif, save_image, to_uint8
-from utils.shading import geometry_images
+from generators.generators import LatentCodes, RenderOptions
+from generators.inference import RENDER_BATCH_SIZE, batch_slices
+from generators.pretrained import (MULTIVIEW_YAW_OFFSETS, LoadedModel, cameras_around_mean, codes_for_seed, codes_name,
+                                   decoder_alpha, latent_for_seed, load_fitted_codes, load_model, render,
+                                   render_options, video_offsets)
+from utils.cli import CLIError, HelpFormatter, finite_float, run_cli, seed_value
 from utils.cpu_runtime import set_threads
-from utils.rendering_cli import (CLIError, HelpFormatter, LoadedModel, add_codes_argument, add_model_arguments,
-                                 add_overwrite_argument, cameras_around_mean, check_memory, codes_for_seed, codes_name,
-                                 decoder_alpha, finite_float, latent_for_seed, load_fitted_codes, load_model,
-                                 output_files, prepare_output_dir, render_memory_bytes, render_options, run_cli,
-                                 seed_value)
+from utils.images import depth_row, make_grid, make_row, resize, save_gif, save_image, to_uint8
+from utils.rendering_cli import (add_codes_argument, add_model_arguments, add_overwrite_argument, check_memory,
+                                 output_files, prepare_output_dir, render_memory_bytes)
 from utils.run_dir import OutputFiles
+from utils.shading import geometry_images
 
-MULTIVIEW_YAW_OFFSETS = (0.6, 0.5, 0.3, 0.0, -0.3, -0.5, -0.6)  # radians around h_mean (docs/METHOD.md §11)
-VIDEO_YAW_AMPLITUDE = 0.5    # radians: about the range of the multiview row
-VIDEO_PITCH_AMPLITUDE = 0.15  # radians: about one v_stddev of the face curricula
 MAX_DEFAULT_GEOMETRY_SIZE = 256  # the geometry turntable's NeRF size defaults to the output size, at most this
 
 
 # ------------------------------------------------------------------ rendering
-def render_views(model: LoadedModel, z, cameras: torch.Tensor, options: RenderOptions,
-                 psi: float, max_batch_size: int, batch_size: int = RENDER_BATCH_SIZE) -> StagedOutput:
-    """One z (1, z_dim) (or fitted LatentCodes of batch 1, rendered without truncation) rendered from
-    every camera (n, 4, 4), `batch_size` views at a time, with the decoder fade-in of the trained
-    stage (`decoder_alpha`).
-
-    Returns the StagedOutput of all views, on the CPU.
-    """
-    batches = render_in_batches(model.generator, expand_latents(z, cameras.shape[0]), cameras, options, psi=psi,
-                                alpha=decoder_alpha(model, options), batch_size=batch_size,
-                                max_batch_size=max_batch_size)
-    return cat_outputs([StagedOutput(*(t.cpu() for t in out)) for out in batches])
-
-
-def render_multiview(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
-                     batch_size: int = RENDER_BATCH_SIZE,
-                     yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS) -> StagedOutput:
-    """The seed's z from the multiview yaw offsets at the mean pitch: (7, 3, out, out) images, (7, S, S) depth."""
-    device = model.device
-    z = latent_for_seed(model, seed)
-    cameras = cameras_around_mean(options, yaw_offsets, device=device)
-    return render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
-
-
-def video_offsets(num_frames: int, yaw_amplitude: float = VIDEO_YAW_AMPLITUDE,
-                  pitch_amplitude: float = VIDEO_PITCH_AMPLITUDE):
-    """A closed loop around the mean pose: yaw = A sin(2 pi t), pitch = B cos(2 pi t), t = i / num_frames."""
-    t = np.arange(num_frames) / num_frames
-    return (yaw_amplitude * np.sin(2 * np.pi * t)).tolist(), (pitch_amplitude * np.cos(2 * np.pi * t)).tolist()
-
-
-def render_video_frames(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
-                        num_frames: int, batch_size: int = RENDER_BATCH_SIZE) -> List[np.ndarray]:
-    """uint8 frames of the seed's z along the `video_offsets` loop."""
-    device = model.device
-    z = latent_for_seed(model, seed)
-    yaw, pitch = video_offsets(num_frames)
-    cameras = cameras_around_mean(options, yaw, pitch, device=device)
-    out = render_views(model, z, cameras, options, psi, max_batch_size, batch_size)
-    return list(to_uint8(out.image))
-
-
 def render_geometry(model: LoadedModel, seed: int, options: RenderOptions, psi: float, max_batch_size: int,
                     size: int, yaw_offsets: Sequence[float] = MULTIVIEW_YAW_OFFSETS,
                     pitch_offsets: Optional[Sequence[float]] = None, batch_size: int = 8) -> np.ndarray:
@@ -195,15 +152,16 @@ def run_multiview(model: LoadedModel, options: RenderOptions, args, files: Outpu
     near, far = options.rays.ray_start, options.rays.ray_end
     for seed in tqdm(args.seeds, desc="seeds", unit="seed"):
         names = multiview_files(args, seed)
-        out = render_multiview(model, seed, options, args.psi, args.max_batch_size, args.batch_size)
+        out = render(model, seed, options=options, psi=args.psi, max_batch_size=args.max_batch_size,
+                     batch_size=args.batch_size)
         written.append(save_image(make_row(to_uint8(out.image)), files.path(names["image"])))
         if args.depth:
             written.append(save_image(depth_row(out.depth, near, far, options.output_size),
                                       files.path(names["depth"])))
         if args.video:
-            frames = render_video_frames(model, seed, options, args.psi, args.max_batch_size, args.num_frames,
-                                         args.batch_size)
-            written.append(save_gif(frames, files.path(names["video"]), fps=args.fps))
+            loop = render(model, seed, *video_offsets(args.num_frames), options=options, psi=args.psi,
+                          max_batch_size=args.max_batch_size, batch_size=args.batch_size)
+            written.append(save_gif(list(to_uint8(loop.image)), files.path(names["video"]), fps=args.fps))
         if args.geometry:
             size = geometry_size(args, options)
             row = render_geometry(model, seed, options, args.psi, args.max_batch_size, size,
@@ -352,7 +310,7 @@ def check_render_memory(model: LoadedModel, options: RenderOptions, args) -> Non
                      f"lower {flag} (or --batch_size, --num_steps)")
 
 
-def render(args) -> List[Path]:
+def render_files(args) -> List[Path]:
     """Everything main() does after parsing: load, validate, render, write; returns the written paths."""
     files = output_files(args, planned_files(args))  # files of an earlier run: refused before anything is loaded
     set_threads(args.threads)
@@ -377,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     validate_args(parser, args)
-    return run_cli(lambda: render(args))
+    return run_cli(lambda: render_files(args))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ CAMERA_WAIT_S = 3.0  # how long a new tab's frames wait for its camera to reach 
 
 def import_viser():
     """viser, or CLIError naming what to install (the viewer is an optional extra)."""
-    from utils.rendering_cli import CLIError
+    from utils.cli import CLIError
 
     try:
         import viser
@@ -53,7 +53,8 @@ def import_viser():
 
 # ------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    from utils.rendering_cli import HelpFormatter, add_model_arguments, add_overwrite_argument, finite_float
+    from utils.cli import HelpFormatter, finite_float
+    from utils.rendering_cli import add_model_arguments, add_overwrite_argument
 
     parser = argparse.ArgumentParser(description="Look around generated objects of an MVCGAN checkpoint in a web "
                                                  "browser (viser), and save views and coloured meshes.",
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    from utils.rendering_cli import CLIError
+    from utils.cli import CLIError
 
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in 0..65535, got {args.port}")
@@ -125,7 +126,7 @@ def check_listen_address(host: str, port: int) -> None:
     import errno
     import re
 
-    from utils.rendering_cli import CLIError
+    from utils.cli import CLIError
 
     numeric = re.fullmatch(r"[0-9.]+|.*:.*", host) is not None  # an address, never a name to look up
     try:
@@ -148,7 +149,7 @@ def check_listen_address(host: str, port: int) -> None:
 def prepare(args):
     """Load the checkpoint, the codes file and the frame renderer: everything but the server."""
     from utils.cpu_runtime import set_threads
-    from utils.rendering_cli import load_fitted_codes, load_model, render_options
+    from generators.pretrained import load_fitted_codes, load_model, render_options
     from visualize.frames import FrameRenderer
 
     set_threads(args.threads)
@@ -360,7 +361,8 @@ class Session:
         return path
 
     def save_mesh(self) -> Optional[Path]:
-        from extract_shapes import DEFAULT_LEVEL, coloured_mesh, default_cube_size, write_ply
+        from shapes.mesh import DEFAULT_LEVEL, coloured_mesh, default_cube_size
+        from shapes.ply import write_ply
 
         settings = self.settings()
         path = self.app.files.path(f"mesh_{self.object_name(settings)}.ply")  # checked before the mesh is made
@@ -466,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # frames, often beside a training run; spinning threads that wait for a preempted one made a demo
     # frame 0.66 s instead of 0.09 s on 2 busy cores (benchmarks/bench_viewer.py).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from utils.rendering_cli import run_cli
+    from utils.cli import run_cli
 
     args = build_parser().parse_args(argv)
     return run_cli(lambda: serve(args))

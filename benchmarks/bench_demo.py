@@ -52,7 +52,7 @@ def train(args) -> float:
 def score(run_dir: Path, started: float | None, num_samples: int) -> list:
     from metrics.synthetic import synthetic_scores
     from utils.checkpoint import load_generator
-    from utils.rendering_cli import trained_stage
+    from generators.pretrained import trained_stage
 
     options_path = run_dir / "options.json"
     if started is None and options_path.exists():

@@ -238,7 +238,7 @@ def main(argv=None) -> dict:
                          else "error: --num_heads must be >= 1")
     from datasets import Synthetic
     from inversion.fitting import invert
-    from utils.rendering_cli import decoder_alpha, load_model, render_options
+    from generators.pretrained import decoder_alpha, load_model, render_options
 
     model = load_model(ensure_checkpoint(args), device="cpu")
     if model.metadata.get("dataset") != "Synthetic":

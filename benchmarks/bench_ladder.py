@@ -138,7 +138,7 @@ def comparison_figure(run: Path, destination: Path, size: int = 64, views: int =
     from metrics.synthetic import procedural_dataset
     from utils.checkpoint import load_generator
     from utils.images import depth_to_uint8, to_uint8
-    from utils.rendering_cli import trained_stage
+    from generators.pretrained import trained_stage
 
     generator, curriculum, step = load_generator(run / "checkpoint.pth")
     metadata = trained_stage(curriculum, step).metadata

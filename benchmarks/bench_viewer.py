@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as viewer.py runs (set be
 
 import torch  # noqa: E402
 
-from utils.rendering_cli import DEFAULT_MAX_BATCH_SIZE, load_model, render_options  # noqa: E402
+from generators.pretrained import DEFAULT_MAX_BATCH_SIZE, load_model, render_options  # noqa: E402
 from visualize.frames import FrameRenderer, ViewSettings, letterbox  # noqa: E402
 
 

@@ -472,7 +472,7 @@ def prior_baseline(argv) -> int:
     import curriculums
     from metrics.metric_main import MetricOptions
     from metrics.synthetic import synthetic_scores
-    from utils.rendering_cli import load_model
+    from generators.pretrained import load_model
 
     p = argparse.ArgumentParser()
     p.add_argument("--prior_baseline", required=True)

@@ -27,7 +27,7 @@ import torch
 from generators.generators import ImplicitGenerator3d, LatentCodes
 from utils.checkpoint import (CheckpointError, first_nonfinite, require_safe_torch, save_checkpoint, state_checksum,
                               verify_checksum, why_unreadable)
-from utils.rendering_cli import CLIError, input_file
+from utils.cli import CLIError, input_file
 
 KIND = "mvcgan-inversion"
 AGAIN = "; run invert.py again to write it anew"  # the advice for a damaged codes file

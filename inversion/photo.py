@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from datasets import CROP_SIZES, MIN_IMAGE_SIDE, image_transform, to_rgb8
-from utils.rendering_cli import CLIError, input_file
+from utils.cli import CLIError, input_file
 
 # pixels: the shorter side of a picture that is refused, the rule training's loader and dataset_tool.py apply
 MIN_SIDE = MIN_IMAGE_SIDE

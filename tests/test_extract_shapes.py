@@ -1,4 +1,5 @@
-"""Tests for extract_shapes.py: marching cubes on analytic densities, the PLY writer, the CLI."""
+"""Tests for the mesh library (shapes/: marching cubes on analytic densities, vertex colours, the PLY writer)
+and its command line, extract_shapes.py."""
 import re
 from pathlib import Path
 
@@ -7,11 +8,16 @@ import pytest
 import torch
 
 import extract_shapes as es
+import shapes.mesh
 from float_tolerance import network_atol
+from generators.pretrained import codes_for_seed, load_model
+from shapes.mesh import (IMAGE_VIEW_PITCHES, IMAGE_VIEW_YAWS, check_level, coloured_mesh, default_cube_size,
+                         density_volume, extract_mesh, project_colours, vertex_colours)
+from shapes.ply import PLY_TYPES, write_ply
 
 
 def read_ply(path, colours: bool = False):
-    """Read back what `extract_shapes.write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32), and
+    """Read back what `shapes.ply.write_ply` writes: (vertices (V, 3) float32, faces (F, 3) int32), and
     with `colours` a third item, the (V, 3) uint8 vertex colours or None when the file has none. Only the
     tests need it (users open the meshes in MeshLab, Blender or trimesh)."""
     data = Path(path).read_bytes()
@@ -25,7 +31,7 @@ def read_ply(path, colours: bool = False):
         if not line.startswith("property"):
             break
         _, kind, name = line.split()
-        properties.append((name, es.PLY_TYPES[kind]))
+        properties.append((name, PLY_TYPES[kind]))
     vertex_dtype = np.dtype(properties)
     body = data[end:]
     if "format binary_little_endian 1.0" in header:
@@ -84,7 +90,7 @@ def signed_volume(vertices, faces):
 def test_sphere_mesh():
     cube, radius, resolution = 0.24, 0.08, 40
     density, centre = sphere_density(resolution, cube, radius)
-    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    mesh = extract_mesh(density, level=0.0, cube_size=cube)
     assert mesh.level == 0.0 and len(mesh.faces) > 100
     assert mesh.vertices.dtype == np.float32 and mesh.faces.dtype == np.int32
     assert np.abs(mesh.vertices).max() <= cube / 2 + 1e-6
@@ -99,7 +105,7 @@ def test_sphere_mesh():
 def test_sphere_normals_point_outwards():
     cube, radius, resolution = 0.24, 0.08, 40
     density, centre = sphere_density(resolution, cube, radius)
-    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    mesh = extract_mesh(density, level=0.0, cube_size=cube)
     radial = (mesh.vertices - centre) / np.linalg.norm(mesh.vertices - centre, axis=1, keepdims=True)
     np.testing.assert_allclose(np.linalg.norm(mesh.normals, axis=1), 1, atol=1e-5)
     assert (mesh.normals * radial).sum(1).min() > 0.99
@@ -110,17 +116,17 @@ def test_level_outside_the_density_range_is_refused():
     density, _ = sphere_density(16, 0.24, 0.08)
     low, high = float(density.min()), float(density.max())
     with pytest.raises(ValueError, match=re.escape(f"range [{low:g}, {high:g}]")):
-        es.extract_mesh(density, level=1e6, cube_size=0.24)
+        extract_mesh(density, level=1e6, cube_size=0.24)
     with pytest.raises(ValueError, match="constant"):
-        es.extract_mesh(np.ones((8, 8, 8)), level=0.5, cube_size=0.24)
-    assert es.check_level(density, 0.0) == 0.0
+        extract_mesh(np.ones((8, 8, 8)), level=0.5, cube_size=0.24)
+    assert check_level(density, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_ply_round_trip(tmp_path, binary):
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.5]], np.float32)
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32)
-    path = es.write_ply(tmp_path / "t.ply", vertices, faces, binary=binary)
+    path = write_ply(tmp_path / "t.ply", vertices, faces, binary=binary)
     header, nv, nf, body = parse_ply(path)
     assert (nv, nf) == (4, 4)
     assert ("binary_little_endian" in header) == binary
@@ -136,7 +142,7 @@ def test_coloured_ply_round_trip(tmp_path, binary):
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1.5]], np.float32)
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32)
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [7, 128, 250]], np.uint8)
-    path = es.write_ply(tmp_path / "t.ply", vertices, faces, binary=binary, colours=colours)
+    path = write_ply(tmp_path / "t.ply", vertices, faces, binary=binary, colours=colours)
     header, nv, nf, body = parse_ply(path)
     assert "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n" in header
     if binary:
@@ -147,9 +153,9 @@ def test_coloured_ply_round_trip(tmp_path, binary):
     np.testing.assert_array_equal(v, vertices)
     np.testing.assert_array_equal(f, faces)
     np.testing.assert_array_equal(c, colours)
-    assert read_ply(es.write_ply(tmp_path / "grey.ply", vertices, faces, binary=binary), colours=True)[2] is None
+    assert read_ply(write_ply(tmp_path / "grey.ply", vertices, faces, binary=binary), colours=True)[2] is None
     with pytest.raises(ValueError, match="3 colours for 4 vertices"):
-        es.write_ply(tmp_path / "bad.ply", vertices, faces, colours=colours[:3])
+        write_ply(tmp_path / "bad.ply", vertices, faces, colours=colours[:3])
 
 
 def sphere_field(centre, radius, colour, slope=2000.0):
@@ -169,10 +175,10 @@ def test_vertex_colours_of_a_field_whose_colour_is_known(mode):
 
     cube, radius, resolution = 0.24, 0.08, 32
     density, centre = sphere_density(resolution, cube, radius)
-    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    mesh = extract_mesh(density, level=0.0, cube_size=cube)
     centre_t = torch.as_tensor(centre, dtype=torch.float32)
     field = sphere_field(centre, radius, lambda p: 0.5 + 0.5 * torch.nn.functional.normalize(p - centre_t, dim=-1))
-    colours = es.vertex_colours(field, mesh.vertices, mesh.normals, view_origin=(0, 0, 1), span=0.02,
+    colours = vertex_colours(field, mesh.vertices, mesh.normals, view_origin=(0, 0, 1), span=0.02,
                                 integration=IntegrationOptions(clamp_mode="relu"), mode=mode)
     assert colours.shape == (len(mesh.vertices), 3) and colours.dtype == np.uint8
     radial = (mesh.vertices - centre) / np.linalg.norm(mesh.vertices - centre, axis=1, keepdims=True)
@@ -189,7 +195,7 @@ def test_ray_colours_are_what_a_camera_sees_not_the_level_set():
 
     cube, radius, resolution = 0.24, 0.08, 32
     density, centre = sphere_density(resolution, cube, radius)
-    mesh = es.extract_mesh(density, level=0.0, cube_size=cube)
+    mesh = extract_mesh(density, level=0.0, cube_size=cube)
     centre_t = torch.as_tensor(centre, dtype=torch.float32)
 
     def field(points, directions):
@@ -200,8 +206,8 @@ def test_ray_colours_are_what_a_camera_sees_not_the_level_set():
         return rgb, torch.where(depth_inside < 0, torch.zeros_like(sigma), sigma)
 
     options = IntegrationOptions(clamp_mode="relu")
-    ray = es.vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="ray")
-    point = es.vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="point")
+    ray = vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="ray")
+    point = vertex_colours(field, mesh.vertices, mesh.normals, (0, 0, 1), 0.02, options, mode="point")
     assert np.median(ray[:, 1]) > 200 and np.median(ray[:, 0]) < 40
     assert np.median(point[:, 0]) > 200
 
@@ -213,8 +219,8 @@ def analytic_views(centre, radius, colour, size, out, fov=12.0):
     a block of out / S pixels, so the image spans half a NeRF pixel beyond the outer rays."""
     from generators.cameras import cam2world_from_poses, camera_ray_directions, directions_through
 
-    cams = cam2world_from_poses(torch.tensor([np.pi / 2 + a for a in es.IMAGE_VIEW_YAWS]),
-                                torch.tensor([np.pi / 2 + a for a in es.IMAGE_VIEW_PITCHES]))
+    cams = cam2world_from_poses(torch.tensor([np.pi / 2 + a for a in IMAGE_VIEW_YAWS]),
+                                torch.tensor([np.pi / 2 + a for a in IMAGE_VIEW_PITCHES]))
     c = torch.tensor(centre, dtype=torch.float32)
 
     def cast(directions, cam):
@@ -245,11 +251,11 @@ def test_image_colours_project_the_views_onto_the_vertices_that_see_them():
     axis = np.linspace(-cube / 2, cube / 2, resolution)
     x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
     density = 100 * (radius - np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2))
-    mesh = es.extract_mesh(density, 0.0, cube)
+    mesh = extract_mesh(density, 0.0, cube)
     centre_t = torch.tensor(centre, dtype=torch.float32)
     views = analytic_views(centre, radius, lambda p: 0.5 + 0.5 * torch.nn.functional.normalize(p - centre_t, dim=-1),
                            size=16, out=64)
-    colours = es.project_colours(mesh.vertices, mesh.normals, *views, fov=12.0, depth_tolerance=0.036)
+    colours = project_colours(mesh.vertices, mesh.normals, *views, fov=12.0, depth_tolerance=0.036)
     radial = (mesh.vertices - centre) / np.linalg.norm(mesh.vertices - centre, axis=1, keepdims=True)
     error = np.abs(colours - (0.5 + 0.5 * radial) * 255).max(1)
     assert np.median(error) < 1.0 and error.max() < 10
@@ -257,21 +263,21 @@ def test_image_colours_project_the_views_onto_the_vertices_that_see_them():
     # of the sphere in the front view; the front of the sphere is then coloured by the other views
     images, depths, opacities, cams = (v.clone() for v in views)
     images[0], depths[0], opacities[0] = torch.tensor([1.0, 0, 0])[:, None, None], 0.85, 1.0
-    occluded = es.project_colours(mesh.vertices, mesh.normals, images, depths, opacities, cams, 12.0, 0.036)
+    occluded = project_colours(mesh.vertices, mesh.normals, images, depths, opacities, cams, 12.0, 0.036)
     error = np.abs(occluded - (0.5 + 0.5 * radial) * 255).max(1)
     assert np.median(error) < 1.0 and error.max() < 10
 
 
 def test_default_cube_size():
-    assert es.default_cube_size({"ray_start": 0.88, "ray_end": 1.12}) == pytest.approx(0.24)
-    assert es.default_cube_size({"ray_start": 0.8, "ray_end": 1.2}) == pytest.approx(0.4)
+    assert default_cube_size({"ray_start": 0.88, "ray_end": 1.12}) == pytest.approx(0.24)
+    assert default_cube_size({"ray_start": 0.8, "ray_end": 1.2}) == pytest.approx(0.4)
 
 
 def test_cli_end_to_end(tmp_path, tiny_checkpoint):
     out = tmp_path / "shapes"
     # A random generator's density need not reach the default level: use the volume's median.
-    model = es.load_model(tiny_checkpoint, device="cpu")
-    level = float(np.median(es.density_volume(model, 0, 16, 0.3, psi=0.5, max_batch_size=10_000)))
+    model = load_model(tiny_checkpoint, device="cpu")
+    level = float(np.median(density_volume(model, 0, 16, 0.3, psi=0.5, max_batch_size=10_000)))
     code = es.main(["--path", str(tiny_checkpoint.parent), "--output_dir", str(out), "--seeds", "0",
                     "--voxel_resolution", "16", "--level", str(level), "--save_npy", "--device", "cpu",
                     "--cube_size", "0.3"])
@@ -296,29 +302,29 @@ def test_cli_matches_library(tmp_path, tiny_checkpoint):
                     "--voxel_resolution", "12", "--level", str(level), "--save_npy", "--device", "cpu",
                     "--psi", "0.7"]) == 0
     density = np.load(out / "density_2.npy")
-    model = es.load_model(tiny_checkpoint, device="cpu")
+    model = load_model(tiny_checkpoint, device="cpu")
     # the CLI queries the 12^3 points in one chunk, this in chunks of 1000: other GEMM blockings, equal
     # to float32 rounding (tests/float_tolerance.py)
-    np.testing.assert_allclose(density, es.density_volume(model, 2, 12, 0.24, psi=0.7, max_batch_size=1000),
+    np.testing.assert_allclose(density, density_volume(model, 2, 12, 0.24, psi=0.7, max_batch_size=1000),
                                rtol=0, atol=network_atol(model.generator.siren, torch.from_numpy(density)))
     if (out / "shape_2.ply").exists():
         vertices, _ = read_ply(out / "shape_2.ply")
-        expected = es.extract_mesh(density, level, 0.24).vertices
+        expected = extract_mesh(density, level, 0.24).vertices
         np.testing.assert_allclose(vertices, expected, atol=1e-5)
 
 
 def test_cli_colours_are_the_library_s_and_none_writes_a_grey_mesh(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "shapes"
-    model = es.load_model(tiny_checkpoint, device="cpu")
-    codes = es.codes_for_seed(model, 1, 0.5)
-    density = es.density_volume(model, 1, 16, 0.3, 0.5, 10_000, codes=codes)
+    model = load_model(tiny_checkpoint, device="cpu")
+    codes = codes_for_seed(model, 1, 0.5)
+    density = density_volume(model, 1, 16, 0.3, 0.5, 10_000, codes=codes)
     level = float(np.median(density))
     for colour in ("ray", "point", "image", "none"):
         assert es.main(["--path", str(tiny_checkpoint), "--output_dir", str(out / colour), "--seeds", "1",
                         "--voxel_resolution", "16", "--level", str(level), "--device", "cpu", "--cube_size", "0.3",
                         "--colour", colour]) == 0
         vertices, faces, colours = read_ply(out / colour / "shape_1.ply", colours=True)
-        expected = es.coloured_mesh(model, codes, 16, 0.3, level, colour, density=density)
+        expected = coloured_mesh(model, codes, 16, 0.3, level, colour, density=density)
         np.testing.assert_allclose(vertices, expected.vertices, atol=1e-6)
         if colour == "none":
             assert colours is None
@@ -341,7 +347,7 @@ def test_cli_skips_a_seed_whose_volume_misses_the_level(tmp_path, tiny_checkpoin
 
 
 def test_cli_refuses_a_resolution_that_does_not_fit(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    monkeypatch.setattr(es, "available_memory_bytes", lambda: 2 ** 30)  # 1 GiB free
+    monkeypatch.setattr(shapes.mesh, "available_memory_bytes", lambda: 2 ** 30)  # 1 GiB free
     code = es.main(["--path", str(tiny_checkpoint), "--output_dir", str(tmp_path / "s"), "--device", "cpu",
                     "--voxel_resolution", "1024"])
     assert code == 2

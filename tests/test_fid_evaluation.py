@@ -12,6 +12,15 @@ from metrics import inception
 from utils.checkpoint import save_checkpoint
 
 
+def score(argv, capsys):
+    """fid_evaluation.main(argv), which must exit with 0: the record it printed as its last line (the
+    JSON line scripts read), and all the lines it printed."""
+    code = fe.main(argv)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0, lines
+    return json.loads(lines[-1]), lines
+
+
 @pytest.fixture
 def run_dir(tmp_path, tiny_generator):
     folder = tmp_path / "run"
@@ -23,11 +32,8 @@ def run_dir(tmp_path, tiny_generator):
 
 
 def test_cli_prints_json_and_appends_to_run_metrics(run_dir, capsys):
-    record = fe.main(["--path", str(run_dir / "checkpoint.pth"), "--metrics", "mvc", "--num_mvc", "2",
-                      "--device", "cpu", "--num_workers", "0"])
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    parsed = json.loads(printed)
-    assert parsed == json.loads(json.dumps(record))
+    parsed, _ = score(["--path", str(run_dir / "checkpoint.pth"), "--metrics", "mvc", "--num_mvc", "2",
+                       "--device", "cpu", "--num_workers", "0"], capsys)
     assert parsed["step"] == 7 and parsed["psi"] == 1.0 and parsed["ema"] is True
     assert parsed["checkpoint"].endswith("checkpoint.pth")
     assert math.isfinite(parsed["mvc_nerf_l1"])
@@ -37,18 +43,14 @@ def test_cli_prints_json_and_appends_to_run_metrics(run_dir, capsys):
 
 def test_cli_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     """Exit code 2, like render_multiview_image.py and extract_shapes.py for the same mistake."""
-    with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(tmp_path / "missing.pth"), "--device", "cpu"])
-    assert caught.value.code == 2
+    assert fe.main(["--path", str(tmp_path / "missing.pth"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "checkpoint not found" in err
 
 
 def test_cli_png_is_not_a_checkpoint(tmp_path, capsys):
     Image.new("RGB", (4, 4)).save(tmp_path / "photo.png")
-    with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(tmp_path / "photo.png"), "--metrics", "mvc", "--device", "cpu"])
-    assert caught.value.code == 2
+    assert fe.main(["--path", str(tmp_path / "photo.png"), "--metrics", "mvc", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "not a checkpoint" in err and "PNG" in err and "weights_only" not in err
 
@@ -67,9 +69,7 @@ def test_cli_rejects_bad_counts_and_non_finite_floats(run_dir, flags, capsys):
 
 
 def test_cli_missing_weights_exits_with_code_2(run_dir, offline_hub, capsys):
-    with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu", "--num_fake", "100"])
-    assert caught.value.code == 2
+    assert fe.main(["--path", str(run_dir), "--metrics", "fid", "--device", "cpu", "--num_fake", "100"]) == 2
     err = capsys.readouterr().err
     assert inception.FID_WEIGHTS_FILENAME in err
     assert "--num_fake 100 is below 2048" in err  # small counts are allowed, with a warning
@@ -84,18 +84,16 @@ def test_cli_scores_a_checkpoint_written_at_the_end_of_training(tmp_path, tiny_g
     save_checkpoint(tmp_path / "end" / "checkpoint.pth",
                     {"step": final, "curriculum": curriculum, "curriculum_name": "Synthetic",
                      "generator": state, "generator_ema": state})
-    record = fe.main(["--path", str(tmp_path / "end"), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
-                      "--num_workers", "0", "--no_append"])
+    record, _ = score(["--path", str(tmp_path / "end"), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
+                    "--num_workers", "0", "--no_append"], capsys)
     last_stage = curriculums.extract_metadata(curriculum, final - 1)
     assert record["step"] == final and record["output_size"] == last_stage["output_size"]
 
 
 def test_cli_prints_a_readable_summary_named_like_the_readme_before_the_json_line(run_dir, capsys):
     """The README's demo command: the synthetic table's columns and rows, the mvc scores, then the JSON."""
-    record = fe.main(["--path", str(run_dir), "--metrics", "synthetic,mvc", "--num_synthetic", "4", "--num_mvc", "2",
-                      "--device", "cpu", "--no_append"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert json.loads(lines[-1]) == json.loads(json.dumps(record))
+    record, lines = score(["--path", str(run_dir), "--metrics", "synthetic,mvc", "--num_synthetic", "4",
+                           "--num_mvc", "2", "--device", "cpu", "--no_append"], capsys)
     summary = "\n".join(lines[:-1])
     for name in ("silhouette IoU ↑", "depth error, true foreground ↓", "depth error, both foreground ↓",
                  "pixel KID ↓", "ceiling: real vs other real heads", "floor: untrained generator, no prior",
@@ -104,6 +102,23 @@ def test_cli_prints_a_readable_summary_named_like_the_readme_before_the_json_lin
         assert name in summary, name
     assert f"{record['synthetic_iou_ceiling']:.4g}" in summary
     assert not (run_dir / "metrics.jsonl").exists()  # --no_append
+
+
+def test_the_model_flags_are_the_other_scripts(run_dir, capsys):
+    """--path, --curriculum, --no_ema, --psi, --max_batch_size, --device and --threads as render_multiview_image.py
+    and extract_shapes.py take them (issue 30); the defaults that decide the scores stay: no truncation, and the
+    generator's own chunking of the SIREN's points."""
+    import render_multiview_image
+
+    model_flags = {"--path", "--curriculum", "--no_ema", "--psi", "--max_batch_size", "--device", "--threads"}
+    for parser in (fe.build_parser(), render_multiview_image.build_parser()):
+        assert model_flags <= {flag for action in parser._actions for flag in action.option_strings}
+    defaults = fe.build_parser().parse_args(["--path", "x"])
+    assert defaults.psi == 1.0 and defaults.max_batch_size is None and defaults.device is None
+    # --curriculum is checked against the checkpoint, as by the other scripts: one line, exit 2.
+    assert fe.main(["--path", str(run_dir), "--curriculum", "FFHQ", "--metrics", "mvc", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --curriculum FFHQ does not match the checkpoint"), err
 
 
 def test_every_flag_has_help():
@@ -125,12 +140,11 @@ def test_cli_corrupt_or_malicious_inception_weights_are_one_line(run_dir, tmp_pa
         weights.write_bytes(weights.read_bytes()[:150])
     else:
         torch.save({"conv.weight": torch.ones(3)}, weights)
-    with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(run_dir / "checkpoint.pth"), "--metrics", "fid", "--num_real", "2", "--num_fake", "2",
-                 "--inception_weights", str(weights), "--device", "cpu"])
+    code = fe.main(["--path", str(run_dir / "checkpoint.pth"), "--metrics", "fid", "--num_real", "2", "--num_fake", "2",
+                    "--inception_weights", str(weights), "--device", "cpu"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if not line.startswith("warning:")]
-    assert caught.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert "weights_only" not in err and "Traceback" not in err
     assert {"pickle": "pickled Python objects, which are never loaded", "truncated": "truncated or corrupt",
             "another network": "holds weights of another network"}[content] in lines[0]
@@ -140,10 +154,8 @@ def test_a_metrics_log_that_is_a_folder_is_refused_before_the_evaluation(run_dir
     """Issue 32: a folder named metrics.jsonl was found only after the whole evaluation."""
     (run_dir / "metrics.jsonl").mkdir()
     monkeypatch.setattr(fe, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking metrics.jsonl"))
-    with pytest.raises(SystemExit) as caught:
-        fe.main(["--path", str(run_dir), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
-                 "--num_workers", "0"])
-    assert caught.value.code == 2
+    assert fe.main(["--path", str(run_dir), "--metrics", "mvc", "--num_mvc", "2", "--device", "cpu",
+                    "--num_workers", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {run_dir / 'metrics.jsonl'} is a folder, not a file: the scores are appended to it; "
                    f"fix it, or pass --no_append"]

@@ -5,13 +5,12 @@ import sys
 import pytest
 import torch
 
-import render_multiview_image as rmi
 from curriculums import extract_metadata
 from float_tolerance import network_atol
 from generators.cameras import cam2world_from_poses
 from generators.generators import ImplicitGenerator3d, RenderOptions
 from generators.inference import RENDER_BATCH_SIZE, batch_slices, cat_outputs, render_in_batches
-from utils.rendering_cli import load_model, render_options
+from generators.pretrained import MULTIVIEW_YAW_OFFSETS, load_model, render, render_options
 
 
 def test_batch_slices_cover_the_range_in_order():
@@ -51,6 +50,6 @@ def test_the_renderer_renders_through_render_in_batches(tiny_checkpoint, monkeyp
         return staged_forward(self, z, *args, **kwargs)
 
     monkeypatch.setattr(ImplicitGenerator3d, "staged_forward", spy)
-    out = rmi.render_multiview(model, 0, options, psi=0.5, max_batch_size=10_000, batch_size=3)
-    assert out.image.shape[0] == len(rmi.MULTIVIEW_YAW_OFFSETS) == 7
+    out = render(model, 0, options=options, psi=0.5, max_batch_size=10_000, batch_size=3)
+    assert out.image.shape[0] == len(MULTIVIEW_YAW_OFFSETS) == 7
     assert callers == [("render_in_batches", 3), ("render_in_batches", 3), ("render_in_batches", 1)]

@@ -29,7 +29,7 @@ from inversion.fitting import (InversionSettings, LatentParameters, code_statist
                                render_at, tune_generator)
 from inversion.photo import align_face, face_crop_box, prepare_target, read_photo
 from utils.checkpoint import save_checkpoint
-from utils.rendering_cli import CLIError
+from utils.cli import CLIError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "published_mvcgan"  # written by the published code
 MEAN = math.pi / 2
@@ -325,7 +325,7 @@ def test_codes_file_loads_weights_only_and_renders_its_reconstruction(inverted, 
     assert state["kind"] == "mvcgan-inversion" and state["latent_space"] == "codes"
     assert state["frequencies"].shape == (1, 9 * 64) and state["style"].shape == (1, 256) and "generator" in state
     # The file's codes, camera and tuned weights render the reconstruction of comparison.png.
-    from utils.rendering_cli import load_model
+    from generators.pretrained import load_model
 
     model = load_model(tiny_checkpoint, device="cpu")
     loaded = load_codes(out / "codes.pth", model.generator)

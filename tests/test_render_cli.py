@@ -1,4 +1,5 @@
-"""Tests for render_multiview_image.py and its helpers (utils/images.py, utils/rendering_cli.py).
+"""Tests for render_multiview_image.py and its helpers (utils/images.py, utils/rendering_cli.py, the Python API
+generators/pretrained.py).
 
 All on the CPU with the tiny Synthetic checkpoint from conftest.py.
 """
@@ -9,10 +10,12 @@ from PIL import Image
 
 import render_multiview_image as rmi
 from curriculums import get_curriculum, stage_boundaries
+from generators.pretrained import (MULTIVIEW_YAW_OFFSETS, VIDEO_PITCH_AMPLITUDE, VIDEO_YAW_AMPLITUDE,
+                                   cameras_around_mean, check_curriculum, decoder_alpha, latent_for_seed, load_model,
+                                   render, render_options, trained_stage, video_offsets)
 from utils.checkpoint import save_checkpoint
+from utils.cli import CLIError
 from utils.images import depth_legend, depth_to_uint8, make_grid, save_gif, to_uint8, turbo
-from utils.rendering_cli import (CLIError, check_curriculum, decoder_alpha, latent_for_seed, load_model,
-                                 render_options, trained_stage)
 
 SMALL = ["--image_size", "8", "--output_size", "16", "--num_steps", "4", "--device", "cpu"]
 # Synthetic's second stage (16 -> 32 px, one decoder block) and its final, empty stage.
@@ -74,7 +77,7 @@ def test_geometry_turntable(tmp_path, trained_checkpoint, tiny_model):
     np.testing.assert_array_equal(row, np.concatenate(list(views), axis=1))
     with torch.no_grad():
         codes = tiny_model.generator.truncated_mapping(latent_for_seed(tiny_model, 3), 0.5)
-        cams = rmi.cameras_around_mean(options, rmi.MULTIVIEW_YAW_OFFSETS)
+        cams = cameras_around_mean(options, MULTIVIEW_YAW_OFFSETS)
         view = tiny_model.generator.render_view(rmi.LatentCodes(*(c.expand(7, -1) for c in codes)), cams,
                                                 options.replace(rays=rmi.replace(options.rays, img_size=16)))
     surface = (view.opacity > 0.5).numpy()
@@ -199,7 +202,7 @@ def test_a_checkpoint_mid_fade_renders_with_its_fade_in(tiny_checkpoint, tiny_ge
     options = render_options(model, num_steps=4)
     assert options.output_size == 32 and decoder_alpha(model, options) == 0.0
     assert decoder_alpha(model, render_options(model, 16, 16, num_steps=4)) == 1.0
-    out = rmi.render_multiview(model, 1, options, psi=0.5, max_batch_size=10_000, yaw_offsets=[0.0])
+    out = render(model, 1, yaw_offsets=[0.0], options=options, psi=0.5, max_batch_size=10_000)
     expected = model.generator.staged_forward(latent_for_seed(model, 1), options, psi=0.5, alpha=0.0,
                                               cam2world=out.cam2world)
     torch.testing.assert_close(out.image, expected.image)
@@ -266,7 +269,7 @@ def test_modes_agree_at_the_frontal_pose(tiny_model):
     """The middle multiview view, interpolation weight 0 and style mixing of a seed with itself are the
     same rendering (same z, same mean pose)."""
     options = render_options(tiny_model, 8, 16, num_steps=4)
-    multi = rmi.render_multiview(tiny_model, 5, options, psi=0.5, max_batch_size=10_000, batch_size=3)
+    multi = render(tiny_model, 5, options=options, psi=0.5, max_batch_size=10_000, batch_size=3)
     assert multi.image.shape == (7, 3, 16, 16) and multi.depth.shape == (7, 8, 8)
     frontal = to_uint8(multi.image[3])
     interp = rmi.render_interpolation(tiny_model, 5, 9, [0.0, 1.0], options, psi=0.5, max_batch_size=10_000)
@@ -281,19 +284,17 @@ def test_modes_agree_at_the_frontal_pose(tiny_model):
 def test_yaw_offsets_mirror(tiny_model):
     """Offsets +a and -a put the camera symmetrically about the mean pose."""
     options = render_options(tiny_model, 8, 16, num_steps=4)
-    from utils.rendering_cli import cameras_around_mean
-
-    cams = cameras_around_mean(options, rmi.MULTIVIEW_YAW_OFFSETS)
+    cams = cameras_around_mean(options, MULTIVIEW_YAW_OFFSETS)
     origins = cams[:, :3, 3]
     torch.testing.assert_close(origins[3], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
     torch.testing.assert_close(origins[:3, 0], -origins[4:].flip(0)[:, 0], atol=1e-6, rtol=0)
 
 
 def test_video_offsets_loop():
-    yaw, pitch = rmi.video_offsets(8)
+    yaw, pitch = video_offsets(8)
     assert len(yaw) == len(pitch) == 8
-    assert yaw[0] == 0 and pitch[0] == pytest.approx(rmi.VIDEO_PITCH_AMPLITUDE)
-    assert max(yaw) == pytest.approx(rmi.VIDEO_YAW_AMPLITUDE)
+    assert yaw[0] == 0 and pitch[0] == pytest.approx(VIDEO_PITCH_AMPLITUDE)
+    assert max(yaw) == pytest.approx(VIDEO_YAW_AMPLITUDE)
 
 
 def test_latent_for_seed_is_deterministic_and_follows_z_dist(tiny_checkpoint):

@@ -26,7 +26,7 @@ import torch
 
 import viewer
 from test_extract_shapes import read_ply
-from utils.rendering_cli import latent_for_seed, load_fitted_codes, load_model, render_options
+from generators.pretrained import latent_for_seed, load_fitted_codes, load_model, render_options
 from inversion.codes_file import save_codes
 from visualize.frames import (BAR_COLOUR, MODES, FrameRenderer, ViewSettings, camera_position, frame_square,
                               letterbox, moving_options, pose_from_camera, zoomed_fov)
@@ -425,7 +425,7 @@ def direct_render(model, seed=0, yaw=FRONT, pitch=FRONT, fov=12.0, psi=0.5):
     from dataclasses import replace as replace_field
 
     from utils.images import to_uint8
-    from utils.rendering_cli import decoder_alpha
+    from generators.pretrained import decoder_alpha
 
     options = render_options(model)
     options = options.replace(rays=replace_field(options.rays, fov=fov))

@@ -27,6 +27,10 @@ from typing import List, Mapping, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
+# describe_os_error lives with the CLI plumbing (which imports nothing of the project); main.py and
+# the training code import it from here.
+from utils.cli import CLIError, describe_os_error  # noqa: F401
+
 # 3: a checksum is required (CHECKSUM_FORMAT_VERSION); 2: equalised-conv biases stored as published (the layer
 # computes c * (W x + b)), with a checksum or (written before checksums existed) without; 1 stored c * b.
 FORMAT_VERSION = 3
@@ -45,8 +49,9 @@ TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 STALE_TEMP_GLOB = f"{TEMP_PREFIX}checkpoint*.pth.*{TEMP_SUFFIX}"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(CLIError):
+    """A checkpoint that is missing, unreadable or not what it should be: a usage error of the scripts
+    (`utils.cli.run_cli`: one `error:` line, exit 2)."""
 
 
 def _hash_value(digest, value) -> None:
@@ -128,13 +133,6 @@ def _os_error(error: BaseException) -> Optional[OSError]:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-def describe_os_error(error: OSError) -> str:
-    """One line: what failed and why, e.g. "No space left on device: 'runs/x/metrics.jsonl'"."""
-    if error.strerror:
-        return f"{error.strerror}: {error.filename!r}" if error.filename else error.strerror
-    return str(error)
 
 
 def save_checkpoint(path, state: dict) -> None:

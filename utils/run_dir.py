@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from utils.cli import CLIError
+
 LOCK_NAME = ".lock"
 PREVIOUS_PREFIX = "previous_"
 # The files that make a folder another run's directory (train.Trainer writes them).
@@ -44,8 +46,9 @@ class EarlierOutput(ValueError):
     """The output folder holds files of an earlier run, and nothing said to replace them."""
 
 
-class ExistingFile(ValueError):
-    """An output file is already there, this run did not write it, and nothing said to replace it."""
+class ExistingFile(CLIError, ValueError):
+    """An output file is already there, this run did not write it, and nothing said to replace it (a usage
+    error of the scripts: `utils.cli.run_cli`)."""
 
 
 _HELD_FDS = set()  # the lock descriptors this process holds

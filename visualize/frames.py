@@ -24,8 +24,8 @@ import torch
 
 from generators.cameras import PITCH_EPS, cam2world_from_poses, camera_origins
 from generators.generators import LatentCodes, RenderOptions
+from generators.pretrained import FittedCodes, LoadedModel, decoder_alpha, latent_for_seed
 from utils.images import depth_to_uint8, resize, to_uint8
-from utils.rendering_cli import FittedCodes, LoadedModel, decoder_alpha, latent_for_seed
 from utils.shading import geometry_images
 
 MODES = ("image", "NeRF RGB", "depth", "geometry")
