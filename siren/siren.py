@@ -97,6 +97,8 @@ class UniformBoxWarp(nn.Module):
 #                 reuses temporaries).
 FIELD_IMPLS = ("auto", "reference", "recompute", "cpu_lowmem")
 FAST_FORWARDS = {"recompute": fast.field_forward, "cpu_lowmem": cpu_kernels.field_forward}
+# Where each one's copy of the formula lives: the files to edit with the formula (check_fast_paths).
+FAST_PATH_FILES = {"recompute": "siren/fast.py", "cpu_lowmem": "siren/cpu_kernels.py and siren/fast.py"}
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -198,8 +200,6 @@ def compile_field(field: nn.Module) -> bool:
 
 SIRENS = {"SPATIALSIRENBASELINE": SPATIALSIRENBASELINE, "TALLSIREN": TALLSIREN}
 
-# Where each fast implementation's copy of the formula lives (the files to edit with siren/siren.py).
-FAST_PATH_FILES = {"recompute": "siren/fast.py", "cpu_lowmem": "siren/cpu_kernels.py and siren/fast.py"}
 # float64 agreement of the fast paths with the formula; tests/test_step_numerics.py holds them to 1e-10
 FAST_PATH_TOLERANCE = 1e-8
 
@@ -227,7 +227,7 @@ def check_fast_paths(field_class: type = SPATIALSIRENBASELINE) -> None:
         """{name: tensor or None}: the outputs, then the gradients of the inputs and parameters."""
         field.impl = impl
         leaves = {name: tensor.clone().requires_grad_() for name, tensor in inputs.items()}
-        outputs = dict(zip(("rgb", "sigma", "features"), field(**leaves)))
+        outputs = dict(zip(("rgb", "sigma", "features"), field(*leaves.values())))  # in forward's order
         loss = sum((output * weight).sum() for output, weight in zip(outputs.values(), output_weights))
         wrt = {**leaves, **parameters}
         gradients = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
@@ -235,13 +235,14 @@ def check_fast_paths(field_class: type = SPATIALSIRENBASELINE) -> None:
                 **{f"the gradient of {name}": gradient for name, gradient in zip(wrt, gradients)}}
 
     reference = results("reference")
-    for impl, path in FAST_PATH_FILES.items():
-        fast = results(impl)
+    for impl in FAST_FORWARDS:
+        path = FAST_PATH_FILES[impl]
+        fast_results = results(impl)
         for name, expected in reference.items():
-            difference = _largest_difference(fast[name], expected)
+            difference = _largest_difference(fast_results[name], expected)
             scale = 1.0 if expected is None else 1.0 + expected.abs().max().item()
             if difference > FAST_PATH_TOLERANCE * scale:
-                device = "the CPU" if impl == "cpu_lowmem" else "CUDA"
+                device = "the CPU" if resolve_impl("auto", torch.device("cpu")) == impl else "CUDA"
                 raise ValueError(
                     f"the field's fast path {path} (impl {impl!r}, what training runs on {device}) no longer "
                     f"computes the formula of {field_class.__name__}.forward in siren/siren.py: {name} differs by "
