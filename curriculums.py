@@ -39,6 +39,7 @@ from utils.curriculum_schema import (  # noqa: F401
     last_upsample_step, next_stage_step, parse_override, stage_boundaries, stage_start, validate_curriculum,
     with_defaults)
 
+
 # --------------------------------------------------------------------------- #
 # Real-data curricula (docs/METHOD.md §8).
 # --------------------------------------------------------------------------- #

@@ -144,10 +144,13 @@ def run_curriculum(config: TrainConfig, checkpoint_state: Optional[dict] = None)
 
 
 def build_networks(metadata: dict) -> tuple:
-    """(generator, discriminator) as a curriculum's stage-0 metadata describes them."""
+    """(generator, discriminator) as a curriculum's stage-0 metadata describes them, for training: the field's
+    fast paths are first checked against its formula (siren.check_fast_paths, ValueError where they differ),
+    so that an edited formula trains, not its old fast copy."""
     if metadata["discriminator"] != "CCSEncoderDiscriminator":
         raise ValueError(f"unknown discriminator {metadata['discriminator']!r}; available: ['CCSEncoderDiscriminator']")
     generator = build_generator(metadata)
+    check_fast_paths(type(generator.siren))
     discriminator = CCSEncoderDiscriminator(latent_dim=int(metadata["latent_dim"]),
                                             width_factor=float(metadata["disc_width_factor"]))
     return generator, discriminator
@@ -165,7 +168,6 @@ def check_run(spec: RunSpec, checkpoint_state: Optional[dict], world_size: int) 
     check_eval_metrics(config, spec.curriculum)
     with torch.device("meta"):  # shapes only: no memory, no time
         generator, discriminator = build_networks(curriculums.extract_metadata(spec.curriculum, 0))
-    check_fast_paths(type(generator.siren))  # an edited formula must train, not its old fast copy
     if checkpoint_state is not None:
         mismatch = checkpoint_mismatch(checkpoint_state, generator, discriminator)
         if mismatch:

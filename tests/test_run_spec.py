@@ -7,7 +7,7 @@ import pytest
 
 import curriculums
 import main
-from run_spec import TrainConfig, check_run, resolve_run, run_curriculum
+from run_spec import TrainConfig, build_networks, check_run, resolve_run, run_curriculum
 from test_siren import edit_the_formula
 
 
@@ -28,11 +28,14 @@ def test_resolution_decides_every_option(tmp_path):
 
 
 def test_a_run_does_not_start_when_the_field_formula_and_its_fast_path_differ(tmp_path, monkeypatch):
+    """Neither main.py's checks before any process starts nor the networks a training process builds."""
     spec, state = resolve_run(TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path / "run")))
     check_run(spec, state, world_size=1)
     edit_the_formula(monkeypatch, "layer")
     with pytest.raises(ValueError, match=r"siren/siren\.py"):
         check_run(spec, state, world_size=1)
+    with pytest.raises(ValueError, match=r"siren/siren\.py"):
+        build_networks(curriculums.extract_metadata(spec.curriculum, 0))
 
 
 def test_checkpoints_written_before_the_published_defaults_keep_their_corrections(tmp_path):
