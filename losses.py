@@ -1,8 +1,9 @@
 """Training losses: the photometric consistency loss (docs/METHOD.md §7) and the GAN phases.
 
-`photometric_loss(warped_aux_rgb, primary_rgb)` is the 0.85 SSIM + 0.15 L1 mix that
-ties the warped auxiliary view to the primary view; `MVCGANLoss` computes the
-discriminator and generator phases of a training step.
+`photometric_loss(prediction, target)` is the 0.85 SSIM + 0.15 L1 mix that ties the
+warped auxiliary view to the primary view (training maps both through the curriculum's
+`photometric_input` first); `MVCGANLoss` computes the discriminator and generator phases
+of a training step.
 """
 from __future__ import annotations
 
@@ -37,32 +38,35 @@ class SSIM(nn.Module):
         return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
 
 
-# How the photometric loss sees its [0, 1] NeRF RGB inputs (curriculum key `photometric_input`):
-# "shifted" maps both through (x + 1) / 2 first, as the published code does (as if they were in
-# [-1, 1]: values land in [0.5, 1]); "unit" compares them as they are, a correction with
-# 1.1-3.7x the published gradient (docs/METHOD.md §7).
+# How training's photometric loss sees its [0, 1] NeRF RGB inputs (curriculum key `photometric_input`,
+# PhaseConfig.photometric_input): "shifted" maps both through (x + 1) / 2 first, as the published code
+# does (as if they were in [-1, 1]: values land in [0.5, 1]); "unit" compares them as they are, a
+# correction with 1.1-3.2x the published gradient (docs/METHOD.md §7; benchmarks/bench_corrections.py).
 PHOTOMETRIC_INPUTS = {"shifted": lambda x: (x + 1) / 2, "unit": lambda x: x}
+
+
+def photometric_input_mapping(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map of PHOTOMETRIC_INPUTS called `name`, applied to both images before PhotometricLoss."""
+    if name not in PHOTOMETRIC_INPUTS:
+        raise ValueError(f"photometric input must be one of {sorted(PHOTOMETRIC_INPUTS)}, got {name!r}")
+    return PHOTOMETRIC_INPUTS[name]
 
 
 class PhotometricLoss(nn.Module):
     """0.85 * SSIM term + 0.15 * L1, averaged over channels, then over everything.
 
-    Inputs are [0, 1] RGB maps (n, 3, S, S), mapped by `input_mapping` (PHOTOMETRIC_INPUTS)
-    before the comparison.
+    Compares the RGB maps (n, 3, S, S) it is given, as they are. Training first maps its [0, 1] NeRF
+    RGB with the curriculum's `photometric_input` (`photometric_input_mapping`, in MVCGANLoss); inversion
+    compares [0, 1] images directly.
     """
 
-    def __init__(self, ssim_weight: float = 0.85, input_mapping: str = "unit"):
+    def __init__(self, ssim_weight: float = 0.85):
         super().__init__()
-        if input_mapping not in PHOTOMETRIC_INPUTS:
-            raise ValueError(f"photometric input must be one of {sorted(PHOTOMETRIC_INPUTS)}, got {input_mapping!r}")
         self.ssim = SSIM()
         self.ssim_weight = ssim_weight
-        self.input_mapping = input_mapping
 
     def components(self, prediction: torch.Tensor, target: torch.Tensor):
         """(SSIM term, L1), each an (n, S, S) map averaged over channels."""
-        mapping = PHOTOMETRIC_INPUTS[self.input_mapping]
-        prediction, target = mapping(prediction), mapping(target)
         return self.ssim(prediction, target).mean(1), (target - prediction).abs().mean(1)
 
     def combine(self, ssim: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
@@ -135,14 +139,9 @@ class MVCGANLoss:
         self.generator, self.discriminator = generator, discriminator
         self.scaler, self.autocast = scaler, autocast
         self.draws = RandomDraws()
-        self._photometric = {}
+        self.photometric_loss = PhotometricLoss()
         self.timer: Callable[[str], object] = lambda name: nullcontext()
         self.observe: Callable[[str, dict], None] = lambda event, values: None
-
-    def photometric(self, input_mapping: str) -> PhotometricLoss:
-        if input_mapping not in self._photometric:
-            self._photometric[input_mapping] = PhotometricLoss(input_mapping=input_mapping)
-        return self._photometric[input_mapping]
 
     def _generate(self, z: torch.Tensor, render_options, cfg: PhaseConfig):
         draws = self.draws.generator_call(self.generator, z.shape[0], render_options, z.device)
@@ -209,7 +208,7 @@ class MVCGANLoss:
     def accumulate_generator_gradients(self, batch_size: int, device, render_options, cfg: PhaseConfig) -> dict:
         """Per chunk: top-k non-saturating loss + pose regression + photometric consistency."""
         z = self.draws.latents(batch_size, cfg.latent_dim, cfg.z_dist, device)
-        photometric_loss_fn = self.photometric(cfg.photometric_input)
+        photometric_input = photometric_input_mapping(cfg.photometric_input)
         totals = {"g_loss": 0.0, "photometric": 0.0, "g_pose": 0.0}
         for chunk in z.tensor_split(cfg.batch_split):
             share = chunk.shape[0] / batch_size
@@ -227,9 +226,10 @@ class MVCGANLoss:
                 with self.timer("photometric"):
                     photometric = ssim = l1 = out.image.new_zeros((), dtype=full_precision(out.image).dtype)
                     if cfg.reproj_lambda > 0 and out.warped_aux_rgb is not None:
-                        ssim_map, l1_map = photometric_loss_fn.components(full_precision(out.warped_aux_rgb),
-                                                                          full_precision(out.primary_rgb))
-                        photometric = photometric_loss_fn.combine(ssim_map, l1_map).mean()
+                        ssim_map, l1_map = self.photometric_loss.components(
+                            photometric_input(full_precision(out.warped_aux_rgb)),
+                            photometric_input(full_precision(out.primary_rgb)))
+                        photometric = self.photometric_loss.combine(ssim_map, l1_map).mean()
                         ssim, l1 = ssim_map.mean(), l1_map.mean()
                 adversarial = F.softplus(-top_logits).mean()
                 loss = adversarial + (latent + position) + photometric * cfg.reproj_lambda

@@ -4,7 +4,7 @@
 `resolve_run(config)` turns it into a `RunSpec`: the named curriculum with the overrides
 (those recorded in the checkpoint being resumed, then the run's own `--set` values),
 validated; the checkpoint to resume, read and verified; every option decided. `check_run`
-then checks what can still fail before a process starts (the dataset, the metrics, the
+then checks what can still fail before a process starts (the dataset, the metrics, the field's fast paths, the
 checkpoint's shapes). main.py does both once and hands the RunSpec to every training
 process, which writes it to options.json (rank 0) and reads the resumed weights without
 hashing them again. Model: StyleGAN3's train.py -> training_loop(**c), training_options.json.
@@ -24,6 +24,7 @@ from synthetic_heads import PROCEDURAL_DATASETS
 from discriminators.discriminators import CCSEncoderDiscriminator
 from generators.generators import build_generator
 from metrics.metric_main import parse_metrics
+from siren.siren import check_fast_paths
 from utils.checkpoint import (LATEST_NAME, CheckpointError, checkpoint_mismatch, read_checkpoint, recorded_run,
                               resolve_checkpoint_path)
 
@@ -143,10 +144,13 @@ def run_curriculum(config: TrainConfig, checkpoint_state: Optional[dict] = None)
 
 
 def build_networks(metadata: dict) -> tuple:
-    """(generator, discriminator) as a curriculum's stage-0 metadata describes them."""
+    """(generator, discriminator) as a curriculum's stage-0 metadata describes them, for training: the field's
+    fast paths are first checked against its formula (siren.check_fast_paths, ValueError where they differ),
+    so that an edited formula trains, not its old fast copy."""
     if metadata["discriminator"] != "CCSEncoderDiscriminator":
         raise ValueError(f"unknown discriminator {metadata['discriminator']!r}; available: ['CCSEncoderDiscriminator']")
     generator = build_generator(metadata)
+    check_fast_paths(type(generator.siren))
     discriminator = CCSEncoderDiscriminator(latent_dim=int(metadata["latent_dim"]),
                                             width_factor=float(metadata["disc_width_factor"]))
     return generator, discriminator
@@ -156,8 +160,8 @@ def build_networks(metadata: dict) -> tuple:
 def check_run(spec: RunSpec, checkpoint_state: Optional[dict], world_size: int) -> None:
     """What can fail before a training process starts, beyond resolve_run: the dataset (at least
     one batch per process in every stage the run reaches), the evaluation metrics, the networks the
-    curriculum names and the shapes of the checkpoint being resumed. Raises ValueError, DatasetError
-    or CheckpointError."""
+    curriculum names, that the field's fast paths compute its formula (siren.check_fast_paths) and the
+    shapes of the checkpoint being resumed. Raises ValueError, DatasetError or CheckpointError."""
     config = spec.config
     check_dataset_size(spec.curriculum, config.curriculum, world_size, config.max_steps,
                        dataset_path_set="dataset_path" in config.curriculum_overrides)

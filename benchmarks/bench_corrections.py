@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 from datasets import image_transform  # noqa: E402
 from generators.cameras import PoseDistribution, cam2world_from_poses, sample_poses  # noqa: E402
 from generators.warp import warp_grid  # noqa: E402
-from losses import PhotometricLoss  # noqa: E402
+from losses import photometric_input_mapping, photometric_loss  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -41,7 +41,8 @@ def gradient_ratio(prediction: torch.Tensor, target: torch.Tensor) -> float:
     norms = []
     for mapping in ("unit", "shifted"):
         p, t = prediction.clone().requires_grad_(), target.clone().requires_grad_()
-        PhotometricLoss(input_mapping=mapping)(p, t).backward()
+        to_input = photometric_input_mapping(mapping)
+        photometric_loss(to_input(p), to_input(t)).backward()
         norms.append(torch.cat([p.grad.flatten(), t.grad.flatten()]).norm().item())
     return norms[0] / norms[1]
 

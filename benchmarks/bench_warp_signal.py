@@ -2,13 +2,16 @@
 
     python benchmarks/bench_warp_signal.py                      # sizes 16, 32, 64; 64 heads
     python benchmarks/bench_warp_signal.py --sizes 16,64 --num_heads 16
+    python benchmarks/bench_warp_signal.py --photometric_input unit --warp_projection pinhole  # the corrections
 
 The warp's photometric loss (docs/METHOD.md §7) is what asks MVCGAN's field for a right depth.
 This measures how much it can ask, on *real* `Synthetic` heads, where every depth is known:
 each head is rendered at its own pose (primary) and at a second pose from the training
 distribution (auxiliary); the auxiliary image is warped into the primary view with four depth
 maps, and the loss is averaged over the primary's foreground pixels that land inside the
-auxiliary image:
+auxiliary image. The warp and the loss are the demo's (the Synthetic curriculum's
+`warp_projection` and `photometric_input`: the published "ray_norm" and "shifted") unless
+the flags ask for others:
 
 * `true`:   the head's exact depth (the best a field can do; not 0: occlusion, resampling);
 * `sphere`: a sphere of the curriculum's prior radius at the origin (what the demo's field keeps);
@@ -16,7 +19,8 @@ auxiliary image:
 * `none`:   no warp at all (the auxiliary image as it is).
 
 If `sphere` and `plane` score like `true`, a field at that resolution gains nothing from
-learning the head's shape. Prints a table and one JSON line per size.
+learning the head's shape. Prints a table and one JSON line per size (with the warp and
+the loss it measured).
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from generators.warp import WARP_PROJECTIONS  # noqa: E402
+from losses import PHOTOMETRIC_INPUTS  # noqa: E402
+
 DEPTHS = ("true", "sphere", "plane", "none")
 
 
@@ -40,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the auxiliary poses")
     p.add_argument("--sphere_radius", type=float, default=None,
                    help="radius of the sphere hypothesis (default: the Synthetic curriculum's sphere_prior_radius)")
+    p.add_argument("--photometric_input", choices=PHOTOMETRIC_INPUTS, default=None,
+                   help="how the loss sees the [0, 1] images (default: the Synthetic curriculum's)")
+    p.add_argument("--warp_projection", choices=WARP_PROJECTIONS, default=None,
+                   help="the warp's projection (default: the Synthetic curriculum's)")
     return p.parse_args(argv)
 
 
@@ -58,9 +69,10 @@ def measure(size: int, num_heads: int, seed: int, radius: float, metadata) -> di
     from synthetic_heads import Synthetic
     from generators.cameras import PoseDistribution, sample_poses
     from generators.warp import stereo_warp
-    from losses import photometric_loss
+    from losses import photometric_input_mapping, photometric_loss
 
     fov, far = float(metadata["fov"]), float(metadata["ray_end"])
+    to_loss_input, projection = photometric_input_mapping(metadata["photometric_input"]), metadata["warp_projection"]
     dataset = Synthetic(size, metadata=metadata, length=num_heads)
     aux_yaw, aux_pitch = sample_poses(num_heads, PoseDistribution.from_metadata(metadata),
                                       generator=torch.Generator().manual_seed(seed))
@@ -69,16 +81,17 @@ def measure(size: int, num_heads: int, seed: int, radius: float, metadata) -> di
         primary = dataset.render(index)
         aux = dataset.render(index, float(aux_yaw[index]), float(aux_pitch[index]))
         foreground = primary["mask"]
-        primary_rgb, aux_rgb = (primary["image"][None] + 1) / 2, (aux["image"][None] + 1) / 2  # (1, 3, S, S)
+        primary_rgb, aux_rgb = (primary["image"][None] + 1) / 2, (aux["image"][None] + 1) / 2  # (1, 3, S, S) in [0, 1]
         depths = {"true": primary["depth"],
                   "sphere": sphere_depth(primary["cam2world"], size, fov, radius, far),
                   "plane": torch.full_like(primary["depth"], float(primary["depth"][foreground].mean()))}
         def mean_loss(image, counted):  # photometric loss against the primary, over `counted` pixels
-            loss = photometric_loss.per_pixel(image, primary_rgb)[0]
+            loss = photometric_loss.per_pixel(to_loss_input(image), to_loss_input(primary_rgb))[0]
             return float((loss * counted).sum() / counted.float().sum().clamp_min(1))
 
         for name, depth in depths.items():
-            warped, valid = stereo_warp(aux_rgb, depth[None], primary["cam2world"][None], aux["cam2world"][None], fov)
+            warped, valid = stereo_warp(aux_rgb, depth[None], primary["cam2world"][None], aux["cam2world"][None], fov,
+                                        projection)
             totals[name] += mean_loss(warped, foreground & valid[0])
         totals["none"] += mean_loss(aux_rgb, foreground)
     return {name: value / num_heads for name, value in totals.items()}
@@ -89,15 +102,22 @@ def main(argv=None) -> list:
     from curriculums import extract_metadata, get_curriculum
 
     metadata = extract_metadata(get_curriculum("Synthetic"), 0)
+    for switch in ("photometric_input", "warp_projection"):
+        if getattr(args, switch) is not None:
+            metadata[switch] = getattr(args, switch)
     radius = args.sphere_radius if args.sphere_radius is not None else float(metadata["sphere_prior_radius"])
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or min(sizes) < 4 or args.num_heads < 1:
         raise SystemExit("error: --sizes needs resolutions >= 4 and --num_heads >= 1")
+    print(f"photometric_input {metadata['photometric_input']!r}, warp_projection {metadata['warp_projection']!r}",
+          flush=True)
     print(f"{'size':>5} " + " ".join(f"{name:>8}" for name in DEPTHS) + "  sphere excess over true", flush=True)
     rows = []
     for size in sizes:
         losses = measure(size, args.num_heads, args.seed, radius, metadata)
-        row = {"size": size, "num_heads": args.num_heads, "sphere_radius": radius, **losses}
+        row = {"size": size, "num_heads": args.num_heads, "sphere_radius": radius,
+               "photometric_input": metadata["photometric_input"], "warp_projection": metadata["warp_projection"],
+               **losses}
         rows.append(row)
         excess = (losses["sphere"] - losses["true"]) / losses["true"]
         print(f"{size:>5} " + " ".join(f"{losses[name]:8.4f}" for name in DEPTHS) + f"  {excess:+.0%}", flush=True)

@@ -41,7 +41,7 @@ def projection_scale(size: int, fov: float, projection: str, device=None, dtype=
 
 
 def warp_grid(primary_depth: torch.Tensor, primary_cam2world: torch.Tensor,
-              aux_cam2world: torch.Tensor, fov: float, projection: str = "pinhole"):
+              aux_cam2world: torch.Tensor, fov: float, projection: str):
     """Where each primary pixel lands in the auxiliary image.
 
     primary_depth (n, S, S) is the distance along each primary ray. Returns the
@@ -59,8 +59,10 @@ def warp_grid(primary_depth: torch.Tensor, primary_cam2world: torch.Tensor,
 
 
 def stereo_warp(aux_maps: torch.Tensor, primary_depth: torch.Tensor, primary_cam2world: torch.Tensor,
-                aux_cam2world: torch.Tensor, fov: float, projection: str = "pinhole"):
-    """Warp auxiliary maps (n, C, S, S) into the primary view; returns (warped, valid mask)."""
+                aux_cam2world: torch.Tensor, fov: float, projection: str):
+    """Warp auxiliary maps (n, C, S, S) into the primary view; returns (warped, valid mask).
+    `projection` (WARP_PROJECTIONS) has no default: training passes the curriculum's
+    `warp_projection`, a measurement says which it measures."""
     # Geometry in at least fp32 even under autocast: fp16 projections are off by pixels.
     with torch.autocast(primary_depth.device.type, enabled=False):
         grid, valid = warp_grid(full_precision(primary_depth), full_precision(primary_cam2world),

@@ -32,8 +32,10 @@ def _warp_errors(image_a, image_b, depth_a, cam_a, cam_b, fov, mask=None):
     depth_a = depth_a.float()
     if depth_a.shape[-1] != size:  # NeRF depth (n, S, S) -> (n, R, R)
         depth_a = F.interpolate(depth_a[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    # "pinhole", the exact projection of the cameras the views were rendered with: the metric measures
+    # the views' consistency, not the published warp's half-pixel corner error (generators/warp.py)
     warped, valid = stereo_warp(image_b, depth_a, cam_a.float().to(image_a.device),
-                                cam_b.float().to(image_a.device), fov)  # (n, C, R, R), (n, R, R)
+                                cam_b.float().to(image_a.device), fov, "pinhole")  # (n, C, R, R), (n, R, R)
     if mask is not None:
         valid = valid & mask.to(valid.device).bool()
     difference = (warped - image_a) * valid[:, None]

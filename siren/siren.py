@@ -8,7 +8,9 @@ Entry point: `field(points, frequencies, phases, ray_directions) -> (rgb, sigma,
 `SPATIALSIRENBASELINE.forward` is the formula of docs/METHOD.md §3 in plain autograd. Training
 runs the same formula with less memory, by default (`impl="auto"`, FIELD_IMPLS): on CUDA (any
 device but the CPU) the recompute-the-sine composition of `siren/fast.py`, on CPU that
-composition through the row-block kernels of `siren/cpu_kernels.py`.
+composition through the row-block kernels of `siren/cpu_kernels.py`. Those re-write the formula,
+so a change to it here must be made there too: `check_fast_paths` compares them in float64 when
+a run starts (run_spec.check_run) and stops it, naming the files, where they differ.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from siren import cpu_kernels, fast
 
@@ -94,6 +97,8 @@ class UniformBoxWarp(nn.Module):
 #                 reuses temporaries).
 FIELD_IMPLS = ("auto", "reference", "recompute", "cpu_lowmem")
 FAST_FORWARDS = {"recompute": fast.field_forward, "cpu_lowmem": cpu_kernels.field_forward}
+# Where each one's copy of the formula lives: the files to edit with the formula (check_fast_paths).
+FAST_PATH_FILES = {"recompute": "siren/fast.py", "cpu_lowmem": "siren/cpu_kernels.py and siren/fast.py"}
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -194,3 +199,59 @@ def compile_field(field: nn.Module) -> bool:
 
 
 SIRENS = {"SPATIALSIRENBASELINE": SPATIALSIRENBASELINE, "TALLSIREN": TALLSIREN}
+
+# float64 agreement of the fast paths with the formula; tests/test_step_numerics.py holds them to 1e-10
+FAST_PATH_TOLERANCE = 1e-8
+
+
+def check_fast_paths(field_class: type = SPATIALSIRENBASELINE) -> None:
+    """Raise ValueError, naming the files to edit, where a fast implementation (FAST_FORWARDS) of
+    `field_class` computes something else than its reference formula (`forward` with
+    impl="reference", siren/siren.py): outputs, and gradients of a weighted sum of them with respect
+    to the inputs and the weights, in float64 on a small field on the CPU. Such a field (edited
+    formula, old fast path) would otherwise train the old formula without a word. Takes well under
+    a second; leaves torch's random numbers as they were."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.manual_seed(0)
+        field = field_class(z_dim=4, hidden_dim=8).double()
+        n, points_per_sample, width = 2, 5, field.hidden_dim * (NUM_FILM_LAYERS + 1)
+        inputs = {"points": torch.randn(n, points_per_sample, 3, dtype=torch.float64) * 0.1,
+                  "frequencies": torch.randn(n, width, dtype=torch.float64) * 0.3,
+                  "phases": torch.randn(n, width, dtype=torch.float64),
+                  "ray_directions": F.normalize(torch.randn(n, points_per_sample, 3, dtype=torch.float64), dim=-1)}
+        output_weights = [torch.randn(n, points_per_sample, channels, dtype=torch.float64).squeeze(-1)
+                          for channels in (3, 1, field.hidden_dim)]
+    parameters = dict(field.named_parameters())
+
+    def results(impl: str) -> dict:
+        """{name: tensor or None}: the outputs, then the gradients of the inputs and parameters."""
+        field.impl = impl
+        leaves = {name: tensor.clone().requires_grad_() for name, tensor in inputs.items()}
+        outputs = dict(zip(("rgb", "sigma", "features"), field(*leaves.values())))  # in forward's order
+        loss = sum((output * weight).sum() for output, weight in zip(outputs.values(), output_weights))
+        wrt = {**leaves, **parameters}
+        gradients = torch.autograd.grad(loss, list(wrt.values()), allow_unused=True)
+        return {**{name: output.detach() for name, output in outputs.items()},
+                **{f"the gradient of {name}": gradient for name, gradient in zip(wrt, gradients)}}
+
+    reference = results("reference")
+    for impl in FAST_FORWARDS:
+        path = FAST_PATH_FILES[impl]
+        fast_results = results(impl)
+        for name, expected in reference.items():
+            difference = _largest_difference(fast_results[name], expected)
+            scale = 1.0 if expected is None else 1.0 + expected.abs().max().item()
+            if difference > FAST_PATH_TOLERANCE * scale:
+                device = "the CPU" if resolve_impl("auto", torch.device("cpu")) == impl else "CUDA"
+                raise ValueError(
+                    f"the field's fast path {path} (impl {impl!r}, what training runs on {device}) no longer "
+                    f"computes the formula of {field_class.__name__}.forward in siren/siren.py: {name} differs by "
+                    f"{difference:.3g} in float64. Training would run the old formula: make the same change in "
+                    f"{path} (tests/test_step_numerics.py compares them), or undo it in siren/siren.py")
+
+
+def _largest_difference(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]) -> float:
+    """max |got - expected|; 0 when both are None, infinite when only one is or the shapes differ."""
+    if got is None or expected is None:
+        return 0.0 if got is expected else math.inf
+    return (got - expected).abs().max().item() if got.shape == expected.shape else math.inf

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import SSIM, SSIM_C1, SSIM_C2, PhotometricLoss, photometric_loss
+from losses import SSIM, SSIM_C1, SSIM_C2, PhotometricLoss, photometric_input_mapping, photometric_loss
 
 
 def ssim_reference(x, y):
@@ -111,11 +111,11 @@ def test_published_photometric_input_is_shifted_into_half_the_range():
     the L1 and weakens the SSIM term; "unit" (the correction) compares them as they are."""
     g = torch.Generator().manual_seed(5)
     x, y = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64), torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
-    shifted, unit = PhotometricLoss(input_mapping="shifted"), PhotometricLoss(input_mapping="unit")
-    assert torch.equal(shifted.per_pixel(x, y), unit.per_pixel((x + 1) / 2, (y + 1) / 2))
-    ssim_shifted, l1_shifted = shifted.components(x, y)
-    ssim_unit, l1_unit = unit.components(x, y)
+    shifted, unit = photometric_input_mapping("shifted"), photometric_input_mapping("unit")
+    assert torch.equal(shifted(x), (x + 1) / 2) and unit(x) is x
+    ssim_shifted, l1_shifted = photometric_loss.components(shifted(x), shifted(y))
+    ssim_unit, l1_unit = photometric_loss.components(unit(x), unit(y))
     torch.testing.assert_close(l1_shifted, l1_unit / 2)
-    assert (ssim_shifted.mean() < ssim_unit.mean()) and unit(x, y) > shifted(x, y)
+    assert (ssim_shifted.mean() < ssim_unit.mean()) and photometric_loss(x, y) > photometric_loss(shifted(x), shifted(y))
     with pytest.raises(ValueError, match="photometric input"):
-        PhotometricLoss(input_mapping="half")
+        photometric_input_mapping("half")

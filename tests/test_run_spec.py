@@ -3,9 +3,12 @@ resolve_run, checkpoints of older runs resumed with what they were trained with 
 hashing a resumed checkpoint once, and processes trusting the RunSpec: test_main.py)."""
 from __future__ import annotations
 
+import pytest
+
 import curriculums
 import main
-from run_spec import TrainConfig, resolve_run, run_curriculum
+from run_spec import TrainConfig, build_networks, check_run, resolve_run, run_curriculum
+from test_siren import edit_the_formula
 
 
 def test_the_flags_take_their_defaults_from_train_config():
@@ -22,6 +25,17 @@ def test_resolution_decides_every_option(tmp_path):
     # --resume auto: nothing to continue yet (test_main.py: a run directory's own checkpoint)
     spec, _ = resolve_run(TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path / "c"), resume="auto"))
     assert spec.resume_path is None
+
+
+def test_a_run_does_not_start_when_the_field_formula_and_its_fast_path_differ(tmp_path, monkeypatch):
+    """Neither main.py's checks before any process starts nor the networks a training process builds."""
+    spec, state = resolve_run(TrainConfig(curriculum="Synthetic", output_dir=str(tmp_path / "run")))
+    check_run(spec, state, world_size=1)
+    edit_the_formula(monkeypatch, "layer")
+    with pytest.raises(ValueError, match=r"siren/siren\.py"):
+        check_run(spec, state, world_size=1)
+    with pytest.raises(ValueError, match=r"siren/siren\.py"):
+        build_networks(curriculums.extract_metadata(spec.curriculum, 0))
 
 
 def test_checkpoints_written_before_the_published_defaults_keep_their_corrections(tmp_path):

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from float_tolerance import network_atol
 from siren.siren import (BOX_SIZE, SIRENS, TALLSIREN, CustomMappingNetwork, FiLMLayer,
-                         SPATIALSIRENBASELINE)
+                         SPATIALSIRENBASELINE, check_fast_paths, resolve_impl)
 
 
 def count(module):
@@ -174,6 +174,39 @@ def test_film_layer_frequency():
     raw = torch.randn(2, 36)
     s(torch.randn(2, 5, 3) * 0.1, raw, torch.randn(2, 36), torch.randn(2, 5, 3))
     assert torch.allclose(seen["freq"], raw[:, :4] * 15 + 30)
+
+
+def edit_the_formula(monkeypatch, where: str) -> None:
+    """What a researcher does in siren/siren.py, without touching siren/fast.py or siren/cpu_kernels.py:
+    a FiLM layer's formula changed ("layer"), or the density head in SPATIALSIRENBASELINE.forward ("forward")."""
+    if where == "layer":
+        monkeypatch.setattr(FiLMLayer, "forward",
+                            lambda self, x, gamma, beta: torch.sin(gamma[:, None] * self.layer(x) + 1.1 * beta[:, None]))
+        return
+    published_forward = SPATIALSIRENBASELINE.forward
+
+    def forward(self, points, frequencies, phases, ray_directions):
+        rgb, sigma, features = published_forward(self, points, frequencies, phases, ray_directions)
+        if resolve_impl(self.impl, points.device) == "reference":  # the formula's branch, edited
+            sigma = sigma + 0.1 * sigma.square()
+        return rgb, sigma, features
+
+    monkeypatch.setattr(SPATIALSIRENBASELINE, "forward", forward)
+
+
+@pytest.mark.parametrize("cls", [SPATIALSIRENBASELINE, TALLSIREN])
+def test_the_fast_paths_pass_the_start_of_run_check(cls):
+    state = torch.random.get_rng_state()
+    check_fast_paths(cls)
+    assert torch.equal(torch.random.get_rng_state(), state)  # a run's seeded weights stay what they were
+
+
+@pytest.mark.parametrize("where", ["layer", "forward"])
+def test_a_changed_formula_with_the_old_fast_path_is_stopped_naming_the_files(monkeypatch, where):
+    """The fast paths re-write the formula; edited in siren/siren.py alone, the run would train the old one."""
+    edit_the_formula(monkeypatch, where)
+    with pytest.raises(ValueError, match=r"siren/fast\.py.*formula of SPATIALSIRENBASELINE\.forward in siren/siren\.py"):
+        check_fast_paths(SPATIALSIRENBASELINE)
 
 
 def test_compile_field_without_a_compiler_warns_and_stays_eager(monkeypatch):

@@ -97,7 +97,7 @@ def test_synthetic_multiview_ground_truth_consistency():
         def warp(maps, cam_b):
             warped, valid = stereo_warp(aux_maps=maps[None], primary_depth=a["depth"][None],
                                         primary_cam2world=a["cam2world"][None],
-                                        aux_cam2world=cam_b[None], fov=ds.fov)
+                                        aux_cam2world=cam_b[None], fov=ds.fov, projection="pinhole")
             return warped[0], valid[0]
 
         warped, valid = warp(b["image"], b["cam2world"])

@@ -28,11 +28,11 @@ def test_warp_identity_same_camera(fov):
     g = torch.Generator().manual_seed(0)
     rgb = torch.rand(4, 3, size, size, generator=g)
     depth = 0.5 + torch.rand(4, size, size, generator=g)  # any positive depth map
-    warped, valid = stereo_warp(rgb, depth, c2w, c2w, fov)
+    warped, valid = stereo_warp(rgb, depth, c2w, c2w, fov, "pinhole")
     assert warped.shape == rgb.shape and valid.shape == (4, size, size)
     assert (interior(warped) - interior(rgb)).abs().max() < 1e-4
     assert interior(valid).all()
-    grid, _ = warp_grid(depth, c2w, c2w, fov)
+    grid, _ = warp_grid(depth, c2w, c2w, fov, "pinhole")
     coords = torch.linspace(-1, 1, size)
     gy, gx = torch.meshgrid(coords, coords, indexing="ij")
     assert torch.allclose(grid, torch.stack([gx, gy], -1).expand(4, -1, -1, -1), atol=1e-5)
@@ -72,21 +72,21 @@ def test_warp_geometry_textured_plane(plane_z):
     cam1, cam2 = cams([HALF_PI], [HALF_PI]), cams([HALF_PI + 0.1], [HALF_PI])
     rgb1, depth1, _ = render_plane(cam1, size, fov, plane_z)
     rgb2, _, _ = render_plane(cam2, size, fov, plane_z)
-    warped, valid = stereo_warp(rgb2, depth1, cam1, cam2, fov)
+    warped, valid = stereo_warp(rgb2, depth1, cam1, cam2, fov, "pinhole")
     mask = valid.clone()
     mask[:, :2], mask[:, -2:], mask[:, :, :2], mask[:, :, -2:] = False, False, False, False
     assert mask.float().mean() > 0.5
     err = (warped - rgb1).abs().mean(1)[mask]
     assert err.mean() < 0.002 and err.max() < 0.01
     # a wrong depth map breaks it
-    bad, _ = stereo_warp(rgb2, depth1 * 1.05, cam1, cam2, fov)
+    bad, _ = stereo_warp(rgb2, depth1 * 1.05, cam1, cam2, fov, "pinhole")
     assert (bad - rgb1).abs().mean(1)[mask].mean() > 0.02
     if plane_z == 0.0:
         return  # cameras turning about the origin barely move a plane through it: no wrong-camera check
     assert (~valid).any()  # the parallax pushes part of view 1 out of view 2
     # a wrong auxiliary camera gives a much larger error
     for wrong in (cams([HALF_PI + 0.11], [HALF_PI]), cams([HALF_PI + 0.1], [HALF_PI + 0.02])):
-        bad, bad_valid = stereo_warp(rgb2, depth1, cam1, wrong, fov)
+        bad, bad_valid = stereo_warp(rgb2, depth1, cam1, wrong, fov, "pinhole")
         bad_err = (bad - rgb1).abs().mean(1)[bad_valid & mask]
         assert bad_err.mean() > 20 * err.mean() and bad_err.mean() > 0.01
 
@@ -97,7 +97,7 @@ def test_warp_geometry_both_directions_and_pitch():
     rgb1, depth1, _ = render_plane(cam1, size, fov)
     rgb2, depth2, _ = render_plane(cam2, size, fov)
     for (ra, da, ca), (rb, cb) in [((rgb1, depth1, cam1), (rgb2, cam2)), ((rgb2, depth2, cam2), (rgb1, cam1))]:
-        warped, valid = stereo_warp(rb, da, ca, cb, fov)
+        warped, valid = stereo_warp(rb, da, ca, cb, fov, "pinhole")
         mask = interior(valid, 2)
         assert mask.float().mean() > 0.2
         err = (interior(warped, 2) - interior(ra, 2)).abs().mean(1)[mask]
@@ -109,7 +109,7 @@ def test_valid_mask_excludes_points_outside_aux_image():
     cam1, cam2 = cams([HALF_PI], [HALF_PI]), cams([HALF_PI + 0.2], [HALF_PI])
     rgb2, _, _ = render_plane(cam2, size, fov, -0.3)
     _, depth1, hit1 = render_plane(cam1, size, fov, -0.3)
-    warped, valid = stereo_warp(rgb2, depth1, cam1, cam2, fov)
+    warped, valid = stereo_warp(rgb2, depth1, cam1, cam2, fov, "pinhole")
     # independent check: project the analytic hit points into camera 2 by hand
     rot, origin = cam2[0, :3, :3], cam2[0, :3, 3]
     local = (hit1[0] - origin) @ rot  # world -> camera 2 (R^T (p - o))
@@ -130,10 +130,10 @@ def test_valid_mask_excludes_points_behind_camera():
     cam1 = cams([HALF_PI], [HALF_PI])
     cam2 = cams([-HALF_PI], [HALF_PI])  # the opposite camera, at (0, 0, -1)
     depth = torch.full((1, 8, 8), 3.0)  # points at z = -2: behind camera 2
-    grid, valid = warp_grid(depth, cam1, cam2, fov)
+    grid, valid = warp_grid(depth, cam1, cam2, fov, "pinhole")
     assert not valid.any()
     depth = torch.full((1, 8, 8), 1.0)  # at the origin plane: in front of camera 2
-    _, valid = warp_grid(depth, cam1, cam2, fov)
+    _, valid = warp_grid(depth, cam1, cam2, fov, "pinhole")
     assert valid[0, 3:5, 3:5].all()
 
 
@@ -141,7 +141,7 @@ def test_grid_matches_projection_of_unprojected_points():
     fov = 20.0
     cam1, cam2 = cams([1.2, 1.9], [1.4, 1.7]), cams([1.3, 1.8], [1.5, 1.6])
     depth = 0.8 + 0.4 * torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(0))
-    grid, _ = warp_grid(depth, cam1, cam2, fov)
+    grid, _ = warp_grid(depth, cam1, cam2, fov, "pinhole")
     world = to_world(cam1, unproject_depth(depth, fov))
     expected = focal_from_fov(fov) * perspective_divide(world, cam2)[0]  # the pinhole projection
     assert torch.allclose(grid, expected.reshape(2, 6, 6, 2), atol=1e-6)
@@ -166,6 +166,8 @@ def test_published_ray_norm_projection(fov):
         assert 0.05 < shift_px <= 0.5
     with pytest.raises(ValueError, match="warp projection"):
         warp_grid(depth, cam1, cam2, fov, "focal")
+    with pytest.raises(TypeError, match="projection"):  # no default: every caller says which it warps with
+        stereo_warp(depth[:, None], depth, cam1, cam2, fov)
 
 
 # ------------------------------------------------------------------- mixup
