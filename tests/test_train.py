@@ -304,9 +304,9 @@ def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_pa
     scaler's to skip, and it lowers its scale; the step is still reported as skipped, and MAX_OVERFLOW_STEPS
     in a row stop the run."""
     import losses
-    import train as train_module
+    import training.faults
 
-    monkeypatch.setattr(train_module, "MAX_OVERFLOW_STEPS", 3)
+    monkeypatch.setattr(training.faults, "MAX_OVERFLOW_STEPS", 3)
     original = losses.MVCGANLoss.accumulate_generator_gradients
 
     def nan_gradient(self, *args, **kwargs):
