@@ -268,6 +268,29 @@ def test_run_removes_stale_checkpoint_temp_files_and_logs_progress_lines(tmp_pat
     assert all("s/step" in line and "ETA" in line for line in lines)
 
 
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A 2-step tiny run directory, trained without sample grids (read-only for the tests)."""
+    config = tiny_config(tmp_path_factory.mktemp("two_steps"), max_steps=2)  # sample_interval=0
+    assert train(0, 1, config) == 0
+    return Path(config.output_dir)
+
+
+def test_sample_interval_0_writes_no_sample_grids(two_step_run):
+    """--sample_interval 0 means never: not during the run and not at its end either."""
+    assert load_checkpoint(two_step_run)["step"] == 2
+    assert not [p.name for p in two_step_run.glob("*_*.png")]
+
+
+def test_a_resumed_run_says_where_from_and_times_its_own_first_step(two_step_run, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mvcgan.train"):
+        assert train(0, 1, tiny_config(tmp_path, "resumed", load_dir=str(two_step_run), max_steps=3)) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"resumed from {two_step_run / 'checkpoint.pth'} at step 2" in messages
+    line = next(m for m in messages if m.startswith("step 3/3"))
+    assert float(line.split(" s/step")[0].split()[-1]) > 0, line  # not "0.00 s/step" from a clock started late
+
+
 def test_skipped_file_warning_is_not_repeated_every_epoch_with_workers(tmp_path):
     """Loader workers live across epochs, so each remembers the unreadable files it met."""
     import logging
