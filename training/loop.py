@@ -38,6 +38,7 @@ from training.data import make_loader
 from training.distributed import any_rank, average_gradients, every_rank, max_over_ranks
 from training.faults import Batches, DriftWatch, GracefulStop, LoaderFailed, check_nonfinite_streak
 from training.progress import MetricsLog, Progress
+from training.step_options import StepOptions
 from utils.checkpoint import TrainingState, read_checkpoint, resolve_checkpoint_path
 from utils.cpu_runtime import flush_denormals, keep_freed_memory
 from utils.memory_model import AUTO, auto_batch_split
@@ -169,13 +170,14 @@ class Trainer:
                 # Every step reads its own stage's values: a stage that changes only a learning
                 # rate takes effect at its first step, without a new loader or a new fade.
                 metadata = curriculums.extract_metadata(self.curriculum, self.step)
+                step_options = StepOptions.from_metadata(metadata)
                 progress_fn(self.step, None)
                 real, labels = batch
-                real_poses = labels if metadata["real_pose_lambda"] > 0 else None
+                real_poses = labels if step_options.real_pose_lambda > 0 else None
                 stats = self.train_step(real.to(self.device, non_blocking=True), metadata, real_poses)
                 loader_changed = self.advance()
                 if self.is_main:
-                    self.log_step(stats, metadata, started)
+                    self.log_step(stats, step_options, started)
                     progress_fn(self.step, stats)
                 self.end_step(stats, metadata)
                 if loader_changed or self.step >= self.final_step:
@@ -187,32 +189,34 @@ class Trainer:
 
     def train_step(self, real: torch.Tensor, metadata: dict, real_poses: Optional[torch.Tensor] = None) -> dict:
         """One step on real images (B, 3, S, S); real_poses (B, 2) (pitch, yaw), the procedural data's true
-        poses, are used where the curriculum's real_pose_lambda asks."""
-        step = self.step
+        poses, are used where the curriculum's real_pose_lambda asks. `metadata`: the stage's values
+        (curriculums.extract_metadata), read once into the loop's StepOptions, the loss's PhaseConfig and the
+        renderer's RenderOptions."""
+        step, step_options = self.step, StepOptions.from_metadata(metadata)
         alpha = curriculums.fade_alpha(self.curriculum, step)
         # Density noise decays to 0 over nerf_noise_steps (5000 in the published code).
-        nerf_noise = max(0.0, 1.0 - step / float(metadata["nerf_noise_steps"]))
-        options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
-        cfg = PhaseConfig(alpha=alpha, batch_split=self.batch_split(metadata),
+        nerf_noise = max(0.0, 1.0 - step / step_options.nerf_noise_steps)
+        render_options = RenderOptions.from_metadata(metadata, nerf_noise=nerf_noise)
+        cfg = PhaseConfig(alpha=alpha, batch_split=self.batch_split(step_options, metadata),
                           latent_dim=int(metadata["latent_dim"]), z_dist=metadata["z_dist"],
                           r1_lambda=float(metadata["r1_lambda"]), pos_lambda=float(metadata["pos_lambda"]),
                           z_lambda=float(metadata["z_lambda"]), reproj_lambda=float(metadata["reproj_lambda"]),
-                          topk_fraction=topk_fraction(step, metadata["topk_interval"], metadata["topk_v"]),
+                          topk_fraction=topk_fraction(step, step_options.topk_interval, step_options.topk_v),
                           photometric_input=str(metadata["photometric_input"]),
-                          real_pose_lambda=float(metadata["real_pose_lambda"]))
-        self.set_learning_rates(metadata)
+                          real_pose_lambda=step_options.real_pose_lambda)
+        self.set_learning_rates(step_options)
         if self.scaler.is_enabled() and self.scaler.get_scale() < 1:
             # As published: the fp16 loss scale never stays below 1 (there small gradients underflow).
             self.scaler.update(1.0)
         self.generator.train()
         self.discriminator.train()
 
-        d_stats = self.loss.accumulate_discriminator_gradients(real, options, cfg, real_poses)
+        d_stats = self.loss.accumulate_discriminator_gradients(real, render_options, cfg, real_poses)
         d_ok, d_norm = self.finish_phase(self.discriminator, self.optimizer_D, d_stats["d_loss"],
-                                         metadata["grad_clip"])
-        g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, options, cfg)
+                                         step_options.grad_clip)
+        g_stats = self.loss.accumulate_generator_gradients(real.shape[0], self.device, render_options, cfg)
         self.discriminator.zero_grad(set_to_none=True)  # the G phase also filled D's grads
-        g_ok, g_norm = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], metadata["grad_clip"])
+        g_ok, g_norm = self.finish_phase(self.generator, self.optimizer_G, g_stats["g_loss"], step_options.grad_clip)
         self.scaler.update()  # both phases unscaled, so it has their overflow checks even if neither stepped
         for ema in self.emas:
             ema.update(self.generator)
@@ -336,44 +340,46 @@ class Trainer:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return loader_changed
 
-    def set_learning_rates(self, metadata: dict) -> None:
+    def set_learning_rates(self, step_options: StepOptions) -> None:
+        """The stage's Adam settings (its learning rates take effect at its first step); the mapping network's
+        group, with unique_lr, at 5e-2 of the generator's rate."""
         for group in self.optimizer_G.param_groups:
             scale = 5e-2 if group.get("name") == "mapping_network" else 1.0
-            group["lr"] = metadata["gen_lr"] * scale
-            group["betas"] = tuple(float(b) for b in metadata["betas"])
-            group["weight_decay"] = metadata["weight_decay"]
+            group["lr"] = step_options.gen_lr * scale
+            group["betas"] = step_options.betas
+            group["weight_decay"] = step_options.weight_decay
         for group in self.optimizer_D.param_groups:
-            group["lr"] = metadata["disc_lr"]
-            group["betas"] = tuple(float(b) for b in metadata["betas"])
-            group["weight_decay"] = metadata["weight_decay"]
+            group["lr"] = step_options.disc_lr
+            group["betas"] = step_options.betas
+            group["weight_decay"] = step_options.weight_decay
 
-    def batch_split(self, metadata: dict) -> int:
-        """The stage's batch_split. "auto" (utils/memory_model.py) is chosen at the first step of each stage
-        size from the device's memory, the largest choice of all ranks (they must agree: the G phase sums the
-        chunks' losses), and logged."""
-        if metadata["batch_split"] != AUTO:
-            return int(metadata["batch_split"])
-        size = tuple(metadata[k] for k in ("batch_size", "img_size", "num_steps", "output_size"))
+    def batch_split(self, step_options: StepOptions, metadata: dict) -> int:
+        """The stage's batch_split. "auto" (utils/memory_model.py, from the stage's `metadata`) is chosen at the
+        first step of each stage size from the device's memory, the largest choice of all ranks (they must
+        agree: the G phase sums the chunks' losses), and logged."""
+        if step_options.batch_split != AUTO:
+            return int(step_options.batch_split)
+        size = (step_options.batch_size, step_options.img_size, step_options.num_steps, step_options.output_size)
         if size not in self._auto_splits:
             choice = auto_batch_split(metadata, self.device, self.config.precision)
             split = max_over_ranks(choice.batch_split, self.device, self.world_size)
             self._auto_splits[size] = split
             if self.is_main:
-                logger.info("step %d, batch %d, %d px NeRF: %s%s", self.step, metadata["batch_size"],
-                            metadata["img_size"], choice.describe(),
+                logger.info("step %d, batch %d, %d px NeRF: %s%s", self.step, step_options.batch_size,
+                            step_options.img_size, choice.describe(),
                             "" if split == choice.batch_split else f"; {split} chunks, as another rank needs")
         return self._auto_splits[size]
 
     # ------------------------------------------------------ logs, grids, evaluations
-    def log_step(self, stats: dict, metadata: dict, started: float) -> None:
+    def log_step(self, stats: dict, step_options: StepOptions, started: float) -> None:
         """Rank 0: a metrics line every log_interval steps (and at every skipped step)."""
         if stats["skipped"]:
             logger.warning("step %d: non-finite loss or gradient, optimiser step skipped", self.step)
         if self.step % self.config.log_interval == 0 or stats["skipped"] or self.step == 1:
             self.metrics_log.append({"step": self.step,
                                      "stage": curriculums.stage_start(self.curriculum, self.step - 1),
-                                     "img_size": metadata["img_size"], "output_size": metadata["output_size"],
-                                     "batch_size": metadata["batch_size"], "sec_per_step": time.time() - started,
+                                     "img_size": step_options.img_size, "output_size": step_options.output_size,
+                                     "batch_size": step_options.batch_size, "sec_per_step": time.time() - started,
                                      **stats, **({"drifting_since": self.drift.drifting_since}
                                                  if self.drift.drifting_since is not None else {})})
 
