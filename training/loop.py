@@ -6,9 +6,10 @@ bottom: per step, fetch a batch, train it (`train_step`: the phases of `losses.M
 gradients averaged across processes, clipped, the optimisers stepped, the EMAs updated), count it,
 then log, grids, checkpoints and evaluations at their intervals (`end_step`); a stage change needs
 no more than a new loader. Stopping and progress come in as callables (`abort_fn`, `progress_fn`).
-The plumbing is called, not inlined: signals and loader workers (training/faults.py), progress
-(training/progress.py), checkpoints (training/checkpointing.py), grids and evaluations
-(training/snapshots.py), the data (training/data.py), the process group (training/distributed.py).
+The step reads its stage's values as `StepOptions` (training/step_options.py). The plumbing is
+called, not inlined: signals and loader workers (training/faults.py), progress (training/progress.py),
+checkpoints (training/checkpointing.py), grids and evaluations (training/snapshots.py), the data
+(training/data.py), the process group (training/distributed.py).
 """
 from __future__ import annotations
 
