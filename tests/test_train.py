@@ -363,6 +363,31 @@ def test_cpu_training_flushes_denormals(tmp_path):
         torch.set_flush_denormal(False)
 
 
+def test_step_options_are_a_stages_values_typed_and_frozen():
+    """What the loop reads of a stage (training/step_options.py): the curriculum's values, with the types the
+    optimiser groups always held (FFHQ's integer weight decay stays an int), and read-only."""
+    import dataclasses
+
+    from training.step_options import StepOptions
+
+    metadata = curriculums.extract_metadata(curriculums.get_curriculum("FFHQ"), 0)
+    options = StepOptions.from_metadata(metadata)
+    assert (options.batch_size, options.img_size, options.output_size) == \
+        (metadata["batch_size"], metadata["img_size"], metadata["output_size"])
+    assert options.weight_decay == 0 and type(options.weight_decay) is int
+    assert options.betas == (0.0, 0.9) and all(type(b) is float for b in options.betas)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.gen_lr = 1.0
+
+
+def test_every_rank_and_any_rank_in_one_process():
+    from training.distributed import any_rank, every_rank
+
+    cpu = torch.device("cpu")
+    assert any_rank([True, False, 1, 0], cpu, 1) == [True, False, True, False]
+    assert every_rank(True, cpu, 1) and not every_rank(False, cpu, 1)
+
+
 # ------------------------------------------------------------- published stage mechanics (docs/METHOD.md §7)
 def run_recording(tmp_path, monkeypatch, name, overrides, **config):
     """Train a tiny curriculum; record each step's alpha, generator learning rate and the loaders built."""
