@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, weights_only loading, clear errors."""
+"""Checkpoint files (utils/checkpoint.py): atomic writes, weights_only loading, the checksum that catches
+corruption, older formats, random streams; errors in words."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import torch
 from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_generator, save_checkpoint
 
 
+# ------------------------------------- writing: atomic, one line when it fails, no temp files left
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
@@ -26,6 +28,45 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["checkpoint.pth"]  # no temp file left behind
 
 
+def test_a_failed_write_says_why_in_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """torch's zip writer turns a full disk into "unexpected pos ..." raised while handling the OSError."""
+    import errno
+
+    from utils.checkpoint import CheckpointWriteError
+
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError) as caught:
+        save_checkpoint(path, {"generator": {"w": torch.zeros(2)}, "curriculum": {}, "step": 2})
+    monkeypatch.undo()
+    message = str(caught.value)
+    assert "No space left on device" in message and "unexpected pos" not in message and "\n" not in message
+    assert isinstance(caught.value, OSError)
+    assert load_checkpoint(path)["step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]
+
+
+def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
+    from utils.checkpoint import remove_stale_temp_files
+
+    stale = [tmp_path / ".checkpoint.pth.a1b2c3.tmp", tmp_path / ".checkpoint_000200.pth.x_9.tmp"]
+    kept = [tmp_path / "checkpoint.pth", tmp_path / ".other.tmp", tmp_path / "notes.tmp",
+            tmp_path / ".checkpoint.pth.keep"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
+
+
+# ----------------------------- reading safely: weights_only, unreadable files and pickles in words
 def test_truncated_and_pickled_module_checkpoints_are_rejected(tmp_path):
     good = tmp_path / "good.pth"
     save_checkpoint(good, {"generator": {"w": torch.ones(1000)}, "curriculum": {}, "step": 0})
@@ -44,51 +85,24 @@ def test_truncated_and_pickled_module_checkpoints_are_rejected(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_load_generator_uses_ema_weights_by_default(tiny_checkpoint, tiny_curriculum, tmp_path):
-    state = load_checkpoint(tiny_checkpoint)
-    ema = {k: v + 1 for k, v in state["generator"].items()}
-    path = tmp_path / "ckpt.pth"
-    save_checkpoint(path, {**state, "generator_ema": ema})
-    generator, curriculum, step = load_generator(path)
-    assert torch.equal(generator.state_dict()["decoder.to_rgb.0.weight"], ema["decoder.to_rgb.0.weight"])
-    raw, _, _ = load_generator(path, use_ema=False)
-    assert torch.equal(raw.state_dict()["decoder.to_rgb.0.weight"], state["generator"]["decoder.to_rgb.0.weight"])
-    assert curriculum["dataset"] == "Synthetic" and step == 0
+def test_a_torch_with_the_weights_only_bypass_is_refused(tmp_path, monkeypatch):
+    """torch <= 2.5.1 runs code from a crafted file even with weights_only=True (CVE-2025-32434):
+    requirements.txt excludes it, and loading refuses it where it is installed anyway."""
+    import re
 
-
-def test_format1_checkpoint_converts_equalized_biases(tiny_generator, tiny_curriculum, tmp_path):
-    """Format 1 stored b' = c * b (a 'c W x + b' layer); loading converts it so the forward is unchanged,
-    and Adam's moments for those biases follow (m * c, v * c^2)."""
-    from utils.checkpoint import equalized_bias_scales
-
-    state = {k: v.clone() for k, v in tiny_generator.state_dict().items()}
-    scales = equalized_bias_scales(state)
-    assert len(scales) == 2 * 4 + 1 + 5  # base conv, two per block, five to_rgb
-    with torch.no_grad():
-        for key in scales:
-            state[key].normal_()
-    old = {k: (v * scales[k] if k in scales else v) for k, v in state.items()}
-    names = list(old)
-    bias_index = names.index(next(iter(scales)))
-    optimizer_G = {"state": {bias_index: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3),
-                                          "exp_avg_sq": torch.ones(3)}},
-                   "param_groups": [{"name": "generator", "params": list(range(len(names)))}]}
-    path = tmp_path / "old.pth"
-    torch.save({"format_version": 1, "generator": old, "generator_ema": old, "curriculum": tiny_curriculum,
-                "step": 0, "optimizer_G": optimizer_G}, path)
-    loaded = load_checkpoint(path)
-    assert loaded["format_version"] == FORMAT_VERSION and loaded["upgraded_from_format"] == 1
-    for key in state:
-        torch.testing.assert_close(loaded["generator_ema"][key], state[key])
-    c = scales[names[bias_index]]
-    moments = loaded["optimizer_G"]["state"][bias_index]
-    torch.testing.assert_close(moments["exp_avg"], torch.full((3,), c))
-    torch.testing.assert_close(moments["exp_avg_sq"], torch.full((3,), c * c))
-    torch.save({"format_version": 99, "generator": old, "curriculum": tiny_curriculum}, path)
-    with pytest.raises(CheckpointError, match="newer"):
+    text = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    minimum = re.search(r"^torch(?:>=|==)(\d+)\.(\d+)", text, re.M)  # the lowest torch it allows
+    assert minimum and tuple(map(int, minimum.groups())) >= (2, 6)
+    vision = re.search(r"^torchvision(?:>=|==)0\.(\d+)", text, re.M)
+    assert vision and int(vision.group(1)) >= 21  # the release that goes with torch 2.6
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    with pytest.raises(CheckpointError, match=r"torch 2.5.1\+cpu can run code .*CVE-2025-32434.*torch >= 2.6"):
         load_checkpoint(path)
 
 
+# -------------------- the checksum: corruption is caught, never taken for an old or a foreign file
 def test_flipped_bytes_in_tensor_data_are_detected(tmp_path):
     path = tmp_path / "checkpoint.pth"
     weights = torch.arange(4096, dtype=torch.float32) + 0.5
@@ -114,19 +128,6 @@ def test_checkpoints_without_a_checksum_still_load_and_resave_gets_a_fresh_one(t
     assert load_checkpoint(tmp_path / "new.pth")["step"] == 6
 
 
-def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
-    from utils.checkpoint import remove_stale_temp_files
-
-    stale = [tmp_path / ".checkpoint.pth.a1b2c3.tmp", tmp_path / ".checkpoint_000200.pth.x_9.tmp"]
-    kept = [tmp_path / "checkpoint.pth", tmp_path / ".other.tmp", tmp_path / "notes.tmp",
-            tmp_path / ".checkpoint.pth.keep"]
-    for path in stale + kept:
-        path.write_bytes(b"x")
-    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
-
-
-# ------------------------------------------------------------------ issue 21: no fail-open, clear messages
 def _pickle_section(path):
     """(bytes of the file, offset and length of its data.pkl record: the pickle torch.save wrote)."""
     import zipfile
@@ -208,49 +209,53 @@ def test_a_flipped_byte_in_a_pickled_name_is_corruption_not_a_foreign_pickle(tmp
     assert "import_checkpoint.py" not in message and "weights_only" not in message
 
 
-def test_a_failed_write_says_why_in_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
-    """torch's zip writer turns a full disk into "unexpected pos ..." raised while handling the OSError."""
-    import errno
-
-    from utils.checkpoint import CheckpointWriteError
-
-    path = tmp_path / "checkpoint.pth"
-    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
-
-    def full_disk(obj, f, *args, **kwargs):
-        f.write(b"partial")
-        try:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointWriteError) as caught:
-        save_checkpoint(path, {"generator": {"w": torch.zeros(2)}, "curriculum": {}, "step": 2})
-    monkeypatch.undo()
-    message = str(caught.value)
-    assert "No space left on device" in message and "unexpected pos" not in message and "\n" not in message
-    assert isinstance(caught.value, OSError)
-    assert load_checkpoint(path)["step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]
+# ---------------------------------------------------------------- older formats and load_generator
+def test_load_generator_uses_ema_weights_by_default(tiny_checkpoint, tiny_curriculum, tmp_path):
+    state = load_checkpoint(tiny_checkpoint)
+    ema = {k: v + 1 for k, v in state["generator"].items()}
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(path, {**state, "generator_ema": ema})
+    generator, curriculum, step = load_generator(path)
+    assert torch.equal(generator.state_dict()["decoder.to_rgb.0.weight"], ema["decoder.to_rgb.0.weight"])
+    raw, _, _ = load_generator(path, use_ema=False)
+    assert torch.equal(raw.state_dict()["decoder.to_rgb.0.weight"], state["generator"]["decoder.to_rgb.0.weight"])
+    assert curriculum["dataset"] == "Synthetic" and step == 0
 
 
-def test_a_torch_with_the_weights_only_bypass_is_refused(tmp_path, monkeypatch):
-    """torch <= 2.5.1 runs code from a crafted file even with weights_only=True (CVE-2025-32434):
-    requirements.txt excludes it, and loading refuses it where it is installed anyway."""
-    import re
+def test_format1_checkpoint_converts_equalized_biases(tiny_generator, tiny_curriculum, tmp_path):
+    """Format 1 stored b' = c * b (a 'c W x + b' layer); loading converts it so the forward is unchanged,
+    and Adam's moments for those biases follow (m * c, v * c^2)."""
+    from utils.checkpoint import equalized_bias_scales
 
-    text = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
-    minimum = re.search(r"^torch(?:>=|==)(\d+)\.(\d+)", text, re.M)  # the lowest torch it allows
-    assert minimum and tuple(map(int, minimum.groups())) >= (2, 6)
-    vision = re.search(r"^torchvision(?:>=|==)0\.(\d+)", text, re.M)
-    assert vision and int(vision.group(1)) >= 21  # the release that goes with torch 2.6
-    path = tmp_path / "checkpoint.pth"
-    save_checkpoint(path, {"generator": {"w": torch.ones(2)}, "curriculum": {}, "step": 1})
-    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
-    with pytest.raises(CheckpointError, match=r"torch 2.5.1\+cpu can run code .*CVE-2025-32434.*torch >= 2.6"):
+    state = {k: v.clone() for k, v in tiny_generator.state_dict().items()}
+    scales = equalized_bias_scales(state)
+    assert len(scales) == 2 * 4 + 1 + 5  # base conv, two per block, five to_rgb
+    with torch.no_grad():
+        for key in scales:
+            state[key].normal_()
+    old = {k: (v * scales[k] if k in scales else v) for k, v in state.items()}
+    names = list(old)
+    bias_index = names.index(next(iter(scales)))
+    optimizer_G = {"state": {bias_index: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3),
+                                          "exp_avg_sq": torch.ones(3)}},
+                   "param_groups": [{"name": "generator", "params": list(range(len(names)))}]}
+    path = tmp_path / "old.pth"
+    torch.save({"format_version": 1, "generator": old, "generator_ema": old, "curriculum": tiny_curriculum,
+                "step": 0, "optimizer_G": optimizer_G}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == FORMAT_VERSION and loaded["upgraded_from_format"] == 1
+    for key in state:
+        torch.testing.assert_close(loaded["generator_ema"][key], state[key])
+    c = scales[names[bias_index]]
+    moments = loaded["optimizer_G"]["state"][bias_index]
+    torch.testing.assert_close(moments["exp_avg"], torch.full((3,), c))
+    torch.testing.assert_close(moments["exp_avg_sq"], torch.full((3,), c * c))
+    torch.save({"format_version": 99, "generator": old, "curriculum": tiny_curriculum}, path)
+    with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(path)
 
 
+# ---------------------------------------------------------------------------------- random streams
 def test_cuda_rng_states_of_more_gpus_than_this_machine_has_restore_the_ones_it_has(monkeypatch):
     """A checkpoint from a process that saw 8 GPUs, resumed where 1 is visible: GPU 0's state is restored
     and the others are left out (torch.cuda.set_rng_state_all would fail on GPU 1)."""

@@ -1,5 +1,7 @@
-"""The launcher: input checks before any process starts, --set, --resume auto, curriculum changes,
-the run resolved once (its checkpoint read and hashed once), and a SIGTERM to a 2-process (gloo) run."""
+"""The launcher (main.py): input checks before any process starts, --set and --threads and what a run
+records of them, resuming (--resume auto, curriculum changes, the run resolved once: its checkpoint read
+and hashed once), one run per folder, signals (a SIGTERM to a 2-process gloo run too), and errors while a
+run writes."""
 from __future__ import annotations
 
 import json
@@ -48,6 +50,7 @@ def _busy_port():
     return sock
 
 
+# ------------------------------------ input checks: refused before any process starts, in one line
 @pytest.mark.parametrize("extra,message", [
     (["--log_interval", "0"], "--log_interval must be at least 1"),
     (["--nproc", "0"], "--nproc must be at least 1"),
@@ -67,7 +70,7 @@ def _busy_port():
     (["--set", "real_resize=bicubic"], "real_resize must be one of 'nearest', 'antialias'"),
     (["--set", "discriminator=StyleGAN2Discriminator"], "unknown discriminator 'StyleGAN2Discriminator'"),
     (["--set", "model=NERF"], "NERF"),
-    # Sizes, rates and camera values out of range (issue 21): refused from the table of ranges beside the
+    # Sizes, rates and camera values out of range: refused from the table of ranges beside the
     # curriculum defaults (curriculums.KEYS), before anything starts, where they crashed or were accepted.
     (["--set", "0.batch_size=0"], "stage 0: batch_size must be a positive integer, not 0"),
     (["--set", "0.batch_size=-2"], "batch_size must be a positive integer, not -2"),
@@ -125,6 +128,37 @@ def test_output_dir_under_a_file_and_a_busy_port(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_output_dir_under_proc_is_one_line(capsys):
+    code, err = run_main(tiny_argv("/proc/mvcgan_no_such_dir/run", "--max_steps", "1"), capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --output_dir /proc/"), err
+
+
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    code, err = run_main(tiny_argv(tmp_path / "run", "--device", "cuda"), capsys)
+    assert code == 2 and err.count("\n") == 1 and "no CUDA device" in err
+
+
+def test_a_dataset_path_given_with_set_is_what_the_hint_says_to_fix(tmp_path, capsys):
+    sets = TINY_SETS + ["dataset=FFHQ", f"dataset_path={tmp_path / 'nothing' / '*.png'}"]
+    code, err = run_main(tiny_argv(tmp_path / "run", sets=sets), capsys)
+    assert code == 2 and "matches no files" in err
+    assert "--set dataset_path=" in err and "curriculums.py" not in err
+
+
+def test_a_folder_without_one_readable_image_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"not a png")
+    sets = TINY_SETS + ["dataset=FFHQ", f"dataset_path={folder}"]
+    code, err = run_main(tiny_argv(tmp_path / "run", sets=sets), capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "none of the 3 files that dataset_path" in err and "is a readable image" in err
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------- --set, --threads and what a run records of them
 def test_the_published_behaviour_and_its_corrections_are_recorded(tmp_path, capsys):
     """The three choices between published behaviour and correction are curriculum keys: --set
     switches them, options.json and the checkpoint record them."""
@@ -158,6 +192,51 @@ def test_set_values_are_recorded_and_honoured_on_resume(tiny_run, tmp_path, caps
     assert state["curriculum_overrides"]["0.img_size"] == 8
 
 
+def test_a_stage_key_without_its_stage_is_applied_to_every_stage_and_said(tmp_path, capsys):
+    code, err = run_main(tiny_argv(tmp_path / "run", "--max_steps", "1", sets=TINY_SETS + ["batch_size=4"]), capsys)
+    assert code == 0, err
+    assert ("note: --set batch_size=4 has no stage number, so it is a global value: batch_size is 4 in every "
+            "stage (0, 800); for one stage write --set 0.batch_size=4") in err
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["batch_size"] == 4
+
+
+def test_threads_default_to_a_share_of_the_cores_and_are_recorded(tmp_path, capsys):
+    from utils.cpu_runtime import available_cores
+
+    args = main.parse_args(tiny_argv(tmp_path / "run", "--nproc", "2"))
+    assert main.config_from_args(args, spawned=2).threads == max(1, available_cores() // 2)
+    assert main.config_from_args(args, spawned=1).threads is None  # one process: torch's choice
+    previous = torch.get_num_threads()
+    try:
+        assert run_main(tiny_argv(tmp_path / "run", "--threads", "1", "--max_steps", "1"), capsys)[0] == 0
+    finally:
+        torch.set_num_threads(previous)
+    options = json.loads((tmp_path / "run" / "options.json").read_text())
+    assert options["threads"] == 1 and options["args"]["threads"] == 1
+
+
+def test_every_script_takes_threads():
+    """Threads per process for training, rendering, shapes, evaluation, the viewer and inversion."""
+    import extract_shapes
+    import fid_evaluation
+    import invert
+    import render_multiview_image
+    import viewer
+
+    parsers = {"main.py": lambda argv: main.parse_args(["--curriculum", "Synthetic", *argv]),
+               "render_multiview_image.py": render_multiview_image.build_parser().parse_args,
+               "extract_shapes.py": extract_shapes.build_parser().parse_args,
+               "fid_evaluation.py": fid_evaluation.build_parser().parse_args,
+               "viewer.py": viewer.build_parser().parse_args,
+               "invert.py": invert.build_parser().parse_args}
+    for script, parse in parsers.items():
+        required = {"main.py": [], "invert.py": ["--path", "x.pth", "--image", "x.png"]}.get(script, ["--path", "x.pth"])
+        assert parse(required + ["--threads", "3"]).threads == 3, script
+        with pytest.raises(SystemExit):
+            parse(required + ["--threads", "0"])
+
+
+# -------------------------------------- resuming: --load_dir, --resume auto, the run resolved once
 def test_checkpoint_of_another_width_is_one_line(tiny_run, tmp_path, capsys):
     code, err = run_main(tiny_argv(tmp_path / "wide", "--load_dir", str(tiny_run), sets=["hidden_dim=32"]), capsys)
     assert code == 2 and err.count("\n") == 1, err
@@ -189,8 +268,8 @@ def test_resume_auto_starts_fresh_then_continues_the_output_dir(tmp_path, capsys
 
 
 def test_a_resume_after_kill_9_cuts_metrics_back_to_the_resumed_step(tmp_path, capsys):
-    """Issue 32: after kill -9 and --resume auto, metrics.jsonl kept the killed run's rows past the resumed
-    step, then had those steps again: two curves. It is cut back (atomically) to the checkpoint's step."""
+    """After kill -9 and --resume auto, metrics.jsonl used to keep the killed run's rows past the resumed
+    step, then have those steps again: two curves. It is cut back (atomically) to the checkpoint's step."""
     run = tmp_path / "killed"
     assert main.main(tiny_argv(run, "--max_steps", "1")) == 0
     log = run / "metrics.jsonl"
@@ -257,70 +336,7 @@ def test_resume_auto_resolves_to_the_run_directorys_checkpoint(tiny_run):
     assert spec.config.set_step is None  # --set_step was for the job's first start, not its requeue
 
 
-def signal_during_training(tmp_path, *extra, send):
-    """Start `main.py` (tiny, its own session) and call `send(process)` once it has trained a step;
-    returns (exit code, output, run directory)."""
-    run = tmp_path / "signalled"
-    argv = [sys.executable, str(ROOT / "main.py"), *tiny_argv(run, *extra)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 50
-        while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert (run / "metrics.jsonl").exists(), proc.communicate()[0].decode()[-3000:]
-        send(proc)
-        output = proc.communicate(timeout=50)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, output, run
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
-    code, output, run = signal_during_training(tmp_path, send=lambda proc: proc.send_signal(signal.SIGTERM))
-    assert code == 0, output[-3000:]
-    assert load_checkpoint(run)["step"] >= 1
-    assert "stopped by signal" in output
-
-
-@pytest.mark.slow
-def test_a_group_sigint_then_sigterm_with_loader_workers_saves_once_and_resumes(tmp_path):
-    """Ctrl-C and then a cluster's SIGTERM reach every process of the job, the two loader workers too: they
-    ignore both, the training process warns once per signal (not once per worker), saves, exits 0, and
-    --resume auto continues the checkpoint. (Before, the SIGTERM killed the workers first and the run
-    crashed in its loader without a checkpoint.)"""
-    outcome = group_signal(tmp_path / "run", signals=(signal.SIGINT, signal.SIGTERM), num_workers=2)
-    output = outcome.output
-    assert outcome.exit_code == 0 and "Traceback" not in output, output[-3000:]
-    assert output.count("received signal 2: saving a checkpoint") == 1, output[-3000:]
-    assert output.count("received signal 15 again") == 1 and output.count("stopped by signal") == 1
-    assert outcome.saved_step >= 2 and outcome.resumed_step == outcome.saved_step + 1
-
-
-@pytest.mark.slow
-def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
-    """A SIGTERM to the launcher of `--nproc 2` with two loader workers each, then one to the whole process
-    group (as a cluster sends): both processes save once and exit; the checkpoint is written, loads and
-    --resume auto continues it."""
-    outcome = group_signal(tmp_path / "run", nproc=2, num_workers=2, launcher_first=True)
-    output = outcome.output
-    assert outcome.exit_code == 0, output[-3000:]
-    assert output.count("stopped by signal") == 1, output[-3000:]  # rank 0 reports the save
-    assert output.count("received signal 15: saving a checkpoint") == 1, output[-3000:]  # rank 0 alone warns
-    assert outcome.saved_step >= 1 and outcome.saved_world_size == 2
-    assert "Traceback" not in output and "KeyboardInterrupt" not in output
-    assert outcome.resumed_step == outcome.saved_step + 1
-
-
-def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
-    code, err = run_main(tiny_argv(tmp_path / "run", "--device", "cuda"), capsys)
-    assert code == 2 and err.count("\n") == 1 and "no CUDA device" in err
-
-
-# ------------------------------------------------------------ one run per folder (issue 21)
+# ------------------------------- one run per folder: the run directory's lock, another run's files
 def _hold_lock_in_another_process(folder):
     """A process (no torch: quick to start) that holds `folder`'s run lock until killed, as a live run does."""
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from utils.run_dir import RunDirLock; "
@@ -395,69 +411,65 @@ def test_resume_auto_in_a_folder_killed_before_its_first_checkpoint_starts_over(
     assert len(list(run.glob("previous_*/metrics.jsonl"))) == 1
 
 
-# ---------------------------------------------------------------- what a run says (issue 21)
-def test_an_output_dir_under_proc_is_one_line(capsys):
-    code, err = run_main(tiny_argv("/proc/mvcgan_no_such_dir/run", "--max_steps", "1"), capsys)
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --output_dir /proc/"), err
-
-
-def test_a_stage_key_without_its_stage_is_applied_to_every_stage_and_said(tmp_path, capsys):
-    code, err = run_main(tiny_argv(tmp_path / "run", "--max_steps", "1", sets=TINY_SETS + ["batch_size=4"]), capsys)
-    assert code == 0, err
-    assert ("note: --set batch_size=4 has no stage number, so it is a global value: batch_size is 4 in every "
-            "stage (0, 800); for one stage write --set 0.batch_size=4") in err
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["batch_size"] == 4
-
-
-def test_a_dataset_path_given_with_set_is_what_the_hint_says_to_fix(tmp_path, capsys):
-    sets = TINY_SETS + ["dataset=FFHQ", f"dataset_path={tmp_path / 'nothing' / '*.png'}"]
-    code, err = run_main(tiny_argv(tmp_path / "run", sets=sets), capsys)
-    assert code == 2 and "matches no files" in err
-    assert "--set dataset_path=" in err and "curriculums.py" not in err
-
-
-def test_a_folder_without_one_readable_image_is_one_line(tmp_path, capsys):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"{i}.png").write_bytes(b"not a png")
-    sets = TINY_SETS + ["dataset=FFHQ", f"dataset_path={folder}"]
-    code, err = run_main(tiny_argv(tmp_path / "run", sets=sets), capsys)
-    assert code == 2 and err.count("\n") == 1, err
-    assert "none of the 3 files that dataset_path" in err and "is a readable image" in err
-    assert not (tmp_path / "run").exists()
-
-
-def test_sample_interval_0_writes_no_sample_grids(tiny_run):
-    """--sample_interval 0 means never: not during the run and not at its end either."""
-    assert load_checkpoint(tiny_run)["step"] == 2
-    assert not [p.name for p in tiny_run.glob("*_*.png")]
-
-
-def test_a_resumed_run_says_where_from_and_times_its_own_first_step(tiny_run, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="mvcgan.train"):
-        assert main.main(tiny_argv(tmp_path / "resumed", "--load_dir", str(tiny_run), "--max_steps", "3")) == 0
-    messages = [record.getMessage() for record in caplog.records]
-    assert f"resumed from {tiny_run / 'checkpoint.pth'} at step 2" in messages
-    line = next(m for m in messages if m.startswith("step 3/3"))
-    assert float(line.split(" s/step")[0].split()[-1]) > 0, line  # not "0.00 s/step" from a clock started late
-
-
-def test_threads_default_to_a_share_of_the_cores_and_are_recorded(tmp_path, capsys):
-    from utils.cpu_runtime import available_cores
-
-    args = main.parse_args(tiny_argv(tmp_path / "run", "--nproc", "2"))
-    assert main.config_from_args(args, spawned=2).threads == max(1, available_cores() // 2)
-    assert main.config_from_args(args, spawned=1).threads is None  # one process: torch's choice
-    previous = torch.get_num_threads()
+# -------------------------------------------------------- signals: a stopped run saves and resumes
+def signal_during_training(tmp_path, *extra, send):
+    """Start `main.py` (tiny, its own session) and call `send(process)` once it has trained a step;
+    returns (exit code, output, run directory)."""
+    run = tmp_path / "signalled"
+    argv = [sys.executable, str(ROOT / "main.py"), *tiny_argv(run, *extra)]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert run_main(tiny_argv(tmp_path / "run", "--threads", "1", "--max_steps", "1"), capsys)[0] == 0
+        deadline = time.time() + 50
+        while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (run / "metrics.jsonl").exists(), proc.communicate()[0].decode()[-3000:]
+        send(proc)
+        output = proc.communicate(timeout=50)[0].decode()
     finally:
-        torch.set_num_threads(previous)
-    options = json.loads((tmp_path / "run" / "options.json").read_text())
-    assert options["threads"] == 1 and options["args"]["threads"] == 1
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, output, run
 
 
+@pytest.mark.slow
+def test_sigterm_saves_a_loadable_checkpoint(tmp_path):
+    code, output, run = signal_during_training(tmp_path, send=lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == 0, output[-3000:]
+    assert load_checkpoint(run)["step"] >= 1
+    assert "stopped by signal" in output
+
+
+@pytest.mark.slow
+def test_a_group_sigint_then_sigterm_with_loader_workers_saves_once_and_resumes(tmp_path):
+    """Ctrl-C and then a cluster's SIGTERM reach every process of the job, the two loader workers too: they
+    ignore both, the training process warns once per signal (not once per worker), saves, exits 0, and
+    --resume auto continues the checkpoint. (Before, the SIGTERM killed the workers first and the run
+    crashed in its loader without a checkpoint.)"""
+    outcome = group_signal(tmp_path / "run", signals=(signal.SIGINT, signal.SIGTERM), num_workers=2)
+    output = outcome.output
+    assert outcome.exit_code == 0 and "Traceback" not in output, output[-3000:]
+    assert output.count("received signal 2: saving a checkpoint") == 1, output[-3000:]
+    assert output.count("received signal 15 again") == 1 and output.count("stopped by signal") == 1
+    assert outcome.saved_step >= 2 and outcome.resumed_step == outcome.saved_step + 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_launcher_saves_a_checkpoint(tmp_path):
+    """A SIGTERM to the launcher of `--nproc 2` with two loader workers each, then one to the whole process
+    group (as a cluster sends): both processes save once and exit; the checkpoint is written, loads and
+    --resume auto continues it."""
+    outcome = group_signal(tmp_path / "run", nproc=2, num_workers=2, launcher_first=True)
+    output = outcome.output
+    assert outcome.exit_code == 0, output[-3000:]
+    assert output.count("stopped by signal") == 1, output[-3000:]  # rank 0 reports the save
+    assert output.count("received signal 15: saving a checkpoint") == 1, output[-3000:]  # rank 0 alone warns
+    assert outcome.saved_step >= 1 and outcome.saved_world_size == 2
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert outcome.resumed_step == outcome.saved_step + 1
+
+
+# ------------------------------------------------------------- errors while a run writes: one line
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs (room for a run's first files, not for its 7.5 MB checkpoint); skipped without the
@@ -480,24 +492,3 @@ def test_a_full_disk_ends_in_one_line_naming_it(small_disk, capsys):
     assert code == 1 and lines == [lines[0]] and lines[0].startswith("error: could not write the checkpoint"), err
     assert "No space left on device" in lines[0] and "Traceback" not in err and "unexpected pos" not in err
     assert not list((small_disk / "run").glob(".checkpoint*.tmp"))  # the failed write cleaned up after itself
-
-
-def test_every_script_takes_threads():
-    """Threads per process for training, rendering, shapes, evaluation, the viewer and inversion (issue 21)."""
-    import extract_shapes
-    import fid_evaluation
-    import invert
-    import render_multiview_image
-    import viewer
-
-    parsers = {"main.py": lambda argv: main.parse_args(["--curriculum", "Synthetic", *argv]),
-               "render_multiview_image.py": render_multiview_image.build_parser().parse_args,
-               "extract_shapes.py": extract_shapes.build_parser().parse_args,
-               "fid_evaluation.py": fid_evaluation.build_parser().parse_args,
-               "viewer.py": viewer.build_parser().parse_args,
-               "invert.py": invert.build_parser().parse_args}
-    for script, parse in parsers.items():
-        required = {"main.py": [], "invert.py": ["--path", "x.pth", "--image", "x.png"]}.get(script, ["--path", "x.pth"])
-        assert parse(required + ["--threads", "3"]).threads == 3, script
-        with pytest.raises(SystemExit):
-            parse(required + ["--threads", "0"])

@@ -268,6 +268,29 @@ def test_run_removes_stale_checkpoint_temp_files_and_logs_progress_lines(tmp_pat
     assert all("s/step" in line and "ETA" in line for line in lines)
 
 
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A 2-step tiny run directory, trained without sample grids (read-only for the tests)."""
+    config = tiny_config(tmp_path_factory.mktemp("two_steps"), max_steps=2)  # sample_interval=0
+    assert train(0, 1, config) == 0
+    return Path(config.output_dir)
+
+
+def test_sample_interval_0_writes_no_sample_grids(two_step_run):
+    """--sample_interval 0 means never: not during the run and not at its end either."""
+    assert load_checkpoint(two_step_run)["step"] == 2
+    assert not [p.name for p in two_step_run.glob("*_*.png")]
+
+
+def test_a_resumed_run_says_where_from_and_times_its_own_first_step(two_step_run, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mvcgan.train"):
+        assert train(0, 1, tiny_config(tmp_path, "resumed", load_dir=str(two_step_run), max_steps=3)) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"resumed from {two_step_run / 'checkpoint.pth'} at step 2" in messages
+    line = next(m for m in messages if m.startswith("step 3/3"))
+    assert float(line.split(" s/step")[0].split()[-1]) > 0, line  # not "0.00 s/step" from a clock started late
+
+
 def test_skipped_file_warning_is_not_repeated_every_epoch_with_workers(tmp_path):
     """Loader workers live across epochs, so each remembers the unreadable files it met."""
     import logging
@@ -304,9 +327,9 @@ def test_fp16_overflows_are_left_to_the_scaler_but_a_streak_stops_the_run(tmp_pa
     scaler's to skip, and it lowers its scale; the step is still reported as skipped, and MAX_OVERFLOW_STEPS
     in a row stop the run."""
     import losses
-    import train as train_module
+    import training.faults
 
-    monkeypatch.setattr(train_module, "MAX_OVERFLOW_STEPS", 3)
+    monkeypatch.setattr(training.faults, "MAX_OVERFLOW_STEPS", 3)
     original = losses.MVCGANLoss.accumulate_generator_gradients
 
     def nan_gradient(self, *args, **kwargs):
@@ -338,6 +361,31 @@ def test_cpu_training_flushes_denormals(tmp_path):
         assert (torch.tensor([1e-30]) * torch.tensor([1e-7])).item() > 0  # normal floats are untouched
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_step_options_are_a_stages_values_typed_and_frozen():
+    """What the loop reads of a stage (training/step_options.py): the curriculum's values, with the types the
+    optimiser groups always held (FFHQ's integer weight decay stays an int), and read-only."""
+    import dataclasses
+
+    from training.step_options import StepOptions
+
+    metadata = curriculums.extract_metadata(curriculums.get_curriculum("FFHQ"), 0)
+    options = StepOptions.from_metadata(metadata)
+    assert (options.batch_size, options.img_size, options.output_size) == \
+        (metadata["batch_size"], metadata["img_size"], metadata["output_size"])
+    assert options.weight_decay == 0 and type(options.weight_decay) is int
+    assert options.betas == (0.0, 0.9) and all(type(b) is float for b in options.betas)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.gen_lr = 1.0
+
+
+def test_every_rank_and_any_rank_in_one_process():
+    from training.distributed import any_rank, every_rank
+
+    cpu = torch.device("cpu")
+    assert any_rank([True, False, 1, 0], cpu, 1) == [True, False, True, False]
+    assert every_rank(True, cpu, 1) and not every_rank(False, cpu, 1)
 
 
 # ------------------------------------------------------------- published stage mechanics (docs/METHOD.md §7)
