@@ -171,7 +171,7 @@ Synthetic = {
     "clamp_mode": "softplus",  # relu passes no gradient to the (initially negative) density
     "max_mixup_ratio": 1.0,    # pulls density up; at 0.1 and 0.5 some runs drifted to noise
     # photometric_input, warp_projection: the published "shifted" and "ray_norm" (FACE_GLOBALS); with the
-    # corrections on, the demo's appearance was worse (docs/METHOD.md §8.1).
+    # corrections on, the demo's appearance was worse (docs/EXPERIMENTS.md).
     "r1_lambda": 10,           # as pi-GAN's synthetic CARLA curriculum; 0.2 lets D win outright
     # healthy demo runs kept g_grad_norm below 70, drifted ones passed 100 by step 500 (docs/EXPERIMENTS.md)
     "drift_g_grad_norm": 100,

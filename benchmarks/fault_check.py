@@ -1,4 +1,4 @@
-"""Re-check the fault guarantees of a training run (README, "Reliability"), with real processes and signals.
+"""Re-check the fault guarantees of a training run (docs/TRAINING.md, "Reliability"), with real processes and signals.
 
     python benchmarks/fault_check.py --runs 10                           # every case, one process
     python benchmarks/fault_check.py --runs 5 --nproc 2 --cases group_sigterm

@@ -15,7 +15,7 @@ page faults and zeroing again, every step: a third of a CPU training step. Here:
   so every layer's (chunk, H) activations are reused heap memory.
 
 `tests/test_step_numerics.py` holds all three to the formula (`SPATIALSIRENBASELINE.forward`,
-impl="reference"); README "Speed" has what each bought. Entry point: `field_forward(field,
+impl="reference"); docs/PERFORMANCE.md has what each bought. Entry point: `field_forward(field,
 points, gammas, betas, ray_directions)`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The timing scripts run and print what the README quotes (tiny sizes; the measurements are benchmarks)."""
+"""The timing scripts run and print what the README and docs/ quote (tiny sizes; the measurements are benchmarks)."""
 from __future__ import annotations
 
 import json

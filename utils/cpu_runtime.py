@@ -15,13 +15,13 @@ whole-tensor temporaries on CPU (`siren/cpu_kernels.py`: row blocks, `FieldHeads
 which brought the fresh pages from 18 to 3 GB per step at batch 2, 64x64 NeRF, 16 samples;
 what is left are tensors the step needs (the activations saved for backward). Served from
 the heap and kept there, those are reused from step to step too. The cost: the heap
-fragments and never shrinks, so the peak RSS grows (README, "Speed", has the numbers). Hence opt-in
+fragments and never shrinks, so the peak RSS grows (docs/PERFORMANCE.md has the numbers). Hence opt-in
 (`TrainConfig.keep_freed_memory`, `bench_step.py --keep_freed_memory`).
 
 `--threads` (every script: `add_threads_argument`, then `set_threads(args.threads)`) sets
 torch's CPU threads. torch's default, one per core, is right on an idle machine; beside other
 jobs its idle threads spin waiting for preempted ones, and a step took 10-30x longer than with
-one thread per free core (README, "Training").
+one thread per free core (docs/TRAINING.md, `--threads`).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ with chunk = batch_size / batch_split, the images one generator pass holds for b
   phase, which run on the whole batch at once.
 
 The constants (`MEMORY_MODELS`) come from the peak RSS of `benchmarks/bench_step.py --iterations 0`
-on CPU, fp32 (README "Speed"; GB = 2**30 bytes, as bench_step reports), FFHQ widths (hidden 256)
+on CPU, fp32 (docs/PERFORMANCE.md; GB = 2**30 bytes, as bench_step reports), FFHQ widths (hidden 256)
 unless noted, 64x64 NeRF, 16 samples:
 
 * output 64, batch 1 / 2 / 4 / 8 (split 1): 2.60 / 3.98 / 6.83 / 12.38 GB: 1.18 GB `fixed` and
