@@ -188,8 +188,8 @@ Synthetic = {
 # --------------------------------------------------------------------------- #
 # Procedural four-legged animals seen from all around (synthetic_heads.Critter): the data set where
 # 3D shape shows (a sphere, an ellipsoid or a wall is visibly wrong from the side or the front).
-# The recipe and the measurements that chose it: docs/EXPERIMENTS.md, "Critters". It does not learn
-# the shape yet: the best recipe so far (this one) loses to a fitted ellipsoid.
+# The recipe and the measurements that chose it: docs/EXPERIMENTS.md, "Critters". For one critter its
+# silhouettes beat every fixed answer, but its depth error is still above a fitted ellipsoid's (soft surfaces).
 # --------------------------------------------------------------------------- #
 
 _CRITTERS_STAGE = _stage(batch_size=8, num_steps=14, img_size=16, output_size=16, batch_split=1,
@@ -231,7 +231,8 @@ Critters = {
     "last_back": False,
     "eval_last_back": False,
     "far_background_depth": True,
-    # the density head's scale: at 1 one image takes thousands of steps to become opaque (docs/EXPERIMENTS.md)
+    # the density head's scale: at 1 even a direct fit to one image stays semi-transparent for hundreds of steps
+    # (benchmarks/bench_fit.py; docs/EXPERIMENTS.md)
     "density_scale": 10.0,
     "hidden_dim": 64,
     "decoder_channels": (16, 16, 8, 8),  # unused with image_source "nerf"; kept small

@@ -48,7 +48,7 @@ def fit_curriculum(curriculum_name: str = "Critters", objects: int = 1, override
 
 
 def fit_field(metadata: dict, steps: int, lr: float = 2e-4, batch_size: int = 8, views: int = 512, seed: int = 0,
-              eval_every: int = 200, num_samples: int = 64, log=print):
+              eval_every: int = 200, num_samples: int = 64, opacity_lambda: float = 0.0, log=print):
     """Fit a fresh generator's field to `views` training images of the metadata's procedural set; returns
     (generator in eval mode, [{step, seconds, loss, synthetic scores ...}] every eval_every steps and at the end)."""
     torch.manual_seed(seed)
@@ -68,6 +68,8 @@ def fit_field(metadata: dict, steps: int, lr: float = 2e-4, batch_size: int = 8,
                                                                          generator=draw), None)
         view = generator.render_view(generator.mapping(z), cam2world[index], options, draws)
         loss = ((view.rgb * 2 - 1 - images[index]) ** 2).mean()
+        if opacity_lambda:
+            loss = loss + opacity_lambda * (view.opacity * (1 - view.opacity)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -95,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=512, help="training views (poses) of the object(s)")
     p.add_argument("--eval_every", type=int, default=200, help="steps between scores")
     p.add_argument("--num_samples", type=int, default=64, help="poses per score (the synthetic metric)")
+    p.add_argument("--opacity_lambda", type=float, default=0.0,
+                   help="weight of mean(o (1 - o)) over the rays' opacities o: pushes each ray to empty or opaque")
     p.add_argument("--seed", type=int, default=0, help="initialisation, latents, views and jitter")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
         generator, history = fit_field(metadata, args.steps, args.lr, args.batch_size, args.views, args.seed,
-                                       args.eval_every, args.num_samples, log=lambda line: print(line, flush=True))
+                                       args.eval_every, args.num_samples, args.opacity_lambda, log=lambda line: print(line, flush=True))
         with open(output / "metrics.jsonl", "w") as f:
             for row in history:
                 scores = {k: v for k, v in row.items() if k.startswith("synthetic_") or k == "num_synthetic"}

@@ -195,3 +195,23 @@ def test_bench_loader_measures_raw_and_prepared_and_the_workers_each_needs(tmp_p
             assert rate > 0 and row[f"{label}_per_s"] > 0
             assert row[f"workers_{label}"] == {t: bench_loader.workers_needed(56, float(t), rate) for t in ("0.5", "2")}
     assert bench_loader.workers_needed(56, 0.5, 50.0) == 3 and bench_loader.workers_needed(28, 2.0, 1000.0) == 1
+
+
+def test_bench_fit_writes_its_scores_a_checkpoint_the_tools_read_and_the_figure(tmp_path, capsys):
+    import bench_fit
+    from utils.checkpoint import load_generator
+
+    out = tmp_path / "fit"
+    assert bench_fit.main(["--steps", "2", "--eval_every", "1", "--views", "4", "--batch_size", "2",
+                           "--num_samples", "4", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert {"synthetic_iou", "synthetic_depth_vs_trivial", "synthetic_iou_best_trivial"} <= set(rows[-1]["eval"])
+    generator, curriculum, _ = load_generator(out / "checkpoint.pth")
+    assert curriculum["synthetic_objects"] == 1 and generator.density_scale == curriculum["density_scale"]
+    assert (out / "truth_vs_fitted.png").stat().st_size > 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert printed[-1]["step"] == 2
+    assert bench_fit.main(["--steps", "0", "--output", str(tmp_path / "bad")]) == 2
+    assert bench_fit.main(["--set", "no_such_key=1", "--output", str(tmp_path / "bad")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "bad").exists()
