@@ -92,7 +92,8 @@ def plot_curves(curves: dict, destination: Path) -> None:
     from PIL import Image, ImageDraw
 
     width, height, margin = 520, 300, 48
-    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     canvas = Image.new("RGB", (width * len(CURVES), height + 24 * (1 + len(curves) // 3)), "white")
     draw = ImageDraw.Draw(canvas)
     for panel, (key, title) in enumerate(CURVES):
