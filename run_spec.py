@@ -196,6 +196,7 @@ def check_eval_metrics(config: TrainConfig, curriculum: dict) -> None:
     thousands of steps in, would be the first to find out)."""
     metrics = parse_metrics(config.eval_metrics)
     dataset = curriculums.extract_metadata(curriculum, 0)["dataset"]
-    if config.eval_freq and "synthetic" in metrics and dataset not in PROCEDURAL_DATASETS:
-        raise ValueError(f"--eval_metrics synthetic needs a procedural dataset ({', '.join(PROCEDURAL_DATASETS)}), "
-                         f"not {dataset!r}")
+    for name in ("synthetic", "synthetic_aligned"):
+        if config.eval_freq and name in metrics and dataset not in PROCEDURAL_DATASETS:
+            raise ValueError(f"--eval_metrics {name} needs a procedural dataset ({', '.join(PROCEDURAL_DATASETS)}), "
+                             f"not {dataset!r}")

@@ -22,7 +22,7 @@ from metrics.inception import load_inception
 from metrics.mvc import MVC_YAW_STEP, multiview_consistency
 from metrics.mvc import summary_lines as mvc_summary_lines
 from metrics.synthetic import summary_lines as synthetic_summary_lines
-from metrics.synthetic import synthetic_scores
+from metrics.synthetic import aligned_summary_lines, aligned_synthetic_scores, synthetic_scores
 
 
 @dataclass
@@ -137,6 +137,13 @@ def synthetic(opts: MetricOptions) -> dict:
     return synthetic_scores(opts.generator, opts.metadata, num_samples=opts.num_synthetic, psi=opts.psi,
                             batch_size=opts.batch_size, max_batch_size=opts.max_batch_size, seed=opts.seed,
                             alpha=opts.alpha, device=opts.device)
+
+
+@register_metric(aligned_summary_lines)
+def synthetic_aligned(opts: MetricOptions) -> dict:
+    return aligned_synthetic_scores(opts.generator, opts.metadata, num_samples=opts.num_synthetic, psi=opts.psi,
+                                    batch_size=opts.batch_size, max_batch_size=opts.max_batch_size, seed=opts.seed,
+                                    alpha=opts.alpha, device=opts.device)
 
 
 # ----------------------------------------------------------------------------- #

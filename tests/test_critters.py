@@ -269,3 +269,48 @@ def test_the_field_fitted_to_one_critter_with_its_cameras_beats_every_trivial_si
     assert scores["synthetic_iou"] > scores["synthetic_iou_best_trivial"] + 0.03, scores
     assert scores["synthetic_iou"] > scores["synthetic_iou_prior"] + 0.2, scores
     assert scores["synthetic_depth_l1_fg"] < scores["synthetic_depth_l1_fg_prior"] - 0.02, scores
+
+
+@pytest.mark.parametrize("turn, mirror", [(0.0, False), (math.pi / 2, False), (math.pi * 5 / 4, True)])
+def test_the_aligned_score_finds_the_turn_and_mirror_of_a_turned_critter(turn, mirror):
+    """A critter turned (and mirrored) against the truth is found again on the search grid, and turned back it
+    matches the truth exactly; without the alignment the same views score far worse."""
+    from metrics.synthetic import best_alignment, compare_depth, real_head_maps, turned_maps
+
+    metadata = dict(CRITTERS, synthetic_objects=1)
+    yaw, pitch = eval_poses_for_test(metadata, 12)
+    truth = real_head_maps(metadata, yaw, pitch)
+
+    def true_critter(y, p):
+        return real_head_maps(metadata, y, p)
+
+    def turned_critter(y, p):  # the true critter turned by -turn, then mirrored: what turning back must undo
+        return turned_maps(true_critter, y, p, -turn if not mirror else turn, mirror)
+
+    found_turn, found_mirror = best_alignment(turned_critter, truth, yaw, pitch, turns=8)
+    assert found_mirror == mirror and math.isclose(found_turn % (2 * math.pi), turn % (2 * math.pi), abs_tol=1e-6)
+    aligned = turned_maps(turned_critter, yaw, pitch, found_turn, found_mirror)
+    assert compare_depth(aligned, truth) < 1e-4 and torch.equal(aligned.mask, truth.mask)
+    if turn or mirror:
+        assert compare_depth(turned_critter(yaw, pitch), truth) > 0.01
+
+
+def eval_poses_for_test(metadata, n):
+    from metrics.metric_utils import eval_poses
+    return eval_poses(n, metadata, 0)
+
+
+def test_synthetic_aligned_is_a_registered_metric_with_its_turn_and_mirror():
+    from metrics.metric_main import evaluate, list_metrics
+
+    assert "synthetic_aligned" in list_metrics()
+    metadata = dict(CRITTERS, synthetic_objects=1)
+    torch.manual_seed(0)
+    generator = build_generator(metadata).eval()
+    results = evaluate(generator, metadata, "synthetic,synthetic_aligned", num_synthetic=8)
+    assert 0 <= results["synthetic_aligned_turn"] < 2 * math.pi and isinstance(results["synthetic_aligned_mirror"], bool)
+    assert results["synthetic_depth_l1_best_trivial"] > 0
+    assert results["synthetic_aligned_depth_vs_trivial"] == pytest.approx(
+        results["synthetic_aligned_depth_l1_fg"] / results["synthetic_depth_l1_best_trivial"])
+    with pytest.raises(ValueError, match="procedural"):
+        evaluate(generator, dict(metadata, dataset="FFHQ"), "synthetic_aligned", num_synthetic=8)
