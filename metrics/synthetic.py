@@ -120,6 +120,11 @@ def _pixel_features(images: torch.Tensor) -> np.ndarray:
     return (small * 2 - 1).flatten(1).numpy()
 
 
+def compare_depth(candidate: HeadMaps, reference: HeadMaps) -> float:
+    """Mean |depth difference| over the reference's foreground (compare_head_maps' depth_l1_fg), alone."""
+    return float((candidate.depth - reference.depth).abs()[reference.mask].mean())
+
+
 def compare_head_maps(candidate: HeadMaps, reference: HeadMaps, seed: int = 0) -> dict:
     """iou: silhouette IoU pooled over all pixels. depth_l1: mean |depth difference| where both
     are foreground (NaN when they never are). depth_l1_fg: the same over every pixel of the
@@ -133,7 +138,7 @@ def compare_head_maps(candidate: HeadMaps, reference: HeadMaps, seed: int = 0) -
                        seed=seed)
     return {"iou": float(both.sum() / union.sum()) if union.any() else float("nan"),
             "depth_l1": float(difference[both].mean()) if both.any() else float("nan"),
-            "depth_l1_fg": float(difference[reference.mask].mean()),
+            "depth_l1_fg": compare_depth(candidate, reference),
             "kid": kid_value, "opaque": float(candidate.mask.float().mean())}
 
 
@@ -144,12 +149,11 @@ def _gap_closed(value: float, floor: float, ceiling: float) -> float:
     return (value - floor) / (ceiling - floor)
 
 
-def _calibration(metadata: Mapping, yaw, pitch, z, cam2world, render: dict, seed: int):
-    """The reference heads and the scores of the baselines: real heads against other real heads
+def _calibration(metadata: Mapping, yaw, pitch, z, cam2world, render: dict, seed: int, reference: HeadMaps):
+    """The scores of the baselines against the reference heads: real heads against other real heads
     (_ceiling), an untrained generator without a sphere prior (_floor) and, when the curriculum
     has a prior, the same untrained weights with it (_prior)."""
     num_samples = len(yaw)
-    reference = real_head_maps(metadata, yaw, pitch)
     with torch.random.fork_rng(devices=[]):  # the baselines' init must not move the caller's RNG
         torch.manual_seed(seed)
         untrained = build_generator(dict(metadata, sphere_prior_density=0.0)).to(render["device"]).eval()
@@ -164,7 +168,7 @@ def _calibration(metadata: Mapping, yaw, pitch, z, cam2world, render: dict, seed
         with_prior = with_prior.to(render["device"]).eval()
         calibration["_prior"] = compare_head_maps(generated_head_maps(with_prior, metadata, z, cam2world, **render),
                                                   reference, seed)
-    return reference, calibration
+    return calibration
 
 
 def _trivial_baselines(reference: HeadMaps, metadata: Mapping, yaw: torch.Tensor, pitch: torch.Tensor,
@@ -212,7 +216,26 @@ def _require_procedural(metadata: Mapping) -> None:
                          f"({', '.join(PROCEDURAL_DATASETS)}), not {metadata.get('dataset')!r}")
 
 
-_SYNTHETIC_CALIBRATION: dict = {}  # {key: (reference HeadMaps, ceiling and floor scores, trivial baselines)}, one entry
+# What depends only on the stage and the sampling, not on the generator's weights, computed once per process
+# (training evaluates repeatedly; `synthetic` and `synthetic_aligned` share the truth). One entry each.
+_SYNTHETIC_TRUTH: dict = {}        # {key: (reference HeadMaps, trivial baselines)}
+_SYNTHETIC_CALIBRATION: dict = {}  # {key: ceiling, floor and prior scores}
+
+
+def _cache_key(metadata: Mapping, *sampling) -> str:
+    return json.dumps([sorted((str(k), str(v)) for k, v in metadata.items()), *sampling])
+
+
+def _truth(metadata: Mapping, yaw: torch.Tensor, pitch: torch.Tensor, num_samples: int, seed: int) -> tuple:
+    """(the true objects at the poses eval_poses(num_samples, metadata, seed) drew, the trivial baselines
+    fitted to them)."""
+    key = _cache_key(metadata, num_samples, seed)
+    if key not in _SYNTHETIC_TRUTH:
+        _SYNTHETIC_TRUTH.clear()
+        reference = real_head_maps(metadata, yaw, pitch)
+        _SYNTHETIC_TRUTH[key] = reference, _trivial_baselines(reference, metadata, yaw, pitch,
+                                                              cam2world_from_poses(yaw, pitch))
+    return _SYNTHETIC_TRUTH[key]
 
 
 def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: float = 1.0,
@@ -241,15 +264,12 @@ def synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: 
     cam2world = cam2world_from_poses(yaw, pitch)  # (n, 4, 4)
     z = latents(num_samples, generator.z_dim, metadata, seed)
     render = dict(psi=psi, batch_size=batch_size, max_batch_size=max_batch_size, alpha=alpha, device=device)
-    # The reference heads and the calibration depend only on the stage and the sampling, not on
-    # the generator's weights: compute them once per process (training evaluates repeatedly).
-    key = json.dumps([sorted((str(k), str(v)) for k, v in metadata.items()), num_samples, seed, psi, alpha])
+    reference, trivial = _truth(metadata, yaw, pitch, num_samples, seed)
+    key = _cache_key(metadata, num_samples, seed, psi, alpha)
     if key not in _SYNTHETIC_CALIBRATION:
         _SYNTHETIC_CALIBRATION.clear()
-        reference, calibration = _calibration(metadata, yaw, pitch, z, cam2world, render, seed)
-        trivial = _trivial_baselines(reference, metadata, yaw, pitch, cam2world)
-        _SYNTHETIC_CALIBRATION[key] = reference, calibration, trivial
-    reference, calibration, trivial = _SYNTHETIC_CALIBRATION[key]
+        _SYNTHETIC_CALIBRATION[key] = _calibration(metadata, yaw, pitch, z, cam2world, render, seed, reference)
+    calibration = _SYNTHETIC_CALIBRATION[key]
     scores = {"": compare_head_maps(generated_head_maps(generator, metadata, z, cam2world, **render), reference,
                                     seed), **calibration}
     results = {f"synthetic_{name}{suffix}": value
@@ -296,11 +316,6 @@ def best_alignment(render_maps, reference: HeadMaps, yaw: torch.Tensor, pitch: t
     return candidates[int(np.argmin(errors))]
 
 
-def compare_depth(candidate: HeadMaps, reference: HeadMaps) -> float:
-    """depth_l1_fg of compare_head_maps, without the KID."""
-    return float((candidate.depth - reference.depth).abs()[reference.mask].mean())
-
-
 def aligned_synthetic_scores(generator, metadata: Mapping, num_samples: int = 256, psi: float = 1.0,
                              batch_size: int = RENDER_BATCH_SIZE, max_batch_size: Optional[int] = None, seed: int = 0,
                              alpha: float = 1.0, device=None, turns: int = ALIGN_TURNS) -> dict:
@@ -315,7 +330,7 @@ def aligned_synthetic_scores(generator, metadata: Mapping, num_samples: int = 25
     device = next(generator.parameters()).device if device is None else device
     yaw, pitch = eval_poses(num_samples, metadata, seed)
     z = latents(num_samples, generator.z_dim, metadata, seed)
-    reference = real_head_maps(metadata, yaw, pitch)
+    reference, trivial = _truth(metadata, yaw, pitch, num_samples, seed)
     render = dict(psi=psi, batch_size=batch_size, max_batch_size=max_batch_size, alpha=alpha, device=device)
 
     def render_maps(rows):
@@ -325,7 +340,6 @@ def aligned_synthetic_scores(generator, metadata: Mapping, num_samples: int = 25
     turn, mirror = best_alignment(render_maps(search), HeadMaps(*(m[search] for m in reference)), yaw[search],
                                   pitch[search], turns)
     scores = compare_head_maps(turned_maps(render_maps(slice(None)), yaw, pitch, turn, mirror), reference, seed)
-    trivial = _trivial_baselines(reference, metadata, yaw, pitch, cam2world_from_poses(yaw, pitch))
     return {"synthetic_aligned_iou": scores["iou"], "synthetic_aligned_depth_l1_fg": scores["depth_l1_fg"],
             "synthetic_aligned_kid": scores["kid"], "synthetic_aligned_turn": turn,
             "synthetic_aligned_mirror": bool(mirror),

@@ -275,10 +275,11 @@ def test_the_field_fitted_to_one_critter_with_its_cameras_beats_every_trivial_si
 def test_the_aligned_score_finds_the_turn_and_mirror_of_a_turned_critter(turn, mirror):
     """A critter turned (and mirrored) against the truth is found again on the search grid, and turned back it
     matches the truth exactly; without the alignment the same views score far worse."""
+    from metrics.metric_utils import eval_poses
     from metrics.synthetic import best_alignment, compare_depth, real_head_maps, turned_maps
 
     metadata = dict(CRITTERS, synthetic_objects=1)
-    yaw, pitch = eval_poses_for_test(metadata, 12)
+    yaw, pitch = eval_poses(12, metadata, 0)
     truth = real_head_maps(metadata, yaw, pitch)
 
     def true_critter(y, p):
@@ -293,11 +294,6 @@ def test_the_aligned_score_finds_the_turn_and_mirror_of_a_turned_critter(turn, m
     assert compare_depth(aligned, truth) < 1e-4 and torch.equal(aligned.mask, truth.mask)
     if turn or mirror:
         assert compare_depth(turned_critter(yaw, pitch), truth) > 0.01
-
-
-def eval_poses_for_test(metadata, n):
-    from metrics.metric_utils import eval_poses
-    return eval_poses(n, metadata, 0)
 
 
 def test_synthetic_aligned_is_a_registered_metric_with_its_turn_and_mirror():
