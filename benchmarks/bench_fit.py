@@ -3,6 +3,7 @@ without the GAN (docs/EXPERIMENTS.md, "Critters").
 
     python benchmarks/bench_fit.py --steps 1600                          # one critter, the Critters curriculum
     python benchmarks/bench_fit.py --steps 300 --set density_scale=1.0   # the density head at its published scale
+    python benchmarks/bench_fit.py --oracle --set num_steps=48           # the true shape itself as the field
 
 No discriminator: each step renders the generator's NeRF RGB at the true cameras of `--batch_size` training
 views (random latents, as in training, so every latent must learn the one object) and takes an Adam step on
@@ -13,6 +14,11 @@ It is the ceiling of the first rung of `bench_ladder.py`: a GAN that sees the sa
 correspondence to the cameras should not do better. Scored with the `synthetic` metric every `--eval_every`
 steps; writes `<output>/metrics.jsonl` (the training runs' format), `<output>/checkpoint.pth` (the fitted
 generator, readable by the rendering tools) and `<output>/truth_vs_fitted.png`, and prints one JSON line per score.
+
+`--oracle` fits nothing: the field is the true object itself (density `--oracle_density` inside its
+ellipsoids, none outside), rendered by the generator's own sampling and integration and scored by the same
+metric. Its depth error is the renderer's alone (the samples' spacing, the integration): no field rendered
+with those settings can do better, while the trivial baselines are ray-cast exactly.
 """
 from __future__ import annotations
 
@@ -45,6 +51,27 @@ def fit_curriculum(curriculum_name: str = "Critters", objects: int = 1, override
                                                  [curriculums.parse_override(text) for text in overrides]))
     curriculums.validate_curriculum(curriculum)
     return curriculum
+
+
+def oracle_scores(metadata: dict, density: float = 1e4, num_samples: int = 64, seed: int = 0) -> dict:
+    """The `synthetic` scores of the true object as the field: raw density `density` inside its ellipsoids and
+    -`density` outside (after the curriculum's clamp, none), the colours the generator's; rendered and scored as
+    a generator is. One object only (synthetic_objects 1): every latent must be that object."""
+    if int(metadata.get("synthetic_objects", 0)) != 1:
+        raise ValueError("the oracle needs one object: synthetic_objects=1")
+    truth = procedural_dataset(metadata, int(metadata["img_size"]), length=1).shape(0)
+    centres, radii = truth.centres, truth.radii                                        # (K, 3) each
+    torch.manual_seed(seed)
+    generator = build_generator(metadata).eval()
+    field = generator._query_field
+
+    def true_field(codes, points, directions, max_batch_size):  # points (n, M, 3)
+        rgb, _, feats = field(codes, points, directions, max_batch_size)
+        inside = (((points[:, :, None, :] - centres) / radii).square().sum(-1) <= 1).any(-1)  # (n, M)
+        return rgb, torch.where(inside, density, -density).to(rgb.dtype), feats
+
+    generator._query_field = true_field
+    return synthetic_scores(generator, metadata, num_samples=num_samples, seed=seed)
 
 
 def fit_field(metadata: dict, steps: int, lr: float = 2e-4, batch_size: int = 8, views: int = 512, seed: int = 0,
@@ -100,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--opacity_lambda", type=float, default=0.0,
                    help="weight of mean(o (1 - o)) over the rays' opacities o: pushes each ray to empty or opaque")
     p.add_argument("--seed", type=int, default=0, help="initialisation, latents, views and jitter")
+    p.add_argument("--oracle", action="store_true",
+                   help="fit nothing: score the true object itself as the field (the renderer's own depth error)")
+    p.add_argument("--oracle_density", type=float, default=1e4, help="the --oracle field's density inside the object")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a curriculum key (repeatable), as main.py --set")
@@ -119,6 +149,15 @@ def main(argv=None) -> int:
             raise CLIError(f"--curriculum/--set: {error}") from None
         metadata = curriculums.extract_metadata(curriculum, 0)
         torch.set_num_threads(args.threads)
+        if args.oracle:
+            try:
+                scores = oracle_scores(metadata, args.oracle_density, args.num_samples, args.seed)
+            except ValueError as error:
+                raise CLIError(f"--oracle: {error}") from None
+            print(json.dumps({"oracle_density": args.oracle_density, "num_steps": metadata["num_steps"],
+                              "img_size": metadata["img_size"],
+                              **{k: scores[f"synthetic_{k}"] for k in SCORE_KEYS}}), flush=True)
+            return 0
         output = Path(args.output)
         output.mkdir(parents=True, exist_ok=True)
         generator, history = fit_field(metadata, args.steps, args.lr, args.batch_size, args.views, args.seed,

@@ -75,6 +75,17 @@ def test_synthetic_is_small_and_procedural():
     assert extract_metadata(c, 0)["img_size"] <= 32
 
 
+def test_one_critter_is_critters_with_one_object_ending_at_1600():
+    """OneCritter must train as `--curriculum Critters --set synthetic_objects=1 --max_steps 1600` does (the
+    Critters runs of docs/EXPERIMENTS.md): every stage and every global the same but those two."""
+    one, family = get_curriculum("OneCritter"), get_curriculum("Critters")
+    assert stage_boundaries(one) == [0, 1600] and one[1600] == {}
+    assert one[0] == family[0]
+    globals_of = lambda c: {k: v for k, v in c.items() if not isinstance(k, int)}
+    assert globals_of(one) == {**globals_of(family), "synthetic_objects": 1}
+    assert family["synthetic_objects"] == 0
+
+
 @pytest.mark.parametrize("name", sorted(curriculums.CURRICULA))
 def test_shipped_curricula_validate(name):
     validate_curriculum(get_curriculum(name), name)
