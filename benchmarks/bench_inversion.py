@@ -42,7 +42,7 @@ Scores, per head, averaged:
 * seconds per image (wall clock, `--threads` torch threads).
 
 Prints a table and one JSON line per variant; `--example_dir` writes `example.png` for the most
-turned head (largest angular |yaw - mean yaw|): rows the truth, then each fitting variant; columns the input view
+turned head (largest angular |yaw - mean yaw|; `--example_head` picks another): rows the truth, then each fitting variant; columns the input view
 (the reconstruction at the fitted camera in the variants' rows) and the three held-out views, then
 the depth at the three held-out views.
 """
@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override an InversionSettings field for every fitting variant (a Python literal)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--example_dir", default=None, help="write example.png (the most turned head) here")
+    p.add_argument("--example_head", type=int, default=None,
+                   help="the head (0 .. num_heads-1) that example.png shows instead of the most turned one")
     p.add_argument("--full_model_steps", type=int, default=0,
                    help="instead of the benchmark: time this many fit steps (one start, codes and camera) of the "
                         "paper's full generator (FFHQ widths, untrained) at its 64 px NeRF, 16 samples, 64 px out")
@@ -272,6 +274,8 @@ def main(argv=None) -> dict:
     if unknown or args.num_heads < 1:
         raise SystemExit(f"error: unknown variants {unknown}; choose from {VARIANTS}" if unknown
                          else "error: --num_heads must be >= 1")
+    if args.example_head is not None and not 0 <= args.example_head < args.num_heads:
+        raise SystemExit(f"error: --example_head {args.example_head} is not one of the {args.num_heads} heads")
     from inversion.fitting import invert
     from generators.pretrained import decoder_alpha, load_model, render_options
     from synthetic_heads import PROCEDURAL_DATASETS
@@ -316,8 +320,11 @@ def main(argv=None) -> dict:
         truth = Truth(dataset, nerf_dataset, index, pose.h_mean, pose.v_mean, offsets)
         # the example is the most turned head (by the angle around the vertical): where a fixed frontal camera
         # is most wrong
-        is_example = example_truth is None or (abs(yaw_difference(truth.yaw, pose.h_mean))
-                                               > abs(yaw_difference(example_truth.yaw, pose.h_mean)))
+        if args.example_head is not None:
+            is_example = head == args.example_head
+        else:
+            is_example = example_truth is None or (abs(yaw_difference(truth.yaw, pose.h_mean))
+                                                   > abs(yaw_difference(example_truth.yaw, pose.h_mean)))
         example_truth = truth if is_example else example_truth
         for variant in variants:
             started = time.perf_counter()

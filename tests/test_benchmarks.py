@@ -240,9 +240,14 @@ def test_bench_inversion_holds_out_new_poses_of_one_critter_with_wide_views_and_
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 0, "curriculum": curriculum,
                            "curriculum_name": "OneCritter"})
+    shown = []
+    real_figure = bench_inversion.example_figure
+    monkeypatch.setattr(bench_inversion, "example_figure", lambda truth, *a: shown.append(truth) or real_figure(truth, *a))
     bench_inversion.main(["--path", str(path), "--num_heads", "2", "--variants", "mean,camera_codes",
-                          "--search_steps", "0", "--steps", "1", "--threads", "1",
+                          "--search_steps", "0", "--steps", "1", "--threads", "1", "--example_dir", str(tmp_path),
+                          "--example_head", "1",  # not the most turned (index 16, 0.80 rad)
                           "--held_out_seed", "0"])  # the training seed: unused with synthetic_objects > 0
+    assert [t.index for t in shown] == [17] and (tmp_path / "example.png").is_file()
     assert "the 1 training object(s) at new poses" in capsys.readouterr().out
     assert [t.index for t in truths] == [16, 17]
     training = Critters(16, extract_metadata(curriculum, 0))
