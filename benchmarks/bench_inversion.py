@@ -32,7 +32,8 @@ yaw starts span +-1.6 rad); `--set yaw_starts=...` / `--set pitch_starts=...` re
 Scores, per head, averaged:
 
 * pose error: the angle (degrees) between the fitted and the true camera directions (a fixed
-  camera is the frontal one);
+  camera is the frontal one, the mean pose: for a critter the side view); directions, so a yaw
+  and the same yaw +- 2 pi are the same camera;
 * input PSNR: the reconstruction at the fitted camera against the input;
 * held-out PSNR and SSIM: renders at three other poses (the training distribution's mean yaw and
   mean +-1 sigma, i.e. h_mean + (-1, 0, 1) x h_stddev, at the mean pitch: -0.3, 0, +0.3 rad for
@@ -42,7 +43,8 @@ Scores, per head, averaged:
 * seconds per image (wall clock, `--threads` torch threads).
 
 Prints a table and one JSON line per variant; `--example_dir` writes `example.png` for the most
-turned head (largest angular |yaw - mean yaw|; `--example_head` picks another): rows the truth, then each fitting variant; columns the input view
+turned head (largest angular |yaw - mean yaw|; `--example_head` picks another): rows the truth,
+then each fitting variant; columns the input view
 (the reconstruction at the fitted camera in the variants' rows) and the three held-out views, then
 the depth at the three held-out views.
 """
@@ -70,15 +72,16 @@ COLUMNS = ("pose_error_deg", "input_psnr", "held_out_psnr", "held_out_ssim", "de
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--path", default="runs/demo", help="a checkpoint or run directory trained on a procedural data set (Synthetic or Critters)")
+    p.add_argument("--path", default="runs/demo",
+                   help="a checkpoint or run directory trained on a procedural data set (Synthetic or Critters)")
     p.add_argument("--train", action="store_true",
                    help="when --path has no checkpoint, train the README demo there first (main.py --curriculum "
                         "Synthetic, --threads 1 as in the README: about 40 minutes on one core)")
     p.add_argument("--num_heads", type=int, default=8, help="held-out heads to invert")
     p.add_argument("--held_out_seed", type=int, default=1000,
-                   help="synthetic_seed of the held-out objects when the curriculum's synthetic_objects is 0; must differ "
-                        "from the checkpoint's (training) seed (with synthetic_objects > 0 the held-out images are "
-                        "the training objects at new poses and this is unused)")
+                   help="synthetic_seed of the held-out objects when the curriculum's synthetic_objects is 0; "
+                        "must differ from the checkpoint's (training) seed (with synthetic_objects > 0 the held-out "
+                        "images are the training objects at new poses and this is unused)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--search_steps", type=int, default=None, help="steps per start (default: invert.py's)")
     p.add_argument("--steps", type=int, default=None, help="steps of the kept start (default: invert.py's)")
@@ -341,7 +344,8 @@ def main(argv=None) -> dict:
                 totals[variant][column].append(scores[column])
             if is_example:
                 example[variant] = scores
-            print(json.dumps({"head": head, "index": index, "variant": variant, "true_yaw": yaw_difference(truth.yaw, pose.h_mean),
+            print(json.dumps({"head": head, "index": index, "variant": variant,
+                              "true_yaw": yaw_difference(truth.yaw, pose.h_mean),
                               "true_pitch": truth.pitch - pose.v_mean, "yaw": yaw_difference(yaw, pose.h_mean),
                               "pitch": pitch - pose.v_mean,
                               **{c: round(scores[c], 4) for c in COLUMNS}}), flush=True)

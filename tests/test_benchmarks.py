@@ -242,7 +242,8 @@ def test_bench_inversion_holds_out_new_poses_of_one_critter_with_wide_views_and_
                            "curriculum_name": "OneCritter"})
     shown = []
     real_figure = bench_inversion.example_figure
-    monkeypatch.setattr(bench_inversion, "example_figure", lambda truth, *a: shown.append(truth) or real_figure(truth, *a))
+    monkeypatch.setattr(bench_inversion, "example_figure",
+                        lambda truth, *a: shown.append(truth) or real_figure(truth, *a))
     bench_inversion.main(["--path", str(path), "--num_heads", "2", "--variants", "mean,camera_codes",
                           "--search_steps", "0", "--steps", "1", "--threads", "1", "--example_dir", str(tmp_path),
                           "--example_head", "1",  # not the most turned (index 16, 0.80 rad)
