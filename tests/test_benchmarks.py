@@ -179,6 +179,99 @@ def test_bench_inversion_scores_held_out_heads_and_refuses_training_heads(tmp_pa
         bench_inversion.main(["--path", str(path), "--held_out_seed", "0", "--num_heads", "1"])
 
 
+def _recording_bench_inversion(monkeypatch):
+    """bench_inversion with its held-out truths and the settings invert() gets recorded."""
+    import bench_inversion
+    import inversion.fitting
+
+    truths, settings = [], []
+
+    class RecordedTruth(bench_inversion.Truth):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            truths.append(self)
+
+    real_invert = inversion.fitting.invert
+
+    def invert(generator, target, options, chosen, **kwargs):
+        settings.append(chosen)
+        return real_invert(generator, target, options, chosen, **kwargs)
+
+    monkeypatch.setattr(bench_inversion, "Truth", RecordedTruth)
+    monkeypatch.setattr(inversion.fitting, "invert", invert)
+    return bench_inversion, truths, settings
+
+
+def test_bench_inversion_keeps_the_synthetic_held_out_views_and_search_starts(tmp_path, tiny_generator, monkeypatch):
+    """Synthetic (h_stddev 0.3, v_stddev 0.155): held-out yaws mean -0.3, 0, +0.3 and InversionSettings'
+    default starts, exactly, so the numbers in docs/ stay those of the same measurement."""
+    bench_inversion, truths, settings = _recording_bench_inversion(monkeypatch)
+    curriculum = get_curriculum("Synthetic")
+    path = tmp_path / "checkpoint.pth"
+    state = tiny_generator.state_dict()
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 0, "curriculum": curriculum,
+                           "curriculum_name": "Synthetic"})
+    bench_inversion.main(["--path", str(path), "--num_heads", "1", "--variants", "camera_codes",
+                          "--search_steps", "0", "--steps", "1", "--threads", "1"])
+    h, v = curriculum["h_mean"], curriculum["v_mean"]
+    assert truths[0].views == [(h - 0.3, v), (h + 0.0, v), (h + 0.3, v)]
+    assert settings[0].yaw_starts == (-0.4, -0.2, 0.0, 0.2, 0.4)
+    assert settings[0].pitch_starts == (-0.15, 0.0, 0.15)
+    # the first held-out head is index 0 of --held_out_seed 1000, at its own pose, as before
+    from synthetic_heads import Synthetic
+    assert (truths[0].index, (truths[0].yaw, truths[0].pitch)) == (
+        0, Synthetic(32, curriculum, seed=1000).pose_of(0))
+
+
+@pytest.mark.slow
+def test_bench_inversion_holds_out_new_poses_of_one_critter_with_wide_views_and_starts(tmp_path, monkeypatch, capsys):
+    """A Critters checkpoint with synthetic_objects=1 is accepted; its held-out images are the training
+    critter at poses the training set never drew; held-out yaws are the mean +-1 h_stddev and the search
+    starts scale with the pose spread (yaw x 1.2 / 0.3, pitch x 0.15 / 0.155); --set still overrides."""
+    from curriculums import extract_metadata
+    from generators.generators import build_generator
+    from synthetic_heads import Critters
+
+    bench_inversion, truths, settings = _recording_bench_inversion(monkeypatch)
+    curriculum = {**get_curriculum("OneCritter"), "synthetic_size": 16}  # a small training set to check against
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        state = build_generator(extract_metadata(curriculum, 0)).eval().state_dict()
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 0, "curriculum": curriculum,
+                           "curriculum_name": "OneCritter"})
+    shown = []
+    real_figure = bench_inversion.example_figure
+    monkeypatch.setattr(bench_inversion, "example_figure",
+                        lambda truth, *a: shown.append(truth) or real_figure(truth, *a))
+    bench_inversion.main(["--path", str(path), "--num_heads", "2", "--variants", "mean,camera_codes",
+                          "--search_steps", "0", "--steps", "1", "--threads", "1", "--example_dir", str(tmp_path),
+                          "--example_head", "1",  # not the most turned (index 16, 0.80 rad)
+                          "--held_out_seed", "0"])  # the training seed: unused with synthetic_objects > 0
+    assert [t.index for t in shown] == [17] and (tmp_path / "example.png").is_file()
+    assert "the 1 training object(s) at new poses" in capsys.readouterr().out
+    assert [t.index for t in truths] == [16, 17]
+    training = Critters(16, extract_metadata(curriculum, 0))
+    training_poses = {training.pose_of(i) for i in range(16)}
+    h, v = curriculum["h_mean"], curriculum["v_mean"]
+    for truth in truths:
+        assert (truth.yaw, truth.pitch) not in training_poses
+        # the training critter (index 0's) at the held-out pose: the same picture
+        assert torch.equal(truth.input[0], (training.render(0, truth.yaw, truth.pitch)["image"] + 1) / 2)
+        assert truth.views == [(h - 1.2, v), (h + 0.0, v), (h + 1.2, v)]
+    assert settings[0].yaw_starts == (-1.6, -0.8, 0.0, 0.8, 1.6)
+    assert settings[0].pitch_starts == (-0.145161, 0.0, 0.145161)
+    settings.clear()
+    bench_inversion.main(["--path", str(path), "--num_heads", "1", "--variants", "camera_codes",
+                          "--search_steps", "0", "--steps", "1", "--threads", "1", "--set", "yaw_starts=(0.0, 3.0)"])
+    assert settings[0].yaw_starts == (0.0, 3.0) and settings[0].pitch_starts == (-0.145161, 0.0, 0.145161)
+    # a data set that is not procedural is refused with one error line
+    save_checkpoint(path, {"generator": state, "generator_ema": state, "step": 0, "curriculum_name": "OneCritter",
+                           "curriculum": {**curriculum, "dataset": "CelebAHQ"}})
+    with pytest.raises(SystemExit, match="^error: .*procedural data set"):
+        bench_inversion.main(["--path", str(path), "--num_heads", "1"])
+
+
 def test_bench_loader_measures_raw_and_prepared_and_the_workers_each_needs(tmp_path, capsys):
     """--smoke: 2 images of 64², one stage size; the table's columns and the JSON line docs/PERFORMANCE.md quotes."""
     result = bench_loader.main(["--smoke", "--work_dir", str(tmp_path), "--step_seconds", "0.5,2"])
