@@ -1,9 +1,9 @@
-"""Does the embedded demo learn? Train `Synthetic` and print its ground-truth metric over time.
+"""Does the faces demo learn? Train `Synthetic` and print its ground-truth metric over time.
 
     python benchmarks/bench_demo.py --output_dir runs/bench_demo --seed 0
-    python benchmarks/bench_demo.py --output_dir runs/demo --score_only   # score an existing run
+    python benchmarks/bench_demo.py --output_dir runs/faces --score_only   # score an existing run
 
-Runs the README's demo command (`main.py --curriculum Synthetic`) with numbered checkpoints
+Runs the README's faces command (`main.py --curriculum Synthetic`) with numbered checkpoints
 every `--every` steps, then scores each checkpoint with the `synthetic` metric (`metrics/synthetic.py`)
 (silhouette IoU, depth error, pixel KID against the true heads, with the real-vs-real ceiling
 and the untrained floor). Prints a table and one JSON line per checkpoint: step, minutes of

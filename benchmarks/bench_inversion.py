@@ -75,8 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--path", default="runs/demo",
                    help="a checkpoint or run directory trained on a procedural data set (Synthetic or Critters)")
     p.add_argument("--train", action="store_true",
-                   help="when --path has no checkpoint, train the README demo there first (main.py --curriculum "
-                        "Synthetic, --threads 1 as in the README: about 40 minutes on one core)")
+                   help="when --path has no checkpoint, train the faces demo there first (main.py --curriculum "
+                        "Synthetic --threads 1, as the README gives it: about 40 minutes on one core)")
     p.add_argument("--num_heads", type=int, default=8, help="held-out heads to invert")
     p.add_argument("--held_out_seed", type=int, default=1000,
                    help="synthetic_seed of the held-out objects when the curriculum's synthetic_objects is 0; "
@@ -181,7 +181,7 @@ def ensure_checkpoint(args) -> Path:
     import subprocess
 
     subprocess.run([sys.executable, str(ROOT / "main.py"), "--curriculum", "Synthetic", "--output_dir", args.path,
-                    "--threads", "1", "--no_progress"], check=True, cwd=ROOT)  # the README's demo command
+                    "--threads", "1", "--no_progress"], check=True, cwd=ROOT)  # the README's faces command
     return resolve_checkpoint_path(args.path)
 
 

@@ -206,6 +206,7 @@ def test_the_drift_watch_fires_once_when_the_median_gradient_norm_passes_its_thr
     assert not DriftWatch(None).update(1, 1e9)
     assert extract_metadata(get_curriculum("Synthetic"), 0)["drift_g_grad_norm"] == 100
     assert extract_metadata(get_curriculum("FFHQ"), 0)["drift_g_grad_norm"] is None
+    assert extract_metadata(get_curriculum("OneCritter"), 0)["drift_g_grad_norm"] == 500
 
 
 @pytest.mark.slow

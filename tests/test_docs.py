@@ -52,7 +52,28 @@ def test_links_and_pictures_of_the_documents_exist():
 def test_readme_starts_with_the_install_and_run_command_then_the_test_command():
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert blocks[0].strip() == ("pip install -r requirements.txt && "
-                                 "python main.py --curriculum Synthetic --output_dir runs/demo --threads 1")
+                                 "python main.py --curriculum OneCritter --output_dir runs/demo --threads 1")
     assert blocks[1].strip() == "python -m pytest -q"
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == blocks[1].strip(), "CI must run the README's test command"
+
+
+def test_the_readme_first_command_trains_the_default_and_writes_what_it_promises(tmp_path):
+    """The README's training command, as written, for two steps: the grids, metrics.jsonl and checkpoint.pth
+    it promises, of the curriculum it names, which a script then reads."""
+    import shlex
+
+    import main
+    from generators.pretrained import load_model
+
+    command = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)[0]
+    argv = shlex.split(command.split("&&")[1])
+    assert argv[:2] == ["python", "main.py"]
+    argv = argv[2:]
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "demo")
+    assert main.main(argv + ["--max_steps", "2", "--no_progress"]) == 0
+    run = tmp_path / "demo"
+    assert {"checkpoint.pth", "metrics.jsonl", "real.png"} <= {p.name for p in run.iterdir()}
+    assert any(p.name.endswith("_fixed_ema.png") for p in run.iterdir())
+    model = load_model(run, device="cpu")
+    assert model.step == 2 and model.metadata["dataset"] == "Critters" and model.metadata["synthetic_objects"] == 1
