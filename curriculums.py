@@ -242,7 +242,7 @@ Critters = {
     "disc_width_factor": 0.25,
 }
 
-# One critter seen from every side, 1600 steps: the embedded default, the README's first command (about 16
+# One critter seen from every side, 1600 steps: the embedded default, the README's first command (about 13
 # minutes on one core; ten runs, seeds 0-4 on 1 and 2 threads: docs/EXPERIMENTS.md).
 # The same run as `--curriculum Critters --set synthetic_objects=1 --max_steps 1600` (tests/test_curriculums.py).
 OneCritter = {**{k: v for k, v in Critters.items() if k != 4000}, 1600: {}, "synthetic_objects": 1}
