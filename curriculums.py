@@ -235,7 +235,7 @@ Critters = {
     # (benchmarks/bench_fit.py; docs/EXPERIMENTS.md)
     "density_scale": 10.0,
     # the log warns past it: in the ten runs of the README's first command (seeds 0-4 on 1 and 2 threads) the
-    # median of 100 steps' g_grad_norm peaked at 98-222, and none drifted (docs/EXPERIMENTS.md)
+    # median of 100 steps' g_grad_norm peaked at 88-222, and none drifted (docs/EXPERIMENTS.md)
     "drift_g_grad_norm": 500,
     "hidden_dim": 64,
     "decoder_channels": (16, 16, 8, 8),  # unused with image_source "nerf"; kept small

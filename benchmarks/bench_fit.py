@@ -17,8 +17,9 @@ generator, readable by the rendering tools) and `<output>/truth_vs_fitted.png`, 
 
 `--oracle` fits nothing: the field is the true object itself (density `--oracle_density` inside its
 ellipsoids, none outside), rendered by the generator's own sampling and integration and scored by the same
-metric. Its depth error is the renderer's alone (the samples' spacing, the integration): no field rendered
-with those settings can do better, while the trivial baselines are ray-cast exactly.
+metric. Its depth error is the renderer's alone (the samples' spacing, the integration): what a hard surface
+in the right place scores at those settings, while the trivial baselines are ray-cast exactly (a soft field
+can interpolate between samples, so this is a yardstick, not a bound).
 """
 from __future__ import annotations
 
