@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mvc_yaw_step", type=finite_float, default=MetricOptions.mvc_yaw_step,
                         help="yaw between the two mvc views, radians")
     parser.add_argument("--num_synthetic", type=int, default=MetricOptions.num_synthetic,
-                        help="number of poses (real heads and latents) for the synthetic metric")
+                        help="number of poses (real heads and latents) for the synthetic metric; for "
+                             "synthetic_matched, objects (real and generated), each seen from 8 poses")
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data loader workers for preparing/reading real images")
     parser.add_argument("--no_append", action="store_true", help="do not append to the run's metrics.jsonl")

@@ -21,6 +21,7 @@ from metrics import fid_kid
 from metrics.inception import load_inception
 from metrics.mvc import MVC_YAW_STEP, multiview_consistency
 from metrics.mvc import summary_lines as mvc_summary_lines
+from metrics.matched import matched_summary_lines, matched_synthetic_scores
 from metrics.synthetic import summary_lines as synthetic_summary_lines
 from metrics.synthetic import aligned_summary_lines, aligned_synthetic_scores, synthetic_scores
 
@@ -45,7 +46,7 @@ class MetricOptions:
     inception_weights: Optional[str] = None    # fid, kid: a local weights file for loading it
     num_mvc: int = 256                         # mvc: latents
     mvc_yaw_step: float = MVC_YAW_STEP         # mvc: radians between its two views
-    num_synthetic: int = 256                   # synthetic: poses
+    num_synthetic: int = 256                   # synthetic: poses; synthetic_matched: objects
     cache: dict = field(default_factory=dict)  # what metrics of one evaluation share (Inception features)
 
     def __post_init__(self):
@@ -144,6 +145,13 @@ def synthetic_aligned(opts: MetricOptions) -> dict:
     return aligned_synthetic_scores(opts.generator, opts.metadata, num_samples=opts.num_synthetic, psi=opts.psi,
                                     batch_size=opts.batch_size, max_batch_size=opts.max_batch_size, seed=opts.seed,
                                     alpha=opts.alpha, device=opts.device)
+
+
+@register_metric(matched_summary_lines)
+def synthetic_matched(opts: MetricOptions) -> dict:
+    return matched_synthetic_scores(opts.generator, opts.metadata, num_objects=opts.num_synthetic,
+                                    psi=opts.psi, batch_size=opts.batch_size, max_batch_size=opts.max_batch_size,
+                                    seed=opts.seed, alpha=opts.alpha, device=opts.device)
 
 
 # ----------------------------------------------------------------------------- #
