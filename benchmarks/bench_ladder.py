@@ -11,7 +11,10 @@ generator with the true critters at poses of the training distribution: silhouet
 over the true foreground, next to the real-against-real ceiling and the best of the trivial answers, each
 fitted at its best (a sphere, an ellipsoid, a fixed blob, a flat wall, fog, the family's mean object).
 A shape counts as learned where it beats the best of them: `depth_vs_trivial` (the generator's depth error
-over the best trivial one) below 1, and the rung's target below that. Prints one table row per run and a
+over the best trivial one) below 1, and the rung's target below that. The family rung is scored with
+`synthetic_matched` instead (metrics/matched.py: each generated critter against its nearest held-out real one
+and back, since a perfect generator draws other critters than those at the scored poses), on the numbered
+checkpoints the run keeps every `--eval_every` steps, after training. Prints one table row per run and a
 JSON line each, and draws the learning curves (score against step) to `<output_root>/<rung>_curves.png`.
 """
 from __future__ import annotations
@@ -26,11 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.checkpoint import load_checkpoint  # noqa: E402
+
 # Each rung: its variants (name -> extra --set values), steps, and the targets of issue 29.
 RUNGS = {
     "one": {"variants": {"mvc": ["synthetic_objects=1"]}, "steps": 1600,
             "targets": {"depth_vs_trivial": 0.3, "minutes": 15}},
-    "family": {"variants": {"mvc": []}, "steps": 2000,
+    # A family is scored with synthetic_matched (each generated critter against its nearest held-out real one and
+    # back): minutes per checkpoint, so the run keeps numbered checkpoints and they are scored after training.
+    "family": {"variants": {"mvc": []}, "steps": 4000, "metric": "synthetic_matched",
                "targets": {"depth_vs_trivial": 0.5, "iou_vs_trivial": 0.5, "minutes": 60}},
     "consistency": {"variants": {"mvc": [],
                                  "pigan": ["stereo_auxiliary=False", "reproj_lambda=0", "max_mixup_ratio=0"]},
@@ -62,12 +69,15 @@ def run_dir(args, variant: str, seed: int) -> Path:
 
 
 def train(args, variant: str, sets: list, seed: int) -> float:
-    """One training run; returns its wall time in minutes."""
+    """One training run; returns its wall time in minutes (training only: a rung scored afterwards keeps
+    numbered checkpoints every --eval_every steps instead of scoring during the run)."""
     steps = args.steps or RUNGS[args.rung]["steps"]
+    scoring = ["--eval_freq", "0", "--model_save_interval", str(args.eval_every)] if "metric" in RUNGS[args.rung] \
+        else ["--eval_freq", str(args.eval_every),
+              "--eval_metrics", "synthetic,mvc" if args.rung == "consistency" else "synthetic"]
     command = [sys.executable, str(ROOT / "main.py"), "--curriculum", "Critters", "--output_dir",
                str(run_dir(args, variant, seed)), "--seed", str(seed), "--threads", str(args.threads),
-               "--max_steps", str(steps), "--eval_freq", str(args.eval_every), "--num_workers", "0",
-               "--eval_metrics", "synthetic,mvc" if args.rung == "consistency" else "synthetic",
+               "--max_steps", str(steps), "--num_workers", "0", *scoring,
                "--no_progress", "--log_interval", "100", "--start_over",
                *[f"--set={s}" for s in sets], *args.train_args.split()]
     print("training:", " ".join(command), flush=True)
@@ -76,15 +86,35 @@ def train(args, variant: str, sets: list, seed: int) -> float:
     return (time.time() - started) / 60
 
 
-def evaluations(path: Path) -> list:
-    """The scored rows of a run's metrics.jsonl: {step, iou, depth_l1_fg, ...} (synthetic_ prefix dropped)."""
-    rows = []
+def score_checkpoints(args, path: Path, metric: str) -> None:
+    """Score each numbered checkpoint of a run, and its last one, with `metric` through fid_evaluation.py (which
+    appends the scores to the run's metrics.jsonl); checkpoints already scored there are skipped."""
+    scored = {row["step"] for row in evaluations(path, metric)}
+    checkpoints = {int(p.stem.split("_")[1]): p for p in path.glob("checkpoint_*.pth")}
+    last = int(load_checkpoint(path / "checkpoint.pth").get("step", 0))
+    checkpoints.setdefault(last, path / "checkpoint.pth")
+    for step, checkpoint in sorted(checkpoints.items()):
+        if step in scored:
+            continue
+        command = [sys.executable, str(ROOT / "fid_evaluation.py"), "--path", str(checkpoint), "--metrics", metric,
+                   "--threads", str(args.threads), "--num_synthetic", str(args.num_samples)]
+        print("scoring:", " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def evaluations(path: Path, metric: str = "synthetic") -> list:
+    """The rows of a run's metrics.jsonl scored with `metric` (synthetic or synthetic_matched), one per step (the
+    last record of a step wins): {step, iou, depth_l1_fg, ...}, the metric's prefix dropped. Reads both the
+    training loop's records (scores under "eval") and fid_evaluation.py's (scores at the top level)."""
+    prefix = f"{metric}_"
+    rows = {}
     for line in (path / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        scores = record.get("eval") or {}
-        if "synthetic_iou" in scores:
-            rows.append({"step": record["step"], **{k.replace("synthetic_", ""): v for k, v in scores.items()}})
-    return rows
+        scores = record.get("eval") or (record if record.get("kind") == "eval" else {})
+        if f"{prefix}iou" in scores:
+            rows[record["step"]] = {"step": record["step"],
+                                    **{k[len(prefix):]: v for k, v in scores.items() if k.startswith(prefix)}}
+    return [rows[step] for step in sorted(rows)]
 
 
 def plot_curves(curves: dict, destination: Path) -> None:
@@ -175,7 +205,10 @@ def main(argv=None) -> int:
             name = f"{variant} seed {seed}"
             if not args.score_only:
                 minutes[name] = train(args, variant, sets, seed)
-            rows = evaluations(run_dir(args, variant, seed))
+            metric = rung.get("metric", "synthetic")
+            if metric != "synthetic":
+                score_checkpoints(args, run_dir(args, variant, seed), metric)
+            rows = evaluations(run_dir(args, variant, seed), metric)
             if not rows:
                 print(f"error: {run_dir(args, variant, seed)} has no scores", file=sys.stderr)
                 return 2

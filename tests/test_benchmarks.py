@@ -328,3 +328,31 @@ def test_the_true_critter_rendered_by_the_generator_matches_its_ray_cast_truth_g
     assert bench_fit.main(["--oracle", "--num_samples", "4", "--set", "num_steps=6"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["num_steps"] == 6 and 0 <= printed["iou"] <= 1
+
+
+def test_bench_ladder_scores_a_family_runs_checkpoints_with_the_matched_metric_once(tmp_path, capsys, monkeypatch):
+    """The family rung scores every numbered checkpoint and the last one with synthetic_matched (through
+    fid_evaluation.py, appending to metrics.jsonl), reads those rows back in step order, draws the curves, and
+    does not score a checkpoint twice."""
+    import bench_ladder
+    from curriculums import extract_metadata
+    from generators.generators import build_generator
+
+    curriculum = dict(get_curriculum("Critters"), hidden_dim=16)
+    torch.manual_seed(0)
+    state = build_generator(extract_metadata(curriculum, 0)).state_dict()
+    run = tmp_path / "family_mvc_s0_t1"
+    for name, step in (("checkpoint_000800.pth", 800), ("checkpoint.pth", 1000)):
+        save_checkpoint(run / name, {"generator": state, "generator_ema": state, "step": step,
+                                     "curriculum": curriculum, "curriculum_name": "Critters"})
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "g_loss": 1.0}) + "\n")
+    argv = ["--rung", "family", "--seeds", "0", "--score_only", "--output_root", str(tmp_path), "--num_samples", "8"]
+    assert bench_ladder.main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = bench_ladder.evaluations(run, "synthetic_matched")
+    assert [row["step"] for row in rows] == [800, 1000]
+    assert rows[-1]["depth_vs_trivial"] > 1 and "iou_ceiling" in rows[-1] and "aligned_iou" in rows[-1]
+    assert "target depth_vs_trivial <= 0.5: met by 0 of 1 runs" in printed
+    assert (tmp_path / "family_curves.png").exists() and (run / "truth_vs_generated.png").exists()
+    monkeypatch.setattr(bench_ladder.subprocess, "run", lambda *a, **k: pytest.fail("scored twice"))
+    assert bench_ladder.main(argv) == 0
