@@ -42,6 +42,12 @@ def test_a_family_is_scored_against_objects_the_generator_never_saw():
     one = dict(CRITTERS, synthetic_objects=1)
     dataset = Critters(16, one, length=8)
     assert all({dataset.object_of(i) for i in indices} == {0} for indices in _object_sets(one, 4))
+    # there the one training object is the truth, not a trivial answer: the baselines leave it out
+    matched._MATCHED_TRUTH.clear()
+    _, _, _, ceiling, trivial = _truth(one, 4, 4, 0)
+    assert ceiling["depth_l1_fg"] == 0 and trivial["depth_l1_one_real"] == 0
+    assert trivial["depth_l1_best_trivial"] == min(trivial[f"depth_l1_{n}"] for n in ("plane", "sphere", "ellipsoid",
+                                                                                    "mean_object")) > 0
 
 
 def test_a_collapsed_generator_does_not_beat_the_trivial_answers_but_a_perfect_one_does():
