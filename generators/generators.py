@@ -147,7 +147,7 @@ class StagedOutput(NamedTuple):
 class ImplicitGenerator3d(nn.Module):
     def __init__(self, siren: str = "SPATIALSIRENBASELINE", z_dim: int = 256, hidden_dim: int = 256,
                  decoder_channels=(256, 256, 128, 64), sphere_prior_radius: float = 0.0,
-                 sphere_prior_density: float = 0.0, density_scale: float = 1.0):
+                 sphere_prior_density: float = 0.0, density_scale: float = 1.0, sdf_beta: float = 0.0):
         super().__init__()
         if siren not in SIRENS:
             raise ValueError(f"unknown model {siren!r}; available: {sorted(SIRENS)}")
@@ -161,6 +161,10 @@ class ImplicitGenerator3d(nn.Module):
             raise ValueError(f"density_scale must be > 0, got {density_scale}")
         # Not in the published code (docs/METHOD.md §13): 1 for the published curricula.
         self.density_scale = float(density_scale)
+        if not sdf_beta >= 0:
+            raise ValueError(f"sdf_beta must be >= 0, got {sdf_beta}")
+        # Not in the published code (docs/METHOD.md §13): 0 (raw density) for the published curricula.
+        self.sdf_beta = float(sdf_beta)
         self.siren = SIRENS[siren](z_dim=z_dim, hidden_dim=hidden_dim)
         self.decoder = Decoder(in_channels=hidden_dim, style_dim=self.siren.mapping_network.output_layer.in_features,
                                channels=tuple(decoder_channels))
@@ -208,10 +212,25 @@ class ImplicitGenerator3d(nn.Module):
         "Critters")."""
         if self.density_scale != 1.0:
             sigma = sigma * self.density_scale
+        if self.sdf_beta:
+            return self._sdf_density(sigma, points)
         if not self.has_sphere_prior:
             return sigma
         distance = torch.linalg.vector_norm(points, dim=-1)
         return sigma + self.sphere_prior_density * (1 - distance / self.sphere_prior_radius)
+
+    def _sdf_density(self, head: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """sdf_beta > 0 (VolSDF, Yariv et al. 2021): the signed distance d = |x| - sphere_prior_radius - head
+        (head: the density head times density_scale, so that more density is more inside), and the density
+        (1 / beta) * Laplace CDF(-d / beta): 1 / beta well inside, 0 well outside, half of it on the surface.
+        A surface then turns opaque within a few beta along a ray, where a raw density must grow large."""
+        distance = torch.linalg.vector_norm(points, dim=-1) - self.sphere_prior_radius - head
+        scaled = distance / self.sdf_beta
+        is_inside = scaled <= 0
+        # each branch's exponent kept <= 0 (no overflow in the branch not taken), with its gradient on the surface
+        exponent = torch.where(is_inside, scaled, -scaled)
+        half_tail = 0.5 * torch.exp(exponent)
+        return torch.where(is_inside, 1 - half_tail, half_tail) / self.sdf_beta
 
     def _query_field(self, codes: LatentCodes, points, directions, max_batch_size: Optional[int]):
         """SIREN on points (n, M, 3) with directions (n, M, 3), plus the sphere prior on the
@@ -430,4 +449,5 @@ def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
                                decoder_channels=tuple(metadata["decoder_channels"]),
                                sphere_prior_radius=float(metadata["sphere_prior_radius"]),
                                sphere_prior_density=float(metadata["sphere_prior_density"]),
-                               density_scale=float(metadata["density_scale"]))
+                               density_scale=float(metadata["density_scale"]),
+                               sdf_beta=float(metadata["sdf_beta"]))

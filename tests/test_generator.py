@@ -408,6 +408,42 @@ def test_density_scale_multiplies_the_density_head_before_the_prior():
     assert build_generator(PUBLISHED).density_scale == 1.0
 
 
+def test_sdf_beta_turns_the_head_into_a_signed_distance_with_a_laplace_density():
+    """sdf_beta b (VolSDF): d = |x| - radius - k * head, density (1/b) * Laplace CDF(-d/b): 1/b deep inside,
+    0 far outside, 1/(2b) on the surface, continuous across it, with a gradient to the head; 0 (the published
+    raw density) by default; the curriculum refuses it with softplus, which would add fog everywhere."""
+    from curriculums import get_curriculum
+    from utils.curriculum_schema import validate_curriculum
+
+    plain = prior_generator()
+    torch.manual_seed(0)
+    sdf = build_generator(dict(PUBLISHED, latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
+                               sphere_prior_radius=0.075, sphere_prior_density=100.0, density_scale=2.0,
+                               sdf_beta=0.01))
+    assert build_generator(PUBLISHED).sdf_beta == 0.0
+    codes = plain.mapping(zs())
+    points = torch.rand(2, 64, 3) * 0.24 - 0.12
+    directions = torch.nn.functional.normalize(torch.randn(2, 64, 3), dim=-1)
+    head = plain._query_field(codes, points, directions, None)[1] - 100.0 * (1 - points.norm(dim=-1) / 0.075)
+    distance = points.norm(dim=-1) - 0.075 - 2.0 * head
+    expected = torch.where(distance <= 0, 1 - 0.5 * torch.exp(distance / 0.01), 0.5 * torch.exp(-distance / 0.01)) / 0.01
+    density = sdf._query_field(codes, points, directions, None)[1]
+    assert torch.allclose(density, expected, rtol=1e-4, atol=1e-3)
+    assert density.min() >= 0 and density.max() <= 100.0
+    # on, just inside and just outside the surface; deep inside and far outside
+    surface = sdf._sdf_density(torch.zeros(5), torch.tensor([[0.075, 0, 0], [0.0749, 0, 0], [0.0751, 0, 0],
+                                                             [0.0, 0, 0], [0.2, 0, 0]]))
+    assert surface[0] == pytest.approx(50.0) and surface[1] == pytest.approx(50.0, abs=0.6)
+    assert surface[2] == pytest.approx(50.0, abs=0.6) and surface[3] > 99.9 and surface[4] < 1e-3
+    head = torch.zeros(3, requires_grad=True)
+    sdf._sdf_density(head, torch.tensor([[0.07, 0, 0], [0.075, 0, 0], [0.08, 0, 0]])).sum().backward()
+    assert (head.grad > 0).all()  # more head, more density, near the surface on either side
+    critters = get_curriculum("Critters")
+    with pytest.raises(ValueError, match="sdf_beta needs clamp_mode 'relu'"):
+        validate_curriculum(dict(critters, sdf_beta=0.01))
+    validate_curriculum(dict(critters, sdf_beta=0.01, clamp_mode="relu"))
+
+
 def test_sphere_prior_gives_an_untrained_field_a_sphere_silhouette_and_depth():
     # Without it an untrained field is a faint fog; with it, a sphere of radius ~0.075 at the origin
     # seen from distance 1: opaque in the middle, empty at the corners. The density rises linearly

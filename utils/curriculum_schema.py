@@ -171,6 +171,9 @@ KEYS = {
     "sphere_prior_radius": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     "sphere_prior_density": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     "density_scale": Key(GLOBAL, 1.0, valid=POSITIVE),
+    # > 0: the field is a signed distance (the sphere prior's, minus the density head) turned into density with
+    # VolSDF's Laplace CDF of this width (world units); 0: the published raw density (§4)
+    "sdf_beta": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
     # multi-view consistency
     "stereo_auxiliary": Key(GLOBAL),
     "max_mixup_ratio": Key(GLOBAL, valid=interval("[0, 1]")),
@@ -324,6 +327,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
     if (curriculum.get("real_pose_lambda") or 0) > 0 and curriculum.get("dataset") not in PROCEDURAL_DATASETS:
         problems.append(f"real_pose_lambda needs the true poses of a procedural data set "
                         f"({', '.join(PROCEDURAL_DATASETS)}), not {curriculum.get('dataset')!r}")
+    if (curriculum.get("sdf_beta") or 0) > 0 and curriculum.get("clamp_mode") != "relu":
+        problems.append(f"sdf_beta needs clamp_mode 'relu' (its density is already >= 0; softplus would add a fog "
+                        f"of density log 2 everywhere), not {curriculum.get('clamp_mode')!r}")
     for boundary in boundaries[:-1]:
         stage = curriculum[boundary]
         if not isinstance(stage, Mapping):
