@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval_freq", type=int, default=d["eval_freq"],
                    help=f"steps between FID evaluations with the EMA weights (0: off; default {EVAL_FREQ}, off for "
                         f"Synthetic)")
-    p.add_argument("--eval_metrics", default=d["eval_metrics"], help="comma-separated metrics for evaluations: fid,kid,mvc,synthetic (synthetic: Synthetic runs only)")
+    p.add_argument("--eval_metrics", default=d["eval_metrics"], help="comma-separated metrics for evaluations: fid,kid,mvc,synthetic,synthetic_aligned,synthetic_matched (the synthetic ones: procedural data sets only)")
     p.add_argument("--eval_dir", default=d["eval_dir"], help="cache folder for the real images and statistics of the evaluation")
     p.add_argument("--load_dir", default=d["load_dir"], help="resume from this run directory's checkpoint.pth (or a checkpoint file)")
     p.add_argument("--resume", choices=["never", "auto"], default=d["resume"],

@@ -357,7 +357,7 @@ def test_synthetic_metric_needs_a_synthetic_curriculum(tiny_generator, metadata)
 # --------------------------------------------------------------------------- #
 
 def test_unknown_metrics_are_refused_naming_the_known_ones(tiny_generator, metadata):
-    assert metric_main.list_metrics() == ["fid", "kid", "mvc", "synthetic", "synthetic_aligned"]  # what the CLI and README document
+    assert metric_main.list_metrics() == ["fid", "kid", "mvc", "synthetic", "synthetic_aligned", "synthetic_matched"]  # what the CLI and README document
     for call, unknown in ((lambda: metric_main.parse_metrics("fid,nope"), "['nope']"),
                           (lambda: metric_main.evaluate(tiny_generator, metadata, metrics="mvc,FID,Nope"), "['nope']"),
                           (lambda: metric_main.parse_metrics(" , "), "[]")):
