@@ -36,7 +36,7 @@ from generators.generators import RenderOptions
 from generators.inference import RENDER_BATCH_SIZE
 from metrics.metric_utils import eval_poses, latents
 from metrics.synthetic import (ALIGN_TURNS, BASELINE_AXES, BASELINE_RADII, _cache_key, _require_procedural,
-                               generated_head_maps, procedural_dataset, turned_maps)
+                               generated_head_maps, mean_object_maps, procedural_dataset, turned_maps)
 from synthetic_heads import ray_ellipsoid_depths
 
 MATCHED_VIEWS = 8  # poses every object is seen from
@@ -132,11 +132,8 @@ def _trivial_baselines(metadata: Mapping, pool: ObjectMaps, trained: ObjectMaps,
                        ("ellipsoid", _cat(spheres, _ellipsoid_maps(metadata, cam2world, axes)))):
         depth, iou = _fixed_answer_scores(*pair_distances(maps, pool))
         results[f"iou_{name}"], results[f"depth_l1_{name}"] = float(iou.max()), float(depth.min())
-    size = pool.mask.shape[-1]
-    dataset = procedural_dataset(metadata, size, length=1)
-    mean_views = [dataset.render_shape(dataset.SHAPE.mean(), y, p, size) for y, p in zip(yaw.tolist(), pitch.tolist())]
-    mean_object = ObjectMaps(torch.stack([v["mask"] for v in mean_views])[None],
-                             torch.stack([v["depth"] for v in mean_views])[None])
+    mean_views = mean_object_maps(metadata, yaw, pitch)                              # (V, S, S) each
+    mean_object = ObjectMaps(mean_views.mask[None], mean_views.depth[None])
     depth, iou = _fixed_answer_scores(*pair_distances(mean_object, pool))
     results["iou_mean_object"], results["depth_l1_mean_object"] = float(iou[0]), float(depth[0])
     # One real object for every latent (a generator collapsed onto one training object): the best of them.
