@@ -223,8 +223,10 @@ class ImplicitGenerator3d(nn.Module):
         """sdf_beta > 0 (VolSDF, Yariv et al. 2021): the signed distance d = |x| - sphere_prior_radius - head
         (head: the density head times density_scale, so that more density is more inside), and the density
         (1 / beta) * Laplace CDF(-d / beta): 1 / beta well inside, 0 well outside, half of it on the surface.
-        A surface then turns opaque within a few beta along a ray, where a raw density must grow large."""
-        distance = torch.linalg.vector_norm(points, dim=-1) - self.sphere_prior_radius - head
+        A surface then turns opaque within a few beta along a ray, where a raw density must grow large.
+        Without a sphere prior (its radius or density 0, e.g. the synthetic metric's floor) d = |x| - head."""
+        radius = self.sphere_prior_radius if self.has_sphere_prior else 0.0
+        distance = torch.linalg.vector_norm(points, dim=-1) - radius - head
         scaled = distance / self.sdf_beta
         is_inside = scaled <= 0
         # each branch's exponent kept <= 0 (no overflow in the branch not taken), with its gradient on the surface

@@ -438,6 +438,10 @@ def test_sdf_beta_turns_the_head_into_a_signed_distance_with_a_laplace_density()
     head = torch.zeros(3, requires_grad=True)
     sdf._sdf_density(head, torch.tensor([[0.07, 0, 0], [0.075, 0, 0], [0.08, 0, 0]])).sum().backward()
     assert (head.grad > 0).all()  # more head, more density, near the surface on either side
+    # without a sphere prior (density 0: the synthetic metric's floor) there is no radius: d = |x| - k * head
+    no_prior = build_generator(dict(PUBLISHED, latent_dim=Z_DIM, hidden_dim=HIDDEN, decoder_channels=(16, 16, 8, 8),
+                                    sphere_prior_radius=0.075, sphere_prior_density=0.0, sdf_beta=0.01))
+    assert no_prior._sdf_density(torch.zeros(1), torch.tensor([[0.01, 0, 0]])) == pytest.approx(50 * math.exp(-1))
     critters = get_curriculum("Critters")
     with pytest.raises(ValueError, match="sdf_beta needs clamp_mode 'relu'"):
         validate_curriculum(dict(critters, sdf_beta=0.01))
