@@ -29,8 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_checkpoint  # noqa: E402
-
 # Each rung: its variants (name -> extra --set values), steps, and the targets of issue 29.
 RUNGS = {
     "one": {"variants": {"mvc": ["synthetic_objects=1"]}, "steps": 1600,
@@ -89,6 +87,8 @@ def train(args, variant: str, sets: list, seed: int) -> float:
 def score_checkpoints(args, path: Path, metric: str) -> None:
     """Score each numbered checkpoint of a run, and its last one, with `metric` through fid_evaluation.py (which
     appends the scores to the run's metrics.jsonl); checkpoints already scored there are skipped."""
+    from utils.checkpoint import load_checkpoint
+
     scored = {row["step"] for row in evaluations(path, metric)}
     checkpoints = {int(p.stem.split("_")[1]): p for p in path.glob("checkpoint_*.pth")}
     last = int(load_checkpoint(path / "checkpoint.pth").get("step", 0))

@@ -209,7 +209,7 @@ class ImplicitGenerator3d(nn.Module):
         sphere instead of starting from (and settling in) an opaque wall (docs/METHOD.md §4).
         density_scale multiplies the SIREN's density head: at its initial scale and a GAN's learning
         rate the head needs thousands of steps to make a surface opaque at 16 px (docs/EXPERIMENTS.md,
-        "Critters")."""
+        "Critters"). With sdf_beta > 0 the scaled head moves a signed distance instead (_sdf_density)."""
         if self.density_scale != 1.0:
             sigma = sigma * self.density_scale
         if self.sdf_beta:

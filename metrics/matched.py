@@ -230,7 +230,7 @@ def matched_synthetic_scores(generator, metadata: Mapping, num_objects: int = 25
                                                                   turn, mirror)), pool))["depth_l1_fg"]
               for turn, mirror in candidates]
     turn, mirror = candidates[int(torch.tensor(errors).argmin())]
-    aligned_scores = match_scores(*pair_distances(
+    aligned_scores = plain if (turn, mirror) == (0.0, False) else match_scores(*pair_distances(
         as_objects(turned_maps(lambda y, p: render_maps(z, y, p), yaw, pitch, turn, mirror)), pool))
     results = {f"synthetic_matched_{k}": v for k, v in {**plain, **_vs_trivial(plain, trivial, ceiling)}.items()}
     results.update({f"synthetic_matched_aligned_{k}": v
