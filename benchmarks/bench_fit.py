@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import curriculums  # noqa: E402
 from generators.cameras import cam2world_from_poses, jitter_draws  # noqa: E402
-from generators.generators import RenderOptions, ViewDraws, build_generator, sample_z  # noqa: E402
+from generators.generators import RenderOptions, ViewDraws, build_generator, sample_z, sdf_beta_at  # noqa: E402
 from metrics.synthetic import procedural_dataset, synthetic_scores  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.cli import CLIError, HelpFormatter, run_cli  # noqa: E402
@@ -90,6 +90,7 @@ def fit_field(metadata: dict, steps: int, lr: float = 2e-4, batch_size: int = 8,
     draw = torch.Generator().manual_seed(seed)
     history, started, recent = [], time.time(), []
     for step in range(1, steps + 1):
+        generator.sdf_beta = sdf_beta_at(metadata, step)  # as the training loop does (fit step k: training step k)
         index = torch.randint(0, views, (batch_size,), generator=draw)
         z = sample_z(batch_size, generator.z_dim, metadata["z_dist"], generator=draw)
         draws = ViewDraws(poses[index, 1], poses[index, 0], jitter_draws(batch_size, size * size, num_steps,
@@ -168,7 +169,9 @@ def main(argv=None) -> int:
                 scores = {k: v for k, v in row.items() if k.startswith("synthetic_") or k == "num_synthetic"}
                 f.write(json.dumps({"step": row["step"], "loss": row["loss"], "eval": scores}) + "\n")
         # a checkpoint the project's tools read (render_multiview_image.py, extract_shapes.py, the viewer)
-        save_checkpoint(output / "checkpoint.pth", {"generator": generator.state_dict(), "curriculum": curriculum,
+        # step 0 with the fitted field's own signed-distance width as a constant (no anneal left to replay)
+        fitted = dict(curriculum, sdf_beta=generator.sdf_beta, sdf_beta_start=0.0, sdf_beta_anneal_steps=0)
+        save_checkpoint(output / "checkpoint.pth", {"generator": generator.state_dict(), "curriculum": fitted,
                                                     "step": 0})
         from benchmarks.bench_ladder import comparison_figure
         figure = comparison_figure(output, output / "truth_vs_fitted.png")

@@ -440,8 +440,23 @@ class ImplicitGenerator3d(nn.Module):
         return sigma.reshape(n, resolution, resolution, resolution)
 
 
-def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
-    """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels, sphere prior)."""
+def sdf_beta_at(metadata: Mapping, step: Optional[int] = None) -> float:
+    """The signed-distance width at a training step (0: the raw density). With sdf_beta_start > 0 it narrows
+    geometrically from sdf_beta_start to sdf_beta over the first sdf_beta_anneal_steps steps: a narrow width
+    from the first step can fill the frame with an opaque wall, deep inside which the density's gradient
+    vanishes (docs/EXPERIMENTS.md, "A density from a signed distance"). A fixed path, not a learned width
+    (VolSDF's), so that a run resumes exactly and a checkpoint's width follows from its step.
+    `step` None: the width after the anneal, the trained generator's."""
+    end, start = float(metadata["sdf_beta"]), float(metadata["sdf_beta_start"])
+    if not (end > 0 and start > 0) or step is None:
+        return end
+    progress = min(1.0, max(0, step) / int(metadata["sdf_beta_anneal_steps"]))
+    return start * (end / start) ** progress
+
+
+def build_generator(metadata: Mapping, step: Optional[int] = None) -> ImplicitGenerator3d:
+    """The generator a curriculum asks for (model, latent_dim, hidden_dim, decoder_channels, sphere prior),
+    with its signed-distance width at training step `step` (sdf_beta_at; None: after any anneal)."""
     generator_name = metadata["generator"]
     if generator_name != "ImplicitGenerator3d":
         raise ValueError(f"unknown generator {generator_name!r}; available: ['ImplicitGenerator3d']")
@@ -452,4 +467,4 @@ def build_generator(metadata: Mapping) -> ImplicitGenerator3d:
                                sphere_prior_radius=float(metadata["sphere_prior_radius"]),
                                sphere_prior_density=float(metadata["sphere_prior_density"]),
                                density_scale=float(metadata["density_scale"]),
-                               sdf_beta=float(metadata["sdf_beta"]))
+                               sdf_beta=sdf_beta_at(metadata, step))

@@ -478,3 +478,21 @@ def test_sphere_prior_is_validated_and_absent_from_the_published_curricula():
         assert "sphere_prior_radius" not in curriculum and "sphere_prior_density" not in curriculum
         metadata = curriculums.extract_metadata(curriculum, 0)  # filled in from curriculums.KEYS: no prior
         assert metadata["sphere_prior_radius"] == 0.0 and metadata["sphere_prior_density"] == 0.0
+
+
+def test_sdf_beta_at_narrows_geometrically_then_holds():
+    """sdf_beta_at: without sdf_beta_start the width is sdf_beta at every step; with it, sdf_beta_start at
+    step 0, their geometric mean half-way, sdf_beta from sdf_beta_anneal_steps on and for step None (a
+    generator built for a finished run)."""
+    from generators.generators import sdf_beta_at
+
+    plain = dict(sdf_beta=0.01, sdf_beta_start=0.0, sdf_beta_anneal_steps=0)
+    assert [sdf_beta_at(plain, s) for s in (None, 0, 100)] == [0.01] * 3
+    assert sdf_beta_at(dict(PUBLISHED), 7) == 0.0
+    annealed = dict(sdf_beta=0.01, sdf_beta_start=0.09, sdf_beta_anneal_steps=800)
+    assert sdf_beta_at(annealed, 0) == pytest.approx(0.09)
+    assert sdf_beta_at(annealed, 400) == pytest.approx(0.03)
+    assert sdf_beta_at(annealed, 800) == pytest.approx(0.01) and sdf_beta_at(annealed, 5000) == pytest.approx(0.01)
+    assert sdf_beta_at(annealed, None) == 0.01
+    assert build_generator(dict(PUBLISHED, **annealed, latent_dim=Z_DIM, hidden_dim=HIDDEN,
+                                decoder_channels=(16, 16, 8, 8)), 400).sdf_beta == pytest.approx(0.03)

@@ -595,3 +595,30 @@ def test_a_checkpoint_trained_without_a_loss_scaler_resumes_in_fp16(tmp_path, de
         resumed.scaler = resumed.loss.scaler = torch.amp.GradScaler(device.type)
     resumed.load(resumed.spec.resume_path)
     assert resumed.step == 1 and resumed.scaler.get_scale() == 2.0 ** 16
+
+
+def test_the_signed_distance_width_follows_its_anneal_in_training_and_in_checkpoints(tmp_path, monkeypatch):
+    """sdf_beta_start: the width narrows geometrically from sdf_beta_start to sdf_beta over
+    sdf_beta_anneal_steps; the step's width is the one the field renders with (the trained generator and
+    its EMA copies), and a checkpoint of that step is rebuilt with it."""
+    from generators.generators import ImplicitGenerator3d
+    from utils.checkpoint import load_generator, save_checkpoint
+
+    overrides = dict(TINY, sdf_beta=0.01, sdf_beta_start=0.04, sdf_beta_anneal_steps=4, clamp_mode="relu")
+    trainer = Trainer(0, 1, tiny_config(tmp_path, curriculum_overrides=overrides), torch.device("cpu"))
+    widths = []
+    sdf_density = ImplicitGenerator3d._sdf_density
+    monkeypatch.setattr(ImplicitGenerator3d, "_sdf_density",
+                        lambda self, head, points: widths.append(self.sdf_beta) or sdf_density(self, head, points))
+    metadata = curriculums.extract_metadata(trainer.curriculum, 0)
+    real = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for step, width in ((0, 0.04), (2, 0.02), (4, 0.01), (5, 0.01)):
+        trainer.step, widths[:] = step, []
+        trainer.train_step(real, metadata)
+        assert widths and all(w == pytest.approx(width) for w in widths)
+        assert all(ema.module.sdf_beta == pytest.approx(width) for ema in trainer.emas)
+    save_checkpoint(tmp_path / "at_step_2.pth", {"generator": trainer.generator.state_dict(),
+                                                  "curriculum": trainer.curriculum, "step": 2})
+    assert load_generator(tmp_path / "at_step_2.pth")[0].sdf_beta == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="sdf_beta_start needs"):
+        curriculums.validate_curriculum(dict(trainer.curriculum, sdf_beta_anneal_steps=0))

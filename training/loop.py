@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import curriculums
-from generators.generators import RenderOptions
+from generators.generators import RenderOptions, sdf_beta_at
 from losses import MVCGANLoss, PhaseConfig, topk_fraction
 from run_spec import RunSpec, TrainConfig, build_networks, resolve_run
 from siren.siren import compile_field
@@ -206,6 +206,9 @@ class Trainer:
                           photometric_input=str(metadata["photometric_input"]),
                           real_pose_lambda=step_options.real_pose_lambda)
         self.set_learning_rates(step_options)
+        sdf_beta = sdf_beta_at(metadata, step)
+        for generator in (self.generator, *(ema.module for ema in self.emas)):
+            generator.sdf_beta = sdf_beta
         if self.scaler.is_enabled() and self.scaler.get_scale() < 1:
             # As published: the fp16 loss scale never stays below 1 (there small gradients underflow).
             self.scaler.update(1.0)

@@ -470,7 +470,7 @@ def load_generator(path, device="cpu", use_ema: bool = True,
 
     state = state if state is not None else load_checkpoint(path)
     curriculum, step = state["curriculum"], int(state.get("step", 0))
-    generator = build_generator(extract_metadata(curriculum, 0))
+    generator = build_generator(extract_metadata(curriculum, 0), step)
     key = "generator_ema" if use_ema and "generator_ema" in state else "generator"
     bad = first_nonfinite(state[key])
     if bad is not None:

@@ -174,6 +174,10 @@ KEYS = {
     # > 0: the field is a signed distance (the sphere prior's, minus the density head) turned into density with
     # VolSDF's Laplace CDF of this width (world units); 0: the published raw density (§4)
     "sdf_beta": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
+    # > 0: sdf_beta starts at this width and narrows geometrically to sdf_beta over sdf_beta_anneal_steps
+    # (a narrow beta from the first step can fill the frame with an opaque wall whose gradients vanish); 0: none
+    "sdf_beta_start": Key(GLOBAL, 0.0, valid=NON_NEGATIVE),
+    "sdf_beta_anneal_steps": Key(GLOBAL, 0, valid=interval("[0, inf)", integer=True)),
     # multi-view consistency
     "stereo_auxiliary": Key(GLOBAL),
     "max_mixup_ratio": Key(GLOBAL, valid=interval("[0, 1]")),
@@ -330,6 +334,9 @@ def validate_curriculum(curriculum: Mapping, name: str = None) -> None:
     if (curriculum.get("sdf_beta") or 0) > 0 and curriculum.get("clamp_mode") != "relu":
         problems.append(f"sdf_beta needs clamp_mode 'relu' (its density is already >= 0; softplus would add a fog "
                         f"of density log 2 everywhere), not {curriculum.get('clamp_mode')!r}")
+    if (curriculum.get("sdf_beta_start") or 0) > 0 and not (
+            (curriculum.get("sdf_beta") or 0) > 0 and (curriculum.get("sdf_beta_anneal_steps") or 0) > 0):
+        problems.append("sdf_beta_start needs sdf_beta > 0 (the width it narrows to) and sdf_beta_anneal_steps >= 1")
     for boundary in boundaries[:-1]:
         stage = curriculum[boundary]
         if not isinstance(stage, Mapping):
