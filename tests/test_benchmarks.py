@@ -310,6 +310,28 @@ def test_bench_fit_writes_its_scores_a_checkpoint_the_tools_read_and_the_figure(
     assert "error:" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_bench_fit_replays_the_signed_distance_anneal_and_saves_the_fitted_width(tmp_path, monkeypatch):
+    """With sdf_beta_start, fit step k renders with the training loop's width at step k, and the checkpoint
+    records the width the field was fitted to as a constant (its step is 0), so the tools rebuild it with that."""
+    import bench_fit
+    from generators.generators import ImplicitGenerator3d
+    from utils.checkpoint import load_generator
+
+    widths = []
+    sdf_density = ImplicitGenerator3d._sdf_density
+    monkeypatch.setattr(ImplicitGenerator3d, "_sdf_density", lambda self, head, points:
+                        widths.append((torch.is_grad_enabled(), self.sdf_beta)) or sdf_density(self, head, points))
+    out = tmp_path / "fit"
+    assert bench_fit.main(["--steps", "2", "--eval_every", "2", "--views", "4", "--batch_size", "2", "--num_samples",
+                           "4", "--output", str(out), "--set", "sdf_beta=0.01", "--set", "clamp_mode=relu",
+                           "--set", "sdf_beta_start=0.04", "--set", "sdf_beta_anneal_steps=4"]) == 0
+    trained = [width for grad, width in widths if grad]
+    assert trained[0] == pytest.approx(0.04 * 0.25 ** 0.25) and trained[-1] == pytest.approx(0.02)
+    generator, curriculum, step = load_generator(out / "checkpoint.pth")
+    assert step == 0 and curriculum["sdf_beta"] == pytest.approx(0.02) and curriculum["sdf_beta_start"] == 0
+    assert generator.sdf_beta == pytest.approx(0.02)
+
+
 def test_the_true_critter_rendered_by_the_generator_matches_its_ray_cast_truth_given_enough_samples(capsys):
     """bench_fit --oracle: the true object as the field, through the generator's cameras, sampling and integration.
     A mismatch of cameras, rays or depth convention between the data set and the renderer would show here
